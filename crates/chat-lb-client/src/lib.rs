@@ -1,0 +1,1 @@
+//! Placeholder: the balancer lands with issue 4.

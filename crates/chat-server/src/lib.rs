@@ -1,0 +1,38 @@
+//! A stateless chat gRPC server replica.
+//!
+//! Every byte of state (accounts, password hashes, sessions, messages) lives in a shared
+//! [`store::Store`], so any replica can serve any call and any replica can die. A replica
+//! serves three gRPC services on one port:
+//!
+//! - `chat.v1.ChatService` ([`service::ChatService`]), including its `HealthCheck` RPC;
+//! - the standard `grpc.health.v1.Health`, reporting the same status ([`health`]);
+//! - server reflection (`grpc.reflection.v1`), so tools such as grpcurl work.
+//!
+//! How a call flows: tonic decodes the request (bounded by
+//! [`config::limits::MAX_REQUEST_BYTES`]), the RPC's module in [`service`] validates every
+//! field ([`validate`]), resolves the bearer token to an account ([`auth`]), and makes one
+//! atomic store call. Live messages reach subscribers through the replica's [`hub`].
+//!
+//! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
+
+pub mod auth;
+pub mod config;
+mod error;
+pub mod health;
+pub mod hub;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod validate;
+pub mod wildcard;
+
+pub use config::ServerConfig;
+pub use server::{ServerError, run};
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,177 @@
+//! Runs one replica: opens the store, starts the background tasks, serves gRPC, and
+//! shuts down gracefully.
+//!
+//! Shutdown order, on the `shutdown` future (SIGTERM or Ctrl-C in the binary):
+//! 1. health turns NOT_SERVING (both the chat `HealthCheck` and `grpc.health.v1`);
+//! 2. live `Subscribe` streams end with UNAVAILABLE, telling clients where to resume,
+//!    and `grpc.health.v1` Watch streams end after delivering NOT_SERVING;
+//! 3. the listener closes and in-flight calls get up to `drain_timeout` to finish;
+//! 4. [`run`] returns `Ok(())`.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use chat_proto::v1::chat_service_server::ChatServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    config::{ServerConfig, limits},
+    health::ReplicaHealth,
+    hub::Hub,
+    service::{ChatService, ServiceSettings},
+    store::{self, StoreError},
+};
+
+/// Why a replica could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened or did not answer at start-up.
+    #[error("cannot open store {uri:?}: {source}")]
+    Store {
+        /// The store URI as configured.
+        uri: String,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// The listening address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address asked for.
+        address: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built from the descriptor set.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs a replica until `shutdown` completes, then drains and returns.
+///
+/// `on_ready` is called once with the bound address (useful with port 0), after the
+/// store answered and the listener is open, just before calls are accepted.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let store_error = |source| ServerError::Store {
+        uri: config.store.clone(),
+        source,
+    };
+    let store = store::open(&config.store).await.map_err(store_error)?;
+    store.ping().await.map_err(store_error)?;
+
+    let address = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind { address, source })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { address, source })?;
+    let replica_id = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| format!("{address}/{}", std::process::id()));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = ReplicaHealth::new(replica_id.clone(), reporter);
+    health.publish().await;
+
+    let stop = CancellationToken::new();
+    let hub = Hub::default();
+    let background = [
+        tokio::spawn(
+            hub.clone()
+                .run(store.clone(), config.feed_poll_interval, stop.clone()),
+        ),
+        tokio::spawn(health.clone().monitor_store(
+            store.clone(),
+            config.store_check_interval,
+            config.store_check_timeout,
+            stop.clone(),
+        )),
+        tokio::spawn(purge_sessions_periodically(store.clone(), stop.clone())),
+    ];
+
+    let chat = ChatService::new(
+        store,
+        hub,
+        health.clone(),
+        ServiceSettings {
+            session_ttl: config.session_ttl,
+            max_message_bytes: config.max_message_bytes,
+            inject_delay: config.inject_delay,
+        },
+        stop.clone(),
+    );
+    if let Some(delay) = config.inject_delay {
+        tracing::warn!(?delay, "FAULT INJECTION: every RPC is delayed");
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            ChatServiceServer::new(chat).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = drain_rx.await;
+            },
+        );
+    tracing::info!(%address, %replica_id, store = %config.store, "replica serving");
+    on_ready(address);
+
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        result = &mut serve => result,
+        () = shutdown => {
+            tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+            health.begin_shutdown().await;
+            stop.cancel();
+            health.end_watches().await;
+            let _ = drain_tx.send(());
+            match tokio::time::timeout(config.drain_timeout, &mut serve).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; closing remaining calls");
+                    Ok(())
+                }
+            }
+        }
+    };
+    stop.cancel();
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("replica stopped");
+    Ok(result?)
+}
+
+/// Deletes expired sessions now and then. Every replica does it; the deletes are
+/// idempotent, so overlapping purges are harmless.
+async fn purge_sessions_periodically(store: Arc<dyn store::Store>, stop: CancellationToken) {
+    const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+    loop {
+        match store.purge_expired_sessions(crate::now_unix_ms()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "expired sessions purged"),
+            Err(error) => tracing::warn!(%error, "cannot purge expired sessions"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+        }
+    }
+}

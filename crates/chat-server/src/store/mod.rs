@@ -1,0 +1,266 @@
+//! The shared store: the only place a chat server keeps state.
+//!
+//! A [`Store`] holds accounts, password hashes, sessions and messages for every replica
+//! at once, so any replica can serve any call and any replica can die. Implementations:
+//!
+//! - [`sqlite::SqliteStore`], the embedded default: one SQLite database file in WAL mode
+//!   that several server processes on one host share.
+//!
+//! Every implementation must pass the conformance suite in
+//! `crates/chat-server/tests/conformance/`, which states the contract below as tests.
+//!
+//! The store knows nothing of passwords or tokens in clear: callers hand it argon2 PHC
+//! strings and SHA-256 token hashes. It validates nothing that the service layer
+//! validates (name syntax, text length); it enforces uniqueness, idempotency and order.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+/// The numeric id of an account. Ids are never reused, so a deleted account's id never
+/// names a later account that registers the same username.
+pub type AccountId = i64;
+
+/// SHA-256 of a session token. The token itself is never stored.
+pub type TokenHash = [u8; 32];
+
+/// An account as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The account's id.
+    pub id: AccountId,
+    /// The username with the case it was registered with.
+    pub username: String,
+    /// The argon2id PHC string of the password.
+    pub password_hash: String,
+}
+
+/// What a session token resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionLookup {
+    /// A live session of an existing account.
+    Valid(Account),
+    /// The session exists but its account has been deleted.
+    AccountDeleted,
+    /// No such session, or it has expired.
+    Invalid,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Unique across the store.
+    pub id: u64,
+    /// Position in the recipient's inbox: strictly increasing per recipient, from 1.
+    pub sequence: u64,
+    /// The sender's username at send time.
+    pub sender: String,
+    /// The recipient's username as registered.
+    pub recipient: String,
+    /// The message text.
+    pub text: String,
+    /// Milliseconds since the Unix epoch when the message was stored.
+    pub sent_at_unix_ms: i64,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage<'a> {
+    /// The sending account.
+    pub sender_id: AccountId,
+    /// The recipient's username, in any case.
+    pub recipient: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// The sender's idempotency key for this message.
+    pub idempotency_key: &'a str,
+    /// The time to record as the send time, in milliseconds since the Unix epoch.
+    pub sent_at_unix_ms: i64,
+}
+
+/// The outcome of [`Store::send_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The stored message (the earlier one when the key was seen before).
+    pub message: StoredMessage,
+    /// True when the idempotency key had been used before and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// One page of undelivered messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxPage {
+    /// Messages with sequence above the requested one, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Whether more messages follow the last one returned.
+    pub has_more: bool,
+    /// The recipient's acknowledged sequence number.
+    pub acked_sequence: u64,
+}
+
+/// A wildcard pattern already validated and lowered by the service layer: only
+/// `[a-z0-9_.-]`, `*` and `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountQuery<'a> {
+    /// The lower-case wildcard pattern (`*` any run, `?` one character).
+    pub pattern: &'a crate::wildcard::Pattern,
+    /// Only names whose lower-case form sorts after this one (the page cursor). It is
+    /// compared by its own lower-case form, so the last name of the previous page can be
+    /// passed back as returned (with its registered case).
+    pub after: Option<&'a str>,
+    /// At most this many names.
+    pub limit: u32,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or is not answering (maps to UNAVAILABLE).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A username is already taken, without regard to case.
+    #[error("username {0:?} is already taken")]
+    UsernameTaken(String),
+    /// No account has that username.
+    #[error("no account named {0:?}")]
+    NoSuchAccount(String),
+    /// The idempotency key was already used by this sender for a different message.
+    #[error("idempotency key {0:?} was already used for a different message")]
+    IdempotencyKeyReused(String),
+    /// An acknowledgement names a sequence number the recipient has not reached.
+    #[error("cannot acknowledge sequence {requested}: the latest message is {latest}")]
+    AckBeyondLatest {
+        /// The sequence number asked for.
+        requested: u64,
+        /// The recipient's latest sequence number.
+        latest: u64,
+    },
+    /// Anything else: a bug or corrupt data (maps to INTERNAL).
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// The shared state of a chat cluster. All methods are safe to call concurrently from
+/// many tasks and many processes, and each is atomic: it happens entirely or not at all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A cheap round trip that fails with [`StoreError::Unavailable`] when the store is down.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates an account. Fails with [`StoreError::UsernameTaken`] when the lower-case
+    /// form of `username` is taken.
+    async fn create_account(
+        &self,
+        username: &str,
+        password_hash: &str,
+        created_at_unix_ms: i64,
+    ) -> Result<Account, StoreError>;
+
+    /// Finds an account by username, without regard to case.
+    async fn find_account(&self, username: &str) -> Result<Option<Account>, StoreError>;
+
+    /// Lists usernames (as registered) whose lower-case form matches the query, in
+    /// order of that lower-case form.
+    async fn list_accounts(&self, query: AccountQuery<'_>) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes an account with every message waiting for it. Its sessions stay, so that
+    /// they resolve to [`SessionLookup::AccountDeleted`] until they expire; messages it
+    /// sent stay. Deleting an account that no longer exists succeeds.
+    async fn delete_account(&self, id: AccountId) -> Result<(), StoreError>;
+
+    /// Records a session that expires at the given time.
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        account: AccountId,
+        expires_at_unix_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Resolves a session token hash as of `now_unix_ms`. A session has expired once
+    /// `now_unix_ms >= expires_at_unix_ms`.
+    async fn lookup_session(
+        &self,
+        token_hash: &TokenHash,
+        now_unix_ms: i64,
+    ) -> Result<SessionLookup, StoreError>;
+
+    /// Deletes a session; deleting one that does not exist succeeds.
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<(), StoreError>;
+
+    /// Deletes sessions that have expired as of `now_unix_ms` (in the sense of
+    /// [`Store::lookup_session`]); returns how many.
+    async fn purge_expired_sessions(&self, now_unix_ms: i64) -> Result<u64, StoreError>;
+
+    /// Stores a message for its recipient, durably, with the recipient's next sequence
+    /// number. A second call with the same sender and idempotency key stores nothing and
+    /// returns the first message (`duplicate: true`), provided the recipient and text are
+    /// the same; otherwise it fails with [`StoreError::IdempotencyKeyReused`]. Fails with
+    /// [`StoreError::NoSuchAccount`] when the recipient does not exist, or when the sender
+    /// no longer does (a repeated key is still answered with its earlier message).
+    async fn send_message(&self, message: NewMessage<'_>) -> Result<SendOutcome, StoreError>;
+
+    /// Returns up to `limit` of the recipient's messages with a sequence number above
+    /// `after_sequence` (or above the acknowledged one when `None`), oldest first.
+    /// Acknowledged messages are still returned when `after_sequence` is below them.
+    /// Fails with [`StoreError::NoSuchAccount`] when the recipient does not exist.
+    async fn fetch_messages(
+        &self,
+        recipient: AccountId,
+        after_sequence: Option<u64>,
+        limit: u32,
+    ) -> Result<InboxPage, StoreError>;
+
+    /// Marks the recipient's messages up to `up_to_sequence` delivered. Never moves the
+    /// acknowledged sequence backwards; returns it after the call. Fails with
+    /// [`StoreError::AckBeyondLatest`] past the recipient's latest message, and with
+    /// [`StoreError::NoSuchAccount`] when the recipient does not exist.
+    async fn ack_messages(
+        &self,
+        recipient: AccountId,
+        up_to_sequence: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// The feed that live delivery is built on: up to `limit` messages (for any
+    /// recipient) with an id above `after_id`, in id order. Ids must become visible in
+    /// increasing order, so that a reader polling with the highest id it has seen never
+    /// skips a message. `None` as `after_id` returns no messages, only the current
+    /// highest id as a starting point.
+    async fn message_feed(&self, after_id: Option<u64>, limit: u32)
+    -> Result<FeedPage, StoreError>;
+}
+
+/// One page of the message feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPage {
+    /// New messages, in id order.
+    pub messages: Vec<StoredMessage>,
+    /// The id to pass as `after_id` next time.
+    pub cursor: u64,
+}
+
+/// Opens the store a URI names: `sqlite:PATH`, `sqlite://PATH` or a plain file path
+/// for the embedded store.
+pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if uri.starts_with("mongodb:") || uri.starts_with("mongodb+srv:") {
+        return Err(StoreError::Unavailable(
+            "the MongoDB store is not built into this version; use sqlite:PATH".into(),
+        ));
+    }
+    let path = uri
+        .strip_prefix("sqlite://")
+        .or_else(|| uri.strip_prefix("sqlite:"))
+        .unwrap_or(uri);
+    if path.is_empty() {
+        return Err(StoreError::Unavailable(
+            "empty store path; expected sqlite:PATH".into(),
+        ));
+    }
+    // Opening may wait on another process creating the schema: keep it off the runtime.
+    let path = path.to_owned();
+    let store = tokio::task::spawn_blocking(move || {
+        sqlite::SqliteStore::open(path, sqlite::SqliteOptions::default())
+    })
+    .await
+    .map_err(|error| StoreError::Internal(format!("store opening task failed: {error}")))??;
+    Ok(std::sync::Arc::new(store))
+}

@@ -1,0 +1,262 @@
+//! Shared harness for the workspace's process-level tests: start real `chat-server`
+//! replicas on loopback, wait for their readiness line, and hit them with real signals.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use chat_proto::v1::{
+    CreateAccountRequest, HealthCheckRequest, LoginRequest, chat_service_client::ChatServiceClient,
+    health_check_response::ServingStatus,
+};
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+/// How long a replica may take to print its readiness line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path of a binary built from this workspace (next to the test executable's
+/// `deps/` directory). `cargo test --workspace` builds every workspace binary first.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps layout");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so it gets built",
+        path.display()
+    );
+    path
+}
+
+/// A temporary embedded store shared by every replica started with it.
+pub struct SharedStore {
+    dir: tempfile::TempDir,
+}
+
+impl SharedStore {
+    /// A fresh, empty store in a new temporary directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// The `--store` argument naming it.
+    pub fn uri(&self) -> String {
+        format!("sqlite:{}", self.dir.path().join("chat.db").display())
+    }
+}
+
+/// A running `chat-server` process.
+pub struct Replica {
+    child: Option<Child>,
+    /// Where it listens.
+    pub address: SocketAddr,
+    store_uri: String,
+    extra_args: Vec<String>,
+}
+
+impl Replica {
+    /// Starts a replica on a free port and waits until it accepts calls.
+    pub fn start(store: &SharedStore) -> Self {
+        Self::start_with(store, &[])
+    }
+
+    /// Starts a replica with extra command-line arguments.
+    pub fn start_with(store: &SharedStore, extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, address) = spawn(&store.uri(), 0, &extra_args);
+        Self {
+            child: Some(child),
+            address,
+            store_uri: store.uri(),
+            extra_args,
+        }
+    }
+
+    /// `http://ADDRESS`, for a tonic endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The operating-system process id.
+    pub fn pid(&self) -> i32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("replica is running")
+    }
+
+    /// Sends a signal (SIGKILL, SIGSTOP, SIGCONT, SIGTERM, ...).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we own; no memory is shared.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// SIGKILL, then reap the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status (bounded). Async, so that the test's own
+    /// clients keep running (HTTP/2 graceful shutdown waits for the client's answer).
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("replica is running");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for replica") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("replica did not exit within {within:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the process again on the same port (after `kill` or `terminate`).
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop the replica before restarting it"
+        );
+        let (child, address) = spawn(&self.store_uri, self.address.port(), &self.extra_args);
+        assert_eq!(address, self.address);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // SIGKILL ends a frozen (SIGSTOP) process too.
+        self.kill();
+    }
+}
+
+fn spawn(store_uri: &str, port: u16, extra_args: &[String]) -> (Child, SocketAddr) {
+    let mut child = Command::new(workspace_binary("chat-server"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--store",
+            store_uri,
+        ])
+        .args(extra_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("CHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn chat-server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        // Keep draining so the replica never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Some(Ok(line))) => line,
+        other => {
+            let _ = child.kill();
+            panic!("chat-server did not report readiness: {other:?}");
+        }
+    };
+    let address = line
+        .strip_prefix("chat-server listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
+    (child, address)
+}
+
+/// A plain tonic client connected to one replica.
+pub async fn client(replica: &Replica) -> ChatServiceClient<Channel> {
+    ChatServiceClient::connect(replica.url())
+        .await
+        .expect("connect to replica")
+}
+
+/// Wraps a message with a bearer token.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Creates an account and logs in; returns the session token.
+pub async fn register_and_login(
+    client: &mut ChatServiceClient<Channel>,
+    username: &str,
+    password: &str,
+) -> String {
+    client
+        .create_account(CreateAccountRequest {
+            username: username.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("create account");
+    login(client, username, password).await
+}
+
+/// Logs in; returns the session token.
+pub async fn login(
+    client: &mut ChatServiceClient<Channel>,
+    username: &str,
+    password: &str,
+) -> String {
+    client
+        .login(LoginRequest {
+            username: username.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .token
+}
+
+/// Polls the chat `HealthCheck` RPC until it reports `want` (bounded).
+pub async fn wait_for_status(replica: &Replica, want: ServingStatus, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = async {
+            let mut client = ChatServiceClient::connect(replica.url()).await.ok()?;
+            let health = client.health_check(HealthCheckRequest {}).await.ok()?;
+            Some(health.into_inner().status())
+        }
+        .await;
+        if seen == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica {} did not become {want:?} within {within:?} (last seen {seen:?})",
+            replica.address
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

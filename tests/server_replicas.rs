@@ -1,0 +1,630 @@
+//! Real `chat-server` processes sharing one embedded store, driven with a plain tonic
+//! client: every RPC, across replicas, and through SIGKILL and SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chat_proto::v1::{
+    AckMessagesRequest, CreateAccountRequest, DeleteAccountRequest, FetchMessagesRequest,
+    HealthCheckRequest, ListAccountsRequest, LoginRequest, LogoutRequest, SendMessageRequest,
+    SubscribeRequest, chat_service_client::ChatServiceClient, health_check_response::ServingStatus,
+};
+use common::{Replica, SharedStore, authed, client, login, register_and_login};
+use futures::StreamExt;
+use tonic::{Code, transport::Channel};
+
+const PASSWORD: &str = "correct horse battery";
+
+fn send(token: &str, to: &str, text: &str, key: &str) -> tonic::Request<SendMessageRequest> {
+    authed(
+        token,
+        SendMessageRequest {
+            recipient: to.into(),
+            text: text.into(),
+            idempotency_key: key.into(),
+        },
+    )
+}
+
+async fn fetch_all(client: &mut ChatServiceClient<Channel>, token: &str) -> Vec<(u64, String)> {
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .fetch_messages(authed(
+                token,
+                FetchMessagesRequest {
+                    after_sequence: after,
+                    page_size: 7,
+                },
+            ))
+            .await
+            .expect("fetch")
+            .into_inner();
+        for message in &page.messages {
+            seen.push((message.sequence, message.text.clone()));
+            after = message.sequence;
+        }
+        if !page.has_more {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn accounts_login_logout_and_auth_failures() {
+    let store = SharedStore::new();
+    let (a, b) = (Replica::start(&store), Replica::start(&store));
+    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+
+    let token = register_and_login(&mut on_a, "Alice", PASSWORD).await;
+
+    // Uniqueness ignores case, across replicas.
+    let taken = on_b
+        .create_account(CreateAccountRequest {
+            username: "alice".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+    // Retrying the very same creation (a lost response) succeeds on the other replica.
+    let again = on_b
+        .create_account(CreateAccountRequest {
+            username: "Alice".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("idempotent create");
+    assert_eq!(again.into_inner().username, "Alice");
+    // ... but not with another password.
+    let other_password = on_b
+        .create_account(CreateAccountRequest {
+            username: "Alice".into(),
+            password: "another password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other_password.code(), Code::AlreadyExists);
+
+    for (username, password) in [("", PASSWORD), ("bad name", PASSWORD), ("ok", "short")] {
+        let error = on_a
+            .create_account(CreateAccountRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.code(),
+            Code::InvalidArgument,
+            "{username:?}: {error:?}"
+        );
+    }
+
+    let wrong = on_b
+        .login(LoginRequest {
+            username: "alice".into(),
+            password: "wrong password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let unknown = on_b
+        .login(LoginRequest {
+            username: "nobody".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Every other call needs a valid token.
+    let anonymous = on_a
+        .list_accounts(ListAccountsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let forged = on_a
+        .list_accounts(authed(&"0".repeat(64), ListAccountsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated);
+
+    // A session opened on A works on B; logging out on B ends it on A too.
+    on_b.list_accounts(authed(&token, ListAccountsRequest::default()))
+        .await
+        .expect("token valid on the other replica");
+    on_b.logout(authed(&token, LogoutRequest {}))
+        .await
+        .expect("logout");
+    let ended = on_a
+        .list_accounts(authed(&token, ListAccountsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated);
+    on_a.logout(authed(&token, LogoutRequest {}))
+        .await
+        .expect("logging out again is harmless");
+}
+
+#[tokio::test]
+async fn wildcard_listing_is_literal_paginated_and_injection_proof() {
+    let store = SharedStore::new();
+    let a = Replica::start(&store);
+    let mut on_a = client(&a).await;
+    let token = register_and_login(&mut on_a, "admin", PASSWORD).await;
+    for name in ["a.b", "axb", "alice", "Alicia", "bob", "c-1", "c_1", "a.bc"] {
+        on_a.create_account(CreateAccountRequest {
+            username: name.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("create");
+    }
+    let mut list = async |pattern: &str| {
+        on_a.list_accounts(authed(
+            &token,
+            ListAccountsRequest {
+                pattern: pattern.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|response| response.into_inner().usernames)
+    };
+    assert_eq!(list("a.b").await.unwrap(), ["a.b"], "'.' is literal");
+    assert_eq!(list("a?b").await.unwrap(), ["a.b", "axb"]);
+    assert_eq!(
+        list("a.*").await.unwrap(),
+        ["a.b", "a.bc"],
+        "'.*' is not a regex"
+    );
+    assert_eq!(list("ALI*").await.unwrap(), ["alice", "Alicia"]);
+    assert_eq!(list("c?1").await.unwrap(), ["c-1", "c_1"]);
+    assert_eq!(list("*x*").await.unwrap(), ["axb"]);
+    assert!(list("zed*").await.unwrap().is_empty());
+    for hostile in [
+        "[ab]*",
+        "(a)",
+        "a|b",
+        "^a",
+        "a+",
+        "{\"$ne\":null}",
+        "%",
+        "a\\b",
+    ] {
+        let error = list(hostile).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Code::InvalidArgument,
+            "{hostile:?}: {error:?}"
+        );
+    }
+
+    // Pages of 3 give every account exactly once, in order.
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = on_a
+            .list_accounts(authed(
+                &token,
+                ListAccountsRequest {
+                    pattern: "*".into(),
+                    page_size: 3,
+                    page_token: page_token.clone(),
+                },
+            ))
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.usernames.len() <= 3);
+        all.extend(page.usernames);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        all,
+        [
+            "a.b", "a.bc", "admin", "alice", "Alicia", "axb", "bob", "c-1", "c_1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
+    let store = SharedStore::new();
+    let (a, b) = (Replica::start(&store), Replica::start(&store));
+    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
+    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+
+    let first = on_a
+        .send_message(send(&alice, "BOB", "hello", "key-1"))
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(
+        (
+            first.sequence,
+            first.sender.as_str(),
+            first.recipient.as_str()
+        ),
+        (1, "alice", "bob")
+    );
+    // The response was "lost": the client retries through replica B.
+    let retried = on_b
+        .send_message(send(&alice, "bob", "hello", "key-1"))
+        .await
+        .expect("resend")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(retried, first, "a resend returns the original message");
+    let reused = on_b
+        .send_message(send(&alice, "bob", "something else", "key-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+
+    let unknown = on_a
+        .send_message(send(&alice, "nobody", "hi", "key-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let too_long = on_a
+        .send_message(send(&alice, "bob", &"x".repeat(4097), "key-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), Code::InvalidArgument);
+    let oversized = on_a
+        .send_message(send(&alice, "bob", &"x".repeat(100_000), "key-4"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        oversized.code(),
+        Code::OutOfRange,
+        "refused before decoding: {oversized:?}"
+    );
+    let bad_key = on_a
+        .send_message(send(&alice, "bob", "hi", "not a key!"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_key.code(), Code::InvalidArgument);
+
+    for i in 2..=10 {
+        let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+        on.send_message(send(&alice, "bob", &format!("m{i}"), &format!("key-m{i}")))
+            .await
+            .expect("send");
+    }
+    let inbox = fetch_all(&mut on_b, &bob).await;
+    let expected: Vec<(u64, String)> = std::iter::once((1, "hello".to_string()))
+        .chain((2..=10).map(|i| (i, format!("m{i}"))))
+        .collect();
+    assert_eq!(inbox, expected, "exactly once, oldest first, across pages");
+
+    // Acknowledging is idempotent and never moves backwards.
+    for up_to in [4, 4, 2] {
+        let acked = on_a
+            .ack_messages(authed(
+                &bob,
+                AckMessagesRequest {
+                    up_to_sequence: up_to,
+                },
+            ))
+            .await
+            .expect("ack")
+            .into_inner()
+            .acked_sequence;
+        assert_eq!(acked, 4);
+    }
+    let beyond = on_a
+        .ack_messages(authed(&bob, AckMessagesRequest { up_to_sequence: 99 }))
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::InvalidArgument);
+    let rest = fetch_all(&mut on_b, &bob).await;
+    assert_eq!(rest.first().map(|m| m.0), Some(5));
+    assert_eq!(rest.len(), 6);
+}
+
+#[tokio::test]
+async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica() {
+    let store = SharedStore::new();
+    let (a, b) = (Replica::start(&store), Replica::start(&store));
+    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
+    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+
+    for i in 1..=3 {
+        on_a.send_message(send(
+            &alice,
+            "bob",
+            &format!("old {i}"),
+            &format!("old-{i}"),
+        ))
+        .await
+        .expect("send");
+    }
+    let mut stream = on_b
+        .subscribe(authed(&bob, SubscribeRequest::default()))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    for i in 1..=3 {
+        let message = stream.next().await.expect("backlog").expect("message");
+        assert_eq!((message.sequence, message.text), (i, format!("old {i}")));
+    }
+
+    let mut latencies = Vec::new();
+    for i in 4..=23u64 {
+        let sent_at = Instant::now();
+        on_a.send_message(send(
+            &alice,
+            "bob",
+            &format!("live {i}"),
+            &format!("live-{i}"),
+        ))
+        .await
+        .expect("send");
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("live message arrives without asking")
+            .expect("stream open")
+            .expect("message");
+        latencies.push(sent_at.elapsed());
+        assert_eq!((message.sequence, message.text), (i, format!("live {i}")));
+    }
+    latencies.sort();
+    eprintln!(
+        "cross-replica delivery latency: p50 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+
+    // Resuming after a sequence number skips everything up to it.
+    let mut resumed = on_a
+        .subscribe(authed(&bob, SubscribeRequest { after_sequence: 21 }))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let next = resumed.next().await.expect("message").expect("message");
+    assert_eq!(next.sequence, 22);
+}
+
+#[tokio::test]
+async fn delete_account_keeps_sent_messages_and_revokes_sessions() {
+    let store = SharedStore::new();
+    let (a, b) = (Replica::start(&store), Replica::start(&store));
+    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
+    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+    let bob_elsewhere = login(&mut on_a, "bob", PASSWORD).await;
+
+    on_b.send_message(send(&bob, "alice", "bye from bob", "bye"))
+        .await
+        .expect("send");
+    on_a.send_message(send(&alice, "bob", "unread by bob", "unread"))
+        .await
+        .expect("send");
+
+    let wrong = on_b
+        .delete_account(authed(
+            &bob,
+            DeleteAccountRequest {
+                password: "not it at all".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    on_b.list_accounts(authed(&bob, ListAccountsRequest::default()))
+        .await
+        .expect("a wrong password deletes nothing");
+
+    on_b.delete_account(authed(
+        &bob,
+        DeleteAccountRequest {
+            password: PASSWORD.into(),
+        },
+    ))
+    .await
+    .expect("delete");
+    // A retry through the other replica (the response was lost) succeeds too.
+    on_a.delete_account(authed(
+        &bob,
+        DeleteAccountRequest {
+            password: PASSWORD.into(),
+        },
+    ))
+    .await
+    .expect("delete is idempotent");
+
+    let revoked = on_a
+        .fetch_messages(authed(&bob_elsewhere, FetchMessagesRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        revoked.code(),
+        Code::Unauthenticated,
+        "every session of bob ends"
+    );
+    let gone = on_a
+        .send_message(send(&alice, "bob", "anyone there?", "after-delete"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(
+        fetch_all(&mut on_a, &alice).await,
+        [(1, "bye from bob".to_string())],
+        "messages bob sent stay"
+    );
+
+    // The name is free again, for a new account with an empty inbox.
+    let new_bob = register_and_login(&mut on_b, "bob", "a new password").await;
+    assert!(fetch_all(&mut on_b, &new_bob).await.is_empty());
+}
+
+#[tokio::test]
+async fn kill_9_of_one_replica_loses_nothing_and_the_other_keeps_serving() {
+    let store = SharedStore::new();
+    let (mut a, b) = (Replica::start(&store), Replica::start(&store));
+    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
+    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+
+    let mut acknowledged = Vec::new();
+    for i in 1..=20 {
+        let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+        let message = on
+            .send_message(send(&alice, "bob", &format!("m{i}"), &format!("k{i}")))
+            .await
+            .expect("send before the kill")
+            .into_inner();
+        acknowledged.push(message.message.expect("message").text);
+    }
+    a.kill();
+    assert!(
+        on_a.health_check(HealthCheckRequest {}).await.is_err(),
+        "the killed replica is really gone"
+    );
+    for i in 21..=40 {
+        let message = on_b
+            .send_message(send(&alice, "bob", &format!("m{i}"), &format!("k{i}")))
+            .await
+            .expect("the surviving replica serves every user")
+            .into_inner();
+        acknowledged.push(message.message.expect("message").text);
+    }
+    let inbox: Vec<String> = fetch_all(&mut on_b, &bob)
+        .await
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(
+        inbox, acknowledged,
+        "every acknowledged send is there, in order"
+    );
+
+    // The killed replica comes back on the same port and sees everything.
+    a.restart();
+    let mut on_a = client(&a).await;
+    let inbox: Vec<String> = fetch_all(&mut on_a, &bob)
+        .await
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(inbox.len(), 40);
+}
+
+#[tokio::test]
+async fn sigterm_reports_not_serving_ends_streams_and_exits_zero() {
+    use tonic_health::pb::{HealthCheckRequest as GrpcHealthRequest, health_client::HealthClient};
+
+    let store = SharedStore::new();
+    let mut a = Replica::start(&store);
+    let mut on_a = client(&a).await;
+    let bob = register_and_login(&mut on_a, "bob", PASSWORD).await;
+
+    let channel = Channel::from_shared(a.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let overall = health
+        .check(GrpcHealthRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("grpc.health.v1 Check")
+        .into_inner();
+    assert_eq!(overall.status, tonic_health::ServingStatus::Serving as i32);
+    let mut watch = health
+        .watch(GrpcHealthRequest {
+            service: chat_proto::CHAT_SERVICE_NAME.into(),
+        })
+        .await
+        .expect("grpc.health.v1 Watch")
+        .into_inner();
+    let first = watch.next().await.expect("status").expect("status");
+    assert_eq!(first.status, tonic_health::ServingStatus::Serving as i32);
+
+    let mut stream = on_a
+        .subscribe(authed(&bob, SubscribeRequest::default()))
+        .await
+        .expect("subscribe")
+        .into_inner();
+
+    let status = a.terminate(Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0, got {status:?}"
+    );
+
+    let next = watch
+        .next()
+        .await
+        .expect("a NOT_SERVING update")
+        .expect("status");
+    assert_eq!(next.status, tonic_health::ServingStatus::NotServing as i32);
+    let ended = stream.next().await.expect("the stream ends with a status");
+    let error = ended.expect_err("an error, not a message");
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(error.message().contains("after_sequence=0"), "{error:?}");
+}
+
+#[tokio::test]
+async fn health_check_and_reflection_answer() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let store = SharedStore::new();
+    let a = Replica::start_with(&store, &["--replica-id", "replica-under-test"]);
+    let mut on_a = client(&a).await;
+    let health = on_a
+        .health_check(HealthCheckRequest {})
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+    assert_eq!(health.replica_id, "replica-under-test");
+    assert!(health.store_reachable);
+
+    let channel = Channel::from_shared(a.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("response").expect("response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&chat_proto::CHAT_SERVICE_NAME.to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
