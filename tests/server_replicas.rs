@@ -352,11 +352,22 @@ async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica(
         .await
         .expect("send");
     }
-    let mut stream = on_b
+    let response = on_b
         .subscribe(authed(&bob, SubscribeRequest::default()))
         .await
-        .expect("subscribe")
-        .into_inner();
+        .expect("subscribe");
+    let serving_replica = response
+        .metadata()
+        .get(chat_proto::REPLICA_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    assert!(
+        serving_replica
+            .as_deref()
+            .is_some_and(|id| id.starts_with(&b.address.to_string())),
+        "the stream names its replica: {serving_replica:?}"
+    );
+    let mut stream = response.into_inner();
     for i in 1..=3 {
         let message = stream.next().await.expect("backlog").expect("message");
         assert_eq!((message.sequence, message.text), (i, format!("old {i}")));

@@ -26,3 +26,7 @@ pub const CHAT_SERVICE_NAME: &str = "chat.v1.ChatService";
 
 /// The request header that carries the session token, as `Bearer <token>`.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// The response header in which a replica names itself on `Subscribe` (its
+/// `HealthCheck` replica id), so clients can report which replica serves a stream.
+pub const REPLICA_ID_HEADER: &str = "x-chat-replica";

@@ -35,7 +35,14 @@ impl ChatService {
         let (out, stream) = mpsc::channel(STREAM_BUFFER);
         tracing::debug!(user = %account.username, after, "subscribed");
         tokio::spawn(self.clone().pump(account.id, after, subscription, out));
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+        let mut response = Response::new(Box::pin(ReceiverStream::new(stream)) as MessageStream);
+        // Tell the client which replica serves the stream, so it can report failovers.
+        if let Ok(replica) = self.health.view().replica_id.parse() {
+            response
+                .metadata_mut()
+                .insert(chat_proto::REPLICA_ID_HEADER, replica);
+        }
+        Ok(response)
     }
 
     /// Feeds one subscriber until it goes away, the replica shuts down or the store fails.
