@@ -29,7 +29,7 @@ fn send(token: &str, to: &str, text: &str, key: &str) -> tonic::Request<SendMess
 
 async fn fetch_all(client: &mut ChatServiceClient<Channel>, token: &str) -> Vec<(u64, String)> {
     let mut seen = Vec::new();
-    let mut after = 0;
+    let mut after = None;
     loop {
         let page = client
             .fetch_messages(authed(
@@ -44,7 +44,7 @@ async fn fetch_all(client: &mut ChatServiceClient<Channel>, token: &str) -> Vec<
             .into_inner();
         for message in &page.messages {
             seen.push((message.sequence, message.text.clone()));
-            after = message.sequence;
+            after = Some(message.sequence);
         }
         if !page.has_more {
             return seen;
@@ -332,6 +332,20 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
     let rest = fetch_all(&mut on_b, &bob).await;
     assert_eq!(rest.first().map(|m| m.0), Some(5));
     assert_eq!(rest.len(), 6);
+    // An explicit `after_sequence` reaches back into acknowledged history.
+    let history = on_a
+        .fetch_messages(authed(
+            &bob,
+            FetchMessagesRequest {
+                after_sequence: Some(0),
+                page_size: 100,
+            },
+        ))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.messages.len(), 10);
+    assert_eq!(history.acked_sequence, 4);
 }
 
 #[tokio::test]
@@ -638,4 +652,36 @@ async fn health_check_and_reflection_answer() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+}
+
+#[tokio::test]
+async fn a_drain_file_takes_the_replica_out_of_rotation_and_back() {
+    let store = SharedStore::new();
+    let drain = tempfile::tempdir().expect("temporary directory");
+    let drain_file = drain.path().join("drain");
+    let a = Replica::start_with(
+        &store,
+        &[
+            "--drain-file",
+            drain_file.to_str().expect("utf-8 path"),
+            "--store-check-interval",
+            "50ms",
+        ],
+    );
+    common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
+    std::fs::write(&drain_file, b"").expect("create drain file");
+    common::wait_for_status(&a, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    let health = client(&a)
+        .await
+        .health_check(HealthCheckRequest {})
+        .await
+        .expect("health")
+        .into_inner();
+    assert!(health.detail.contains("drain"), "{health:?}");
+    assert!(health.store_reachable);
+    // Calls that still reach it are answered.
+    let mut on_a = client(&a).await;
+    register_and_login(&mut on_a, "carol", PASSWORD).await;
+    std::fs::remove_file(&drain_file).expect("remove drain file");
+    common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
 }

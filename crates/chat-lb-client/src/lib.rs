@@ -1,1 +1,194 @@
-//! Placeholder: the balancer lands with issue 4.
+//! A client-side gRPC load balancer for tonic, with active and passive health
+//! checking, retries and deadlines.
+//!
+//! [`Balancer`] is a drop-in transport for **any** tonic-generated client, like
+//! a `tonic::transport::Channel`: it is `Clone` and a
+//! `tower::Service<http::Request<tonic::body::Body>>`. Unlike
+//! `Channel::balance_list`, it stops sending calls to replicas that are down or
+//! say they are not serving, and retries calls that never reached a server.
+//!
+//! ```no_run
+//! use chat_lb_client::{Balancer, RetrySafe};
+//! use chat_proto::v1::{chat_service_client::ChatServiceClient, HealthCheckRequest};
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let lb = Balancer::builder()
+//!     .addresses("replica-1:8500,replica-2:8500,replica-3:8500")
+//!     // Every chat RPC is safe to retry (see chat.proto).
+//!     .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
+//!     .timeout(Duration::from_secs(5))
+//!     .build()?;
+//! let mut client = ChatServiceClient::new(lb.clone());
+//! let health = client.health_check(HealthCheckRequest {}).await?.into_inner();
+//! println!("served by {}", health.replica_id);
+//!
+//! // For a `status` command: fresh probes, then a table.
+//! lb.wait_for_probe_round().await;
+//! for ep in lb.snapshot() {
+//!     println!("{} {} {:?}", ep.address, ep.state, ep.latency_estimate);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # How a call flows
+//!
+//! 1. **Deadline and retry-safety.** The deadline comes from the `grpc-timeout`
+//!    header (`tonic::Request::set_timeout`) or [`Builder::timeout`]. The call is
+//!    *retry-safe* if [`RetrySafe`] says so for its method path, unless a
+//!    [`SafeToRetry`] request extension overrides it.
+//! 2. **Pick.** Among the endpoints of the best tier — healthy ones, or while
+//!    none is known healthy those not probed yet — the [`Policy`] picks one:
+//!    power of two random choices on peak-EWMA cost
+//!    (`latency estimate * (outstanding + 1)`) by default. If none can take the
+//!    call, it is answered `UNAVAILABLE` at once, naming every endpoint with
+//!    its state and last error, or, with [`Builder::wait_for_ready`], waits
+//!    for one until the deadline.
+//! 3. **Send** over the endpoint's own lazily connected tonic `Channel`. The
+//!    request body goes through a replay buffer (see below).
+//! 4. **Classify** the outcome: response headers (success for balancing
+//!    purposes, whatever the gRPC status — except `UNAVAILABLE`); a
+//!    trailers-only `UNAVAILABLE`; a transport error that proves the request
+//!    never reached the server (connection refused or failed, stream refused
+//!    unprocessed); another transport error; no headers within the per-try
+//!    timeout.
+//! 5. **Update**: the latency feeds the endpoint's peak-EWMA; every failure
+//!    kind above ejects the endpoint at once (outlier detection). An answered
+//!    call's response body stays watched: a connection that breaks mid-stream,
+//!    or a stream ended `UNAVAILABLE`, ejects the endpoint too.
+//! 6. **Maybe retry** on another endpoint: always when the request never
+//!    reached a server; for retry-safe calls also on `UNAVAILABLE`, transport
+//!    errors and per-try timeouts, within `max_attempts` and the retry budget.
+//!    Otherwise answer: the server's response as it came; a transport failure
+//!    as `UNAVAILABLE` naming the endpoint and error; a passed deadline as
+//!    `DEADLINE_EXCEEDED`.
+//!
+//! What a tonic client sees from the balancer itself is always a `Status`:
+//! `UNAVAILABLE` when no endpoint can take the call (the message lists every
+//! endpoint as `address (state: last error)`) or when the call failed on a
+//! broken connection and could not be retried, `DEADLINE_EXCEEDED` when its
+//! deadline passed. A call with neither a deadline nor retry-safety that is stuck
+//! on a frozen replica ends when HTTP/2 keepalive gives up on the connection
+//! (10s + 5s by default): set a deadline for anything interactive.
+//!
+//! # Health
+//!
+//! Each endpoint has a prober task: a [`HealthProbe`] check every
+//! `probe_interval` (± jitter) with its own timeout; `unhealthy_threshold`
+//! failures in a row make it unhealthy, `healthy_threshold` successes healthy.
+//! "Not serving" answers take it out at once. [`GrpcHealthProbe`] also keeps a
+//! `grpc.health.v1` `Watch` stream open where the server supports it, so a
+//! replica's switch to `NOT_SERVING` is seen the moment it happens.
+//! Passive ejections last `base_ejection_time * n` for the n-th offence in a
+//! row (capped at `max_ejection_time`), at most `max_ejection_percent` of the
+//! endpoints at once; an endpoint comes back on the first successful probe after
+//! its ejection time.
+//!
+//! # Defaults
+//!
+//! | setting | default |
+//! |---|---|
+//! | policy | power of two choices (peak EWMA, decay 10s, initial 1ms) |
+//! | probe | [`ChatHealthProbe`] every 500ms ±10%, timeout 250ms |
+//! | unhealthy / healthy threshold | 2 failed / 1 successful probes in a row |
+//! | ejection | 1s × offences in a row, at most 30s, at most 50% of endpoints |
+//! | retry-safe calls | none ([`RetrySafe::None`]) |
+//! | max attempts (retry-safe) | 3 |
+//! | per-try timeout (retry-safe) | 2s |
+//! | retry budget | 20% of calls + 10/s over 10s |
+//! | replay buffer | 1 MiB |
+//! | overall timeout / wait for ready | none / none (fail fast) |
+//! | connect timeout, keepalive | 1s; HTTP/2 ping every 10s, 5s timeout |
+//! | DNS | re-resolved every 30s, 5s timeout |
+//!
+//! # Request bodies and retries of streaming calls
+//!
+//! Retrying needs the request body a second time, but buffering a body before
+//! sending it would deadlock a bidirectional stream whose client waits for an
+//! answer before it sends more. So nothing is held back: each attempt streams
+//! the body as the caller produces it, while a copy of every frame is kept (up
+//! to `max_replay_bytes`, 1 MiB by default; the copies are reference-counted
+//! `Bytes`, not copies of the data). A retry replays the kept frames and then
+//! continues with the caller's stream. Unary and server-streaming calls (one
+//! request message) are thus always retryable; client-streaming and bidi calls
+//! are retryable until their request outgrows the cap. Retries only ever happen
+//! **before response headers arrive**: once the server has answered, the call
+//! belongs to that server.
+//!
+//! The per-try timeout fires when no response headers arrive in time. Servers
+//! built with tonic send headers as soon as the handler returns (for a stream:
+//! when it starts), but a server that withholds headers until the client has
+//! sent something would trip it; do not mark such methods retry-safe.
+//!
+//! # Streams
+//!
+//! A server-streaming call (such as `Subscribe`) is placed like a unary call,
+//! on a healthy endpoint, and stays there. The balancer keeps watching its
+//! response: when the replica dies mid-stream the stream fails with
+//! `UNAVAILABLE` (tonic alone would say `UNKNOWN`), and when the replica ends
+//! it with `UNAVAILABLE` (shutting down) that is noted too; either way the
+//! endpoint is ejected at once, so the application simply calls again, from
+//! where it was, and lands on a healthy replica:
+//!
+//! ```no_run
+//! # use chat_proto::v1::{chat_service_client::ChatServiceClient, SubscribeRequest};
+//! # async fn demo(mut client: ChatServiceClient<chat_lb_client::Balancer>) {
+//! let mut after = 0;
+//! loop {
+//!     let request = SubscribeRequest { after_sequence: after };
+//!     let Ok(response) = client.subscribe(request).await else {
+//!         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+//!         continue;
+//!     };
+//!     let mut stream = response.into_inner();
+//!     while let Ok(Some(message)) = stream.message().await {
+//!         after = message.sequence; // resume point
+//!     }
+//!     // The stream broke: loop to resubscribe elsewhere from `after`.
+//! }
+//! # }
+//! ```
+//!
+//! # Runtime and lifecycle
+//!
+//! [`Builder::build`] must run inside a tokio runtime; the probers, the DNS
+//! resolver and discovery streams run on it and stop when the last clone of the
+//! balancer is dropped. No lock is held across an `.await`; every future is
+//! cancellation-safe (dropping a call releases its endpoint's load count).
+//! Every endpoint state change is logged with `tracing` (target
+//! `chat_lb_client`).
+
+#![warn(missing_docs)]
+
+mod address;
+mod balancer;
+mod body;
+mod builder;
+mod config;
+mod connect;
+mod deadline;
+mod discover;
+mod endpoint;
+mod error;
+mod ewma;
+mod health;
+mod observe;
+mod outlier;
+mod picker;
+mod resolve;
+mod retry;
+mod service;
+mod shared;
+mod snapshot;
+
+pub use address::{Host, IntoTarget, Target, parse_address_list};
+pub use balancer::Balancer;
+pub use builder::Builder;
+pub use config::parse_duration;
+pub use discover::Change;
+pub use error::{AddressError, BoxError, BuildError, ConfigError, DurationError};
+pub use health::{ChatHealthProbe, GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
+pub use picker::Policy;
+pub use retry::{RetrySafe, SafeToRetry};
+pub use service::ResponseFuture;
+pub use snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};

@@ -52,6 +52,12 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_FEED_POLL_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration)]
     pub feed_poll_interval: Duration,
 
+    /// Operational drain: while this file exists, the replica reports NOT_SERVING (so
+    /// balancers send it no new calls) but still answers calls that reach it. Checked
+    /// every store check interval. `touch` it before maintenance, remove it after.
+    #[arg(long, env = "CHAT_DRAIN_FILE")]
+    pub drain_file: Option<std::path::PathBuf>,
+
     /// This replica's id in health answers and logs; default `HOST:PORT/PID`.
     #[arg(long, env = "CHAT_REPLICA_ID")]
     pub replica_id: Option<String>,

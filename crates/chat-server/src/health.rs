@@ -3,8 +3,8 @@
 //! One task per replica checks the store every `store_check_interval`. The result is
 //! served by the chat `HealthCheck` RPC and mirrored into the standard
 //! `grpc.health.v1.Health` service (for the whole server, `""`, and for
-//! `chat.v1.ChatService`), so balancers route around a replica whose store is down
-//! and around one that is draining.
+//! `chat.v1.ChatService`), so balancers route around a replica whose store is down,
+//! one that an operator drained (`--drain-file`), and one that is shutting down.
 
 use std::{
     sync::{
@@ -29,6 +29,7 @@ struct Inner {
     replica_id: String,
     store_reachable: AtomicBool,
     shutting_down: AtomicBool,
+    drained: AtomicBool,
     last_store_error: Mutex<Option<String>>,
     reporter: HealthReporter,
 }
@@ -54,6 +55,7 @@ impl ReplicaHealth {
                 replica_id,
                 store_reachable: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
+                drained: AtomicBool::new(false),
                 last_store_error: Mutex::new(None),
                 reporter,
             }),
@@ -64,8 +66,11 @@ impl ReplicaHealth {
     pub fn view(&self) -> HealthView {
         let store_reachable = self.inner.store_reachable.load(Ordering::Acquire);
         let shutting_down = self.inner.shutting_down.load(Ordering::Acquire);
+        let drained = self.inner.drained.load(Ordering::Acquire);
         let detail = if shutting_down {
             "replica is shutting down".to_owned()
+        } else if drained {
+            "replica drained by its operator (drain file present)".to_owned()
         } else if !store_reachable {
             let error = self
                 .inner
@@ -80,7 +85,7 @@ impl ReplicaHealth {
         };
         HealthView {
             replica_id: self.inner.replica_id.clone(),
-            serving: store_reachable && !shutting_down,
+            serving: store_reachable && !shutting_down && !drained,
             store_reachable,
             detail,
         }
@@ -137,12 +142,26 @@ impl ReplicaHealth {
         }
     }
 
-    /// Checks the store every `interval` (each check bounded by `timeout`) until `stop`.
+    /// Records whether an operator has drained the replica, publishing any change.
+    pub async fn record_drain(&self, drained: bool) {
+        if self.inner.drained.swap(drained, Ordering::AcqRel) != drained {
+            if drained {
+                tracing::warn!("drain file present; replica NOT_SERVING");
+            } else {
+                tracing::info!("drain file removed; replica SERVING");
+            }
+            self.publish().await;
+        }
+    }
+
+    /// Checks the store (each check bounded by `timeout`) and the drain file every
+    /// `interval` until `stop`.
     pub async fn monitor_store(
         self,
         store: Arc<dyn Store>,
         interval: Duration,
         timeout: Duration,
+        drain_file: Option<std::path::PathBuf>,
         stop: CancellationToken,
     ) {
         loop {
@@ -159,6 +178,10 @@ impl ReplicaHealth {
                 )),
             };
             self.record_store_check(result).await;
+            if let Some(path) = &drain_file {
+                let drained = tokio::fs::try_exists(path).await.unwrap_or(false);
+                self.record_drain(drained).await;
+            }
         }
     }
 }

@@ -93,6 +93,7 @@ pub async fn run(
             store.clone(),
             config.store_check_interval,
             config.store_check_timeout,
+            config.drain_file.clone(),
             stop.clone(),
         )),
         tokio::spawn(purge_sessions_periodically(store.clone(), stop.clone())),

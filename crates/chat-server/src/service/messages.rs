@@ -47,12 +47,11 @@ impl ChatService {
             after_sequence,
             page_size,
         } = request.into_inner();
-        let after = (after_sequence > 0).then_some(after_sequence);
         let page = self
             .store
             .fetch_messages(
                 account.id,
-                after,
+                after_sequence,
                 validate::page_size(page_size, limits::FETCH_PAGE),
             )
             .await?;

@@ -1,0 +1,460 @@
+//! [`Builder`]: every setting of the balancer, with its default.
+
+use std::{fmt, hash::Hash, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures::{Stream, future::BoxFuture};
+use tower::discover::Change;
+
+use crate::{
+    Balancer,
+    address::{IntoTarget, Target, parse_address_list},
+    config::{Config, parse_duration},
+    error::{BoxError, BuildError, ConfigError},
+    health::{ChatHealthProbe, HealthProbe},
+    picker::Policy,
+    retry::RetrySafe,
+    shared::Shared,
+};
+
+type DiscoverTask = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send>;
+
+/// Configures and builds a [`Balancer`].
+///
+/// Every setting has a default suited to replicas on one LAN; durations can be
+/// read from text with [`crate::parse_duration`] or set by name with
+/// [`Builder::set`].
+///
+/// ```no_run
+/// use chat_lb_client::{Balancer, Policy, RetrySafe};
+/// use std::time::Duration;
+/// # async fn demo() -> Result<(), chat_lb_client::BuildError> {
+/// let lb = Balancer::builder()
+///     .addresses("replica-1:8500,replica-2:8500,10.0.0.7:8500")
+///     .policy(Policy::PowerOfTwoChoices)
+///     .probe_interval(Duration::from_millis(300))
+///     .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
+///     .timeout(Duration::from_secs(5))
+///     .build()?;
+/// # let _ = lb; Ok(()) }
+/// ```
+#[must_use]
+pub struct Builder {
+    cfg: Config,
+    targets: Vec<Target>,
+    error: Option<BuildError>,
+    probe: Option<Arc<dyn HealthProbe>>,
+    discover: Vec<DiscoverTask>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("targets", &self.targets)
+            .field("policy", &self.cfg.policy)
+            .field("health", &self.cfg.health)
+            .field("outlier", &self.cfg.outlier)
+            .field("retry_safe", &self.cfg.retry.safe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A builder with the default settings and no endpoints.
+    pub fn new() -> Self {
+        Self {
+            cfg: Config::default(),
+            targets: Vec::new(),
+            error: None,
+            probe: None,
+            discover: Vec::new(),
+        }
+    }
+
+    fn fail(mut self, error: impl Into<BuildError>) -> Self {
+        self.error.get_or_insert(error.into());
+        self
+    }
+
+    // ---- endpoints -------------------------------------------------------
+
+    /// Adds the endpoints of a comma-separated list such as
+    /// `"replica-1:8500, replica-2:8500, 10.0.0.3:8500"`. A malformed entry makes
+    /// [`Builder::build`] fail with [`crate::AddressError`] naming it.
+    pub fn addresses(mut self, list: &str) -> Self {
+        match parse_address_list(list) {
+            Ok(targets) => {
+                self.targets.extend(targets);
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Adds one endpoint address.
+    pub fn address(mut self, address: impl IntoTarget) -> Self {
+        match address.into_target() {
+            Ok(target) => {
+                self.targets.push(target);
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Adds endpoints from a stream of changes (`Change::Insert(key, addr)`,
+    /// `Change::Remove(key)`), like `tower::discover::Discover`. May be given
+    /// more than once, and combined with addresses.
+    pub fn discover<S, K, E>(mut self, stream: S) -> Self
+    where
+        S: Stream<Item = Result<Change<K, SocketAddr>, E>> + Send + 'static,
+        K: Hash + Eq + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.discover.push(Box::new(move |shared| {
+            Box::pin(crate::discover::run(shared, stream))
+        }));
+        self
+    }
+
+    // ---- choice ------------------------------------------------------------
+
+    /// How calls choose among healthy endpoints. Default:
+    /// [`Policy::PowerOfTwoChoices`].
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.cfg.policy = policy;
+        self
+    }
+
+    /// The latency assumed for an endpoint before its first call. Default 1ms.
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.cfg.default_rtt = rtt;
+        self
+    }
+
+    /// The time constant of the peak-EWMA latency estimate. Default 10s.
+    pub fn ewma_decay(mut self, decay: Duration) -> Self {
+        self.cfg.ewma_decay = decay;
+        self
+    }
+
+    // ---- active health -----------------------------------------------------
+
+    /// The health probe. Default: [`ChatHealthProbe`] (`chat.v1` `HealthCheck`);
+    /// use [`crate::GrpcHealthProbe`] for any server with the standard gRPC
+    /// health service.
+    pub fn probe(mut self, probe: impl HealthProbe) -> Self {
+        self.probe = Some(Arc::new(probe));
+        self
+    }
+
+    /// Time between probes of an endpoint. Default 500ms.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.cfg.health.interval = interval;
+        self
+    }
+
+    /// How long a probe may take before it counts as failed. Default 250ms.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.health.timeout = timeout;
+        self
+    }
+
+    /// Spread of the probe interval: each wait is `interval * (1 ± jitter)`,
+    /// uniformly drawn, so probes of many clients do not align. Default 0.1.
+    pub fn probe_jitter(mut self, jitter: f64) -> Self {
+        self.cfg.health.jitter = jitter;
+        self
+    }
+
+    /// Failed probes in a row that make an endpoint unhealthy. Default 2.
+    pub fn unhealthy_threshold(mut self, probes: u32) -> Self {
+        self.cfg.health.unhealthy_threshold = probes;
+        self
+    }
+
+    /// Successful probes in a row that make an endpoint healthy again.
+    /// Default 1.
+    pub fn healthy_threshold(mut self, probes: u32) -> Self {
+        self.cfg.health.healthy_threshold = probes;
+        self
+    }
+
+    /// Whether to use the probe's push updates (gRPC health `Watch`) when it
+    /// offers them. Default `true`.
+    pub fn health_watch(mut self, enabled: bool) -> Self {
+        self.cfg.health.watch = enabled;
+        self
+    }
+
+    // ---- passive health ----------------------------------------------------
+
+    /// Whether failed calls eject their endpoint at once (outlier detection).
+    /// Default `true`.
+    pub fn outlier_detection(mut self, enabled: bool) -> Self {
+        self.cfg.outlier.enabled = enabled;
+        self
+    }
+
+    /// Ejection time of a first offence; the n-th in a row lasts n times as
+    /// long. Default 1s.
+    pub fn base_ejection_time(mut self, time: Duration) -> Self {
+        self.cfg.outlier.base_ejection_time = time;
+        self
+    }
+
+    /// Longest ejection time. Default 30s.
+    pub fn max_ejection_time(mut self, time: Duration) -> Self {
+        self.cfg.outlier.max_ejection_time = time;
+        self
+    }
+
+    /// Most endpoints, in percent, ejected at once (at least one always may
+    /// be). Default 50.
+    pub fn max_ejection_percent(mut self, percent: u8) -> Self {
+        self.cfg.outlier.max_ejection_percent = percent;
+        self
+    }
+
+    // ---- retries and deadlines -----------------------------------------------
+
+    /// Which calls may be retried after they may have reached a server
+    /// (`UNAVAILABLE`, transport error, per-try timeout). Default
+    /// [`RetrySafe::None`]; a [`crate::SafeToRetry`] request extension overrides
+    /// it per call. Calls that never reached a server are always retried.
+    pub fn retry_safe(mut self, safe: RetrySafe) -> Self {
+        self.cfg.retry.safe = safe;
+        self
+    }
+
+    /// Attempts of a retry-safe call that failed after it may have reached a
+    /// server, the first included. Default 3.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.cfg.retry.max_attempts = attempts;
+        self
+    }
+
+    /// How long a retry-safe attempt may wait for response headers before it is
+    /// retried on another endpoint (if a retry is allowed; otherwise it goes on
+    /// waiting, up to the deadline). `None` turns it off. Default 2s.
+    pub fn per_try_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.cfg.retry.per_try_timeout = timeout.into();
+        self
+    }
+
+    /// The retry budget: retries allowed per call (`ratio`) plus a floor of
+    /// retries per second. Default 0.2 and 10/s.
+    pub fn retry_budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
+        self.cfg.retry.budget_ratio = ratio;
+        self.cfg.retry.budget_min_per_sec = min_per_sec;
+        self
+    }
+
+    /// The window the retry budget counts calls and retries over. Default 10s.
+    pub fn retry_budget_window(mut self, window: Duration) -> Self {
+        self.cfg.retry.budget_window = window;
+        self
+    }
+
+    /// Most request-body bytes kept to replay a call on retry; a call whose
+    /// body outgrows it is no longer retried. Default 1 MiB.
+    pub fn max_replay_bytes(mut self, bytes: usize) -> Self {
+        self.cfg.retry.max_replay_bytes = bytes;
+        self
+    }
+
+    /// Overall timeout of calls that set none themselves (tonic's
+    /// `Request::set_timeout` takes precedence); it is also sent to the server
+    /// as `grpc-timeout`. Retries and waiting count against it. Default: none.
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.cfg.default_timeout = timeout.into();
+        self
+    }
+
+    /// When no endpoint can take a call, wait up to this long (and at most
+    /// until the call's deadline) for one to become healthy, instead of failing
+    /// at once with `UNAVAILABLE`. Default: `None` (fail fast).
+    pub fn wait_for_ready(mut self, max_wait: impl Into<Option<Duration>>) -> Self {
+        self.cfg.wait_for_ready = max_wait.into();
+        self
+    }
+
+    // ---- connections and resolution ---------------------------------------------
+
+    /// TCP connect timeout of each endpoint. Default 1s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.connect.connect_timeout = timeout;
+        self
+    }
+
+    /// `TCP_NODELAY` on the connections. Default `true`.
+    pub fn tcp_nodelay(mut self, enabled: bool) -> Self {
+        self.cfg.connect.tcp_nodelay = enabled;
+        self
+    }
+
+    /// HTTP/2 keepalive pings: every `interval` (also while idle), the
+    /// connection failing after `timeout` without an answer. `None` turns
+    /// them off. Default 10s / 5s.
+    pub fn http2_keepalive(
+        mut self,
+        interval: impl Into<Option<Duration>>,
+        timeout: Duration,
+    ) -> Self {
+        self.cfg.connect.keepalive_interval = interval.into();
+        self.cfg.connect.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Adjusts each endpoint's `tonic::transport::Endpoint` after the
+    /// balancer's settings (user agent, window sizes, ...).
+    pub fn configure_endpoint(
+        mut self,
+        hook: impl Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint + Send + Sync + 'static,
+    ) -> Self {
+        self.cfg.connect.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// How often host names are resolved again. Default 30s.
+    pub fn resolve_interval(mut self, interval: Duration) -> Self {
+        self.cfg.resolve_interval = interval;
+        self
+    }
+
+    /// Timeout of one DNS resolution; also how long calls wait for the first
+    /// resolution (or first discovery item) when there is no endpoint yet.
+    /// Default 5s.
+    pub fn resolve_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.resolve_timeout = timeout;
+        self
+    }
+
+    // ---- by name -------------------------------------------------------------
+
+    /// Sets one setting from text, e.g. from a command line or environment:
+    /// `set("probe_interval", "300ms")`. Keys (`-` and `_` are equivalent):
+    /// `policy` (`p2c` | `round_robin` | `pick_first`), `probe_interval`,
+    /// `probe_timeout`, `probe_jitter`, `unhealthy_threshold`,
+    /// `healthy_threshold`, `health_watch`, `outlier_detection`,
+    /// `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`,
+    /// `retry_safe` (`none` | `all` | a method-path prefix), `max_attempts`,
+    /// `per_try_timeout` (`off` or a duration), `retry_budget_ratio`,
+    /// `retry_budget_min_per_sec`, `retry_budget_window`, `max_replay_bytes`,
+    /// `timeout` (`off` or a duration), `wait_for_ready` (`off` or a duration),
+    /// `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
+    /// `ewma_decay`.
+    pub fn set(self, key: &str, value: &str) -> Result<Self, ConfigError> {
+        let norm = key.trim().to_ascii_lowercase().replace('-', "_");
+        let value = value.trim();
+        let bad = |reason: String| ConfigError::InvalidValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        let dur = || parse_duration(value).map_err(|e| bad(e.reason));
+        let opt_dur = || match value {
+            "off" | "none" => Ok(None),
+            _ => dur().map(Some),
+        };
+        let num = || value.parse::<u32>().map_err(|e| bad(e.to_string()));
+        let float = || value.parse::<f64>().map_err(|e| bad(e.to_string()));
+        let flag = || value.parse::<bool>().map_err(|e| bad(e.to_string()));
+        Ok(match norm.as_str() {
+            "policy" => self.policy(match value {
+                "p2c" | "power_of_two_choices" => Policy::PowerOfTwoChoices,
+                "round_robin" | "rr" => Policy::RoundRobin,
+                "pick_first" | "first" => Policy::PickFirst,
+                _ => return Err(bad("expected p2c, round_robin or pick_first".into())),
+            }),
+            "probe_interval" => self.probe_interval(dur()?),
+            "probe_timeout" => self.probe_timeout(dur()?),
+            "probe_jitter" => self.probe_jitter(float()?),
+            "unhealthy_threshold" => self.unhealthy_threshold(num()?),
+            "healthy_threshold" => self.healthy_threshold(num()?),
+            "health_watch" => self.health_watch(flag()?),
+            "outlier_detection" => self.outlier_detection(flag()?),
+            "base_ejection_time" => self.base_ejection_time(dur()?),
+            "max_ejection_time" => self.max_ejection_time(dur()?),
+            "max_ejection_percent" => {
+                let p = value.parse::<u8>().map_err(|e| bad(e.to_string()))?;
+                self.max_ejection_percent(p)
+            }
+            "retry_safe" => self.retry_safe(match value {
+                "none" => RetrySafe::None,
+                "all" => RetrySafe::All,
+                prefix if prefix.starts_with('/') => RetrySafe::prefix(prefix),
+                _ => {
+                    return Err(bad(
+                        "expected none, all or a method path prefix such as /pkg.Service/".into(),
+                    ));
+                }
+            }),
+            "max_attempts" => self.max_attempts(num()?),
+            "per_try_timeout" => self.per_try_timeout(opt_dur()?),
+            "retry_budget_ratio" => {
+                let ratio = float()?;
+                self.retry_budget_ratio(ratio)
+            }
+            "retry_budget_min_per_sec" => {
+                let min = num()?;
+                let ratio = self.cfg.retry.budget_ratio;
+                self.retry_budget(ratio, min)
+            }
+            "retry_budget_window" => self.retry_budget_window(dur()?),
+            "max_replay_bytes" => self.max_replay_bytes(
+                value
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| bad(e.to_string()))?,
+            ),
+            "timeout" => self.timeout(opt_dur()?),
+            "wait_for_ready" => self.wait_for_ready(opt_dur()?),
+            "connect_timeout" => self.connect_timeout(dur()?),
+            "resolve_interval" => self.resolve_interval(dur()?),
+            "resolve_timeout" => self.resolve_timeout(dur()?),
+            "default_rtt" => self.default_rtt(dur()?),
+            "ewma_decay" => self.ewma_decay(dur()?),
+            _ => return Err(ConfigError::UnknownKey(key.to_owned())),
+        })
+    }
+
+    fn retry_budget_ratio(mut self, ratio: f64) -> Self {
+        self.cfg.retry.budget_ratio = ratio;
+        self
+    }
+
+    // ---- build -------------------------------------------------------------
+
+    /// Builds the balancer and starts its background tasks on the current
+    /// tokio runtime (so it must be called from within one). Literal IP
+    /// addresses are endpoints at once; host names are resolved in the
+    /// background (calls wait for the first resolution, up to
+    /// `resolve_timeout`). Connections are made lazily, by the first probe.
+    pub fn build(self) -> Result<Balancer, BuildError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        self.cfg.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let probe = self
+            .probe
+            .unwrap_or_else(|| Arc::new(ChatHealthProbe::new()));
+        let shared = Arc::new(Shared::new(self.cfg, probe, runtime));
+        // The guard inside the balancer stops every task spawned below.
+        let balancer = Balancer::new(shared.clone());
+        for target in self.targets {
+            shared.add_target(target);
+        }
+        for task in self.discover {
+            shared.expect_source();
+            let handle = shared.spawn(task(shared.clone()));
+            shared.adopt_task(handle.abort_handle());
+        }
+        Ok(balancer)
+    }
+}

@@ -1,0 +1,237 @@
+//! The balancer's settings and their defaults.
+//!
+//! Every field is set through [`crate::Builder`]; the defaults (listed on each
+//! builder method and in [`crate`]'s guide) are tuned for replicas on one LAN:
+//! sub-second failure detection, millisecond latencies.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    error::{ConfigError, DurationError},
+    picker::Policy,
+    retry::RetrySafe,
+};
+
+/// Parses a human-readable duration such as `"250ms"`, `"2s"` or `"1m 30s"`
+/// (humantime syntax).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(chat_lb_client::parse_duration("1s 500ms").unwrap(), Duration::from_millis(1500));
+/// assert!(chat_lb_client::parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(text.trim()).map_err(|e| DurationError {
+        input: text.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Hook to adjust each endpoint's `tonic::transport::Endpoint` (user agent, window
+/// sizes, ...) after the balancer applied its own connection settings.
+pub(crate) type EndpointHook =
+    Arc<dyn Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint + Send + Sync>;
+
+/// Active health checking.
+#[derive(Debug, Clone)]
+pub(crate) struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Each wait between probes is `interval * (1 ± jitter)`.
+    pub jitter: f64,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    /// Whether to use the probe's push channel (`Watch`), when it has one.
+    pub watch: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(250),
+            jitter: 0.1,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+            watch: true,
+        }
+    }
+}
+
+/// Passive health checking (outlier detection).
+#[derive(Debug, Clone)]
+pub(crate) struct OutlierConfig {
+    pub enabled: bool,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u8,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            base_ejection_time: Duration::from_secs(1),
+            max_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Retries and the retry budget.
+#[derive(Clone)]
+pub(crate) struct RetryConfig {
+    pub safe: RetrySafe,
+    /// Attempts of a retry-safe call that failed after reaching a server,
+    /// counting the first.
+    pub max_attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub budget_ratio: f64,
+    pub budget_min_per_sec: u32,
+    pub budget_window: Duration,
+    pub max_replay_bytes: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            safe: RetrySafe::None,
+            max_attempts: 3,
+            per_try_timeout: Some(Duration::from_secs(2)),
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10,
+            budget_window: Duration::from_secs(10),
+            max_replay_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Connection settings of each endpoint's channel.
+#[derive(Clone)]
+pub(crate) struct ConnectConfig {
+    pub connect_timeout: Duration,
+    pub tcp_nodelay: bool,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    pub hook: Option<EndpointHook>,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            tcp_nodelay: true,
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(5),
+            hook: None,
+        }
+    }
+}
+
+/// Everything the builder collects.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub policy: Policy,
+    pub health: HealthConfig,
+    pub outlier: OutlierConfig,
+    pub retry: RetryConfig,
+    pub connect: ConnectConfig,
+    pub default_timeout: Option<Duration>,
+    pub wait_for_ready: Option<Duration>,
+    pub resolve_interval: Duration,
+    pub resolve_timeout: Duration,
+    pub default_rtt: Duration,
+    pub ewma_decay: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            health: HealthConfig::default(),
+            outlier: OutlierConfig::default(),
+            retry: RetryConfig::default(),
+            connect: ConnectConfig::default(),
+            default_timeout: None,
+            wait_for_ready: None,
+            resolve_interval: Duration::from_secs(30),
+            resolve_timeout: Duration::from_secs(5),
+            default_rtt: Duration::from_millis(1),
+            ewma_decay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, setting, problem| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { setting, problem })
+            }
+        };
+        let h = &self.health;
+        check(
+            !h.interval.is_zero(),
+            "probe_interval",
+            "must be above zero",
+        )?;
+        check(!h.timeout.is_zero(), "probe_timeout", "must be above zero")?;
+        check(
+            (0.0..1.0).contains(&h.jitter),
+            "probe_jitter",
+            "must be in [0, 1)",
+        )?;
+        check(
+            h.unhealthy_threshold >= 1,
+            "unhealthy_threshold",
+            "must be at least 1",
+        )?;
+        check(
+            h.healthy_threshold >= 1,
+            "healthy_threshold",
+            "must be at least 1",
+        )?;
+        let o = &self.outlier;
+        check(
+            o.max_ejection_percent <= 100,
+            "max_ejection_percent",
+            "must be at most 100",
+        )?;
+        check(
+            o.max_ejection_time >= o.base_ejection_time,
+            "max_ejection_time",
+            "must not be below base_ejection_time",
+        )?;
+        let r = &self.retry;
+        check(r.max_attempts >= 1, "max_attempts", "must be at least 1")?;
+        check(
+            r.budget_ratio >= 0.0 && r.budget_ratio.is_finite(),
+            "retry_budget ratio",
+            "must be a finite number >= 0",
+        )?;
+        check(
+            r.budget_window >= Duration::from_secs(1),
+            "retry_budget_window",
+            "must be at least 1s",
+        )?;
+        check(
+            r.per_try_timeout.is_none_or(|d| !d.is_zero()),
+            "per_try_timeout",
+            "must be above zero (or unset)",
+        )?;
+        check(
+            !self.resolve_interval.is_zero(),
+            "resolve_interval",
+            "must be above zero",
+        )?;
+        check(
+            !self.ewma_decay.is_zero(),
+            "ewma_decay",
+            "must be above zero",
+        )?;
+        Ok(())
+    }
+}

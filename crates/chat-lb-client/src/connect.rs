@@ -1,0 +1,29 @@
+//! Each endpoint's channel: a lazily connected tonic `Channel` to one socket
+//! address, with the balancer's connection settings.
+
+use std::net::SocketAddr;
+
+use tonic::transport::Channel;
+
+use crate::{config::ConnectConfig, error::BoxError};
+
+/// Builds the lazily connecting channel of one endpoint: connect timeout,
+/// `TCP_NODELAY`, HTTP/2 keepalive pings (also while idle, so a dead or frozen
+/// peer is noticed on an idle connection too), then the user's hook. Must run
+/// inside a tokio runtime context. Nothing connects until the first probe or
+/// call; connection failures reach the balancer as `tonic::ConnectError`.
+pub(crate) fn connect_lazy(addr: SocketAddr, cfg: &ConnectConfig) -> Result<Channel, BoxError> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(cfg.tcp_nodelay);
+    if let Some(interval) = cfg.keepalive_interval {
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(cfg.keepalive_timeout)
+            .keep_alive_while_idle(true);
+    }
+    if let Some(hook) = &cfg.hook {
+        endpoint = hook(endpoint);
+    }
+    Ok(endpoint.connect_lazy())
+}

@@ -1,0 +1,319 @@
+//! One endpoint: its channel, its load, and its health.
+//!
+//! What the hot path reads (tier, outstanding calls, latency estimate) lives in
+//! atomics or a tiny per-endpoint lock. The health record (probe state machine,
+//! ejection, last errors) sits behind a per-endpoint `std::sync::Mutex` taken
+//! only by probes, failed calls and snapshots, never across an `.await`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::{sync::Notify, time::Instant};
+use tonic::transport::Channel;
+
+use crate::{
+    ewma::PeakEwma,
+    health::{Active, HealthTracker, ProbeStatus, Verdict},
+    outlier::Ejection,
+    picker::{Candidate, Tier},
+    shared::Shared,
+    snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
+};
+
+/// Why a call counted against an endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallFailure {
+    /// No connection, or the connection failed under the call.
+    Transport,
+    /// The server answered `UNAVAILABLE`.
+    Unavailable,
+    /// No response headers within the per-try timeout.
+    Timeout,
+}
+
+/// A balancer endpoint.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    tier: AtomicU8,
+    /// Bumped each time the endpoint becomes routable again, so a call that
+    /// already tried it may try it once more.
+    epoch: AtomicU64,
+    outstanding: AtomicUsize,
+    calls: AtomicU64,
+    errors: AtomicU64,
+    call_failures: AtomicU32,
+    ewma: PeakEwma,
+    record: Mutex<Record>,
+    /// Wakes the prober for an immediate probe.
+    pub probe_now: Notify,
+    /// Probes started and completed (checks, not pushed updates).
+    probes_started: AtomicU64,
+    probes: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    health: HealthTracker,
+    ejection: Ejection,
+    last_probe: Option<ProbeRecord>,
+    last_error: Option<String>,
+}
+
+impl Record {
+    fn state(&self) -> EndpointState {
+        match self.health.state() {
+            Active::NotServing => EndpointState::NotServing,
+            Active::Unhealthy => EndpointState::Unhealthy,
+            _ if self.ejection.is_ejected() => EndpointState::Ejected,
+            Active::Healthy => EndpointState::Healthy,
+            Active::Unknown => EndpointState::Unknown,
+        }
+    }
+}
+
+fn tier_of(state: EndpointState) -> Tier {
+    match state {
+        EndpointState::Healthy => Tier::Preferred,
+        EndpointState::Unknown => Tier::Fallback,
+        _ => Tier::Excluded,
+    }
+}
+
+/// Decrements the outstanding count when an attempt ends, however it ends.
+pub(crate) struct InFlight<'a>(&'a Endpoint);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Candidate for std::sync::Arc<Endpoint> {
+    fn tier(&self) -> Tier {
+        Tier::from_u8(self.tier.load(Ordering::Acquire))
+    }
+
+    fn cost(&self, now: Instant) -> f64 {
+        self.ewma
+            .cost(self.outstanding.load(Ordering::Acquire), now)
+    }
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, channel: Channel, default_rtt: Duration, decay: Duration) -> Self {
+        Self {
+            addr,
+            channel,
+            tier: AtomicU8::new(Tier::Fallback as u8),
+            epoch: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            call_failures: AtomicU32::new(0),
+            ewma: PeakEwma::new(default_rtt, decay, Instant::now()),
+            record: Mutex::new(Record::default()),
+            probe_now: Notify::new(),
+            probes_started: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The routable epoch (see the field).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Probes completed so far.
+    pub fn probes(&self) -> u64 {
+        self.probes.load(Ordering::Acquire)
+    }
+
+    /// Probes started so far.
+    pub fn probes_started(&self) -> u64 {
+        self.probes_started.load(Ordering::Acquire)
+    }
+
+    /// A check is starting.
+    pub fn begin_probe(&self) {
+        self.probes_started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// When the current ejection may end, if ejected.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.lock().ejection.until()
+    }
+
+    /// Starts an attempt: counts it and its load until the guard drops.
+    pub fn start(&self) -> InFlight<'_> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
+    }
+
+    /// An attempt got response headers that do not count against the endpoint.
+    pub fn on_success(&self, rtt: Duration, now: Instant) {
+        self.ewma.observe(rtt, now);
+        if self.call_failures.load(Ordering::Relaxed) != 0 {
+            self.call_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// An attempt failed in a way that says the endpoint may be down: counts it
+    /// and ejects the endpoint at once, within the ejection cap.
+    pub fn on_failure(&self, shared: &Shared, kind: CallFailure, error: &str, elapsed: Duration) {
+        let now = Instant::now();
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.call_failures.fetch_add(1, Ordering::Relaxed);
+        if kind == CallFailure::Timeout {
+            // A timeout is the slowest possible answer.
+            self.ewma.observe(elapsed, now);
+        }
+        let cfg = &shared.cfg.outlier;
+        let mut record = self.lock();
+        record.last_error = Some(format!("{kind:?}: {error}"));
+        if !cfg.enabled || record.ejection.is_ejected() || tier_of(record.state()) == Tier::Excluded
+        {
+            return;
+        }
+        if !shared
+            .ejections
+            .try_acquire(shared.endpoint_count(), cfg.max_ejection_percent)
+        {
+            tracing::debug!(endpoint = %self.addr, ?kind, error, "not ejected: max_ejection_percent reached");
+            return;
+        }
+        let time = record.ejection.eject(now, cfg);
+        tracing::warn!(
+            endpoint = %self.addr,
+            ?kind,
+            error,
+            ejection = %humantime::format_duration(time),
+            ejections = record.ejection.total(),
+            "endpoint ejected after a failed call"
+        );
+        self.publish(shared, &mut record, "ejected");
+    }
+
+    /// Applies a probe result (from a check, or pushed by a watch).
+    pub fn on_probe(
+        &self,
+        shared: &Shared,
+        result: Result<ProbeStatus, String>,
+        latency: Duration,
+        pushed: bool,
+    ) {
+        let now = Instant::now();
+        let (verdict, outcome) = match result {
+            Ok(ProbeStatus::Healthy { detail, .. }) => {
+                (Verdict::Serving, ProbeOutcome::Healthy { detail })
+            }
+            Ok(ProbeStatus::NotServing { detail }) => {
+                (Verdict::NotServing, ProbeOutcome::NotServing { detail })
+            }
+            Err(error) => (Verdict::Failed, ProbeOutcome::Failed { error }),
+        };
+        let mut record = self.lock();
+        let before = record.state();
+        match &outcome {
+            ProbeOutcome::Failed { error } => record.last_error = Some(format!("probe: {error}")),
+            ProbeOutcome::NotServing { detail } => {
+                record.last_error = Some(format!("not serving: {detail}"));
+            }
+            ProbeOutcome::Healthy { .. } => {}
+        }
+        let ejection_over = verdict == Verdict::Serving && record.ejection.expired(now);
+        if ejection_over && record.ejection.end(now) {
+            shared.ejections.release();
+        }
+        record.health.observe(verdict, &shared.cfg.health);
+        record.last_probe = Some(ProbeRecord {
+            outcome,
+            latency,
+            at: SystemTime::now(),
+            pushed,
+        });
+        if !pushed {
+            self.probes.fetch_add(1, Ordering::AcqRel);
+        }
+        if record.state() != before {
+            self.publish(shared, &mut record, if pushed { "watch" } else { "probe" });
+        }
+        drop(record);
+        if !pushed {
+            shared.probed.notify_waiters();
+        }
+    }
+
+    /// Stores the tier the record implies and reports a state change.
+    fn publish(&self, shared: &Shared, record: &mut Record, cause: &str) {
+        let state = record.state();
+        let tier = tier_of(state);
+        let old = Tier::from_u8(self.tier.swap(tier as u8, Ordering::AcqRel));
+        if old == Tier::Excluded && tier != Tier::Excluded {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        let error = record.last_error.as_deref().unwrap_or("");
+        match state {
+            EndpointState::Healthy | EndpointState::Unknown => {
+                tracing::info!(endpoint = %self.addr, %state, cause, "endpoint state changed");
+            }
+            _ => {
+                tracing::warn!(endpoint = %self.addr, %state, cause, error, "endpoint state changed")
+            }
+        }
+        shared.changed.notify_waiters();
+    }
+
+    /// The endpoint was removed from the balancer.
+    pub fn retire(&self, shared: &Shared) {
+        let mut record = self.lock();
+        if record.ejection.end(Instant::now()) {
+            shared.ejections.release();
+        }
+        self.tier.store(Tier::Excluded as u8, Ordering::Release);
+    }
+
+    /// `address (state: last error)` for error messages.
+    pub fn describe(&self) -> String {
+        let record = self.lock();
+        match &record.last_error {
+            Some(error) => format!("{} ({}: {error})", self.addr, record.state()),
+            None => format!("{} ({})", self.addr, record.state()),
+        }
+    }
+
+    /// A point-in-time view.
+    pub fn snapshot(&self) -> EndpointSnapshot {
+        let now = Instant::now();
+        let record = self.lock();
+        EndpointSnapshot {
+            address: self.addr,
+            state: record.state(),
+            last_probe: record.last_probe.clone(),
+            latency_estimate: Duration::from_secs_f64(self.ewma.estimate(now) / 1e9),
+            outstanding: self.outstanding.load(Ordering::Acquire),
+            consecutive_failures: record.health.consecutive_failures(),
+            consecutive_call_failures: self.call_failures.load(Ordering::Relaxed),
+            ejections: record.ejection.total(),
+            ejected_for: record
+                .ejection
+                .until()
+                .map(|until| until.saturating_duration_since(now)),
+            calls: self.calls.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            last_error: record.last_error.clone(),
+        }
+    }
+}

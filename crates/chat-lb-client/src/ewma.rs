@@ -1,0 +1,100 @@
+//! Peak-EWMA latency estimate, as in `tower::load::PeakEwma`.
+//!
+//! A new observation above the estimate replaces it at once (the *peak*); one
+//! below it is blended in with a weight that grows with the time since the last
+//! update. Reading the estimate decays it towards zero, so an endpoint that was
+//! slow once and then got no traffic is tried again after a while.
+
+use std::{
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+/// A latency estimate in nanoseconds. Cheap: one short, per-endpoint lock.
+#[derive(Debug)]
+pub(crate) struct PeakEwma {
+    decay_ns: f64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    estimate_ns: f64,
+    updated: Instant,
+}
+
+impl PeakEwma {
+    /// An estimate that starts at `initial` and decays with time constant `decay`.
+    pub fn new(initial: Duration, decay: Duration, now: Instant) -> Self {
+        Self {
+            decay_ns: nanos(decay).max(1.0),
+            state: Mutex::new(State {
+                estimate_ns: nanos(initial),
+                updated: now,
+            }),
+        }
+    }
+
+    /// The decayed estimate at `now`, in nanoseconds.
+    pub fn estimate(&self, now: Instant) -> f64 {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = nanos(now.saturating_duration_since(state.updated));
+        state.estimate_ns *= (-elapsed / self.decay_ns).exp();
+        state.updated = now;
+        state.estimate_ns
+    }
+
+    /// Folds one observed round-trip time into the estimate.
+    pub fn observe(&self, rtt: Duration, now: Instant) {
+        let rtt = nanos(rtt);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if rtt > state.estimate_ns {
+            state.estimate_ns = rtt;
+        } else {
+            let elapsed = nanos(now.saturating_duration_since(state.updated));
+            let decay = (-elapsed / self.decay_ns).exp();
+            state.estimate_ns = state.estimate_ns * decay + rtt * (1.0 - decay);
+        }
+        state.updated = now;
+    }
+
+    /// The load-balancing cost: `estimate * (outstanding + 1)`.
+    pub fn cost(&self, outstanding: usize, now: Instant) -> f64 {
+        self.estimate(now) * (outstanding as f64 + 1.0)
+    }
+}
+
+fn nanos(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn peaks_then_blends_then_decays() {
+        let now = Instant::now();
+        let ewma = PeakEwma::new(Duration::from_millis(5), Duration::from_secs(10), now);
+        ewma.observe(Duration::from_millis(100), now);
+        assert_eq!(
+            ewma.estimate(now),
+            100e6,
+            "a peak replaces the estimate at once"
+        );
+
+        // A lower sample 10s (one time constant) later pulls it about 63% of the way.
+        let later = now + Duration::from_secs(10);
+        ewma.observe(Duration::from_millis(10), later);
+        let e = ewma.estimate(later);
+        let expected = 100e6 * (-1f64).exp() + 10e6 * (1.0 - (-1f64).exp());
+        assert!((e - expected).abs() < 1.0, "{e} vs {expected}");
+
+        // With no traffic it decays towards zero.
+        let idle = later + Duration::from_secs(30);
+        assert!(ewma.estimate(idle) < e / 10.0);
+        assert_eq!(ewma.cost(3, idle), ewma.estimate(idle) * 4.0);
+    }
+}

@@ -1,0 +1,135 @@
+//! Watching a response body after the call was answered.
+//!
+//! A streaming response (or a unary one whose status comes in trailers) can
+//! still fail after its headers: the replica dies mid-stream, or ends the stream
+//! with `UNAVAILABLE` because it is shutting down. The balancer sees that here,
+//! ejects the endpoint at once (so the caller's next call — typically a resumed
+//! subscription — lands elsewhere), and reports a broken connection as
+//! `UNAVAILABLE` instead of tonic's `UNKNOWN`, so callers have one code to
+//! resume on.
+
+use std::{
+    error::Error as StdError,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::{Status, body::Body};
+
+use crate::{
+    endpoint::{CallFailure, Endpoint},
+    retry::describe,
+    shared::Shared,
+};
+
+/// A response body that reports a late failure to its endpoint.
+pub(crate) struct Observed {
+    inner: Body,
+    endpoint: Arc<Endpoint>,
+    shared: Arc<Shared>,
+    reported: bool,
+}
+
+impl Observed {
+    pub fn wrap(
+        response: http::Response<Body>,
+        endpoint: Arc<Endpoint>,
+        shared: Arc<Shared>,
+    ) -> http::Response<Body> {
+        response.map(|inner| {
+            Body::new(Observed {
+                inner,
+                endpoint,
+                shared,
+                reported: false,
+            })
+        })
+    }
+
+    fn report(&mut self, message: &str) {
+        if !self.reported {
+            self.reported = true;
+            self.endpoint.on_failure(
+                &self.shared,
+                CallFailure::Transport,
+                message,
+                Duration::ZERO,
+            );
+        }
+    }
+}
+
+/// Whether a body error comes from the connection rather than the server.
+fn is_transport(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.is::<hyper::Error>() || err.is::<h2::Error>() || err.is::<std::io::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+impl HttpBody for Observed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(status))) if is_transport(&status) => {
+                let text = describe(&status);
+                this.report(&format!("response stream broke: {text}"));
+                Poll::Ready(Some(Err(Status::unavailable(format!(
+                    "chat-lb-client: the connection to {} broke during the call: {text}",
+                    this.endpoint.addr
+                )))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && trailers
+                        .get("grpc-status")
+                        .is_some_and(|s| s.as_bytes() == b"14")
+                {
+                    let message = Status::from_header_map(trailers)
+                        .map(|s| s.message().to_owned())
+                        .unwrap_or_default();
+                    this.report(&format!("stream ended UNAVAILABLE: {message}"));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn transport_errors_are_told_from_server_statuses() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let mut status = Status::unknown("error reading a body from connection");
+        status.set_source(Arc::new(io));
+        assert!(is_transport(&status));
+        assert!(!is_transport(&Status::new(Code::Unavailable, "draining")));
+    }
+}

@@ -1,0 +1,255 @@
+//! Choosing an endpoint for a call: power of two choices, round-robin, pick-first.
+//!
+//! The candidates are the endpoints of the best non-empty *tier*: healthy ones if
+//! there are any, else those not probed yet (state `Unknown`), never unhealthy,
+//! not-serving or ejected ones. Endpoints this call already tried are skipped.
+//! Picking allocates nothing: it walks the endpoint list at most twice.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::Rng;
+use tokio::time::Instant;
+
+/// How a call chooses among the healthy endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Power of two random choices over peak-EWMA cost
+    /// (`latency estimate * (outstanding calls + 1)`): two distinct candidates
+    /// are drawn at random and the cheaper one wins. The default.
+    #[default]
+    PowerOfTwoChoices,
+    /// Each call takes the next candidate in turn.
+    RoundRobin,
+    /// Every call takes the first candidate in configuration order; the others
+    /// are fail-over spares.
+    PickFirst,
+}
+
+/// Whether and how eagerly an endpoint may take new calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Tier {
+    /// Unhealthy, not serving or ejected: no new calls.
+    Excluded = 0,
+    /// Not probed yet: used only while no endpoint is known healthy.
+    Fallback = 1,
+    /// Healthy.
+    Preferred = 2,
+}
+
+impl Tier {
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            2 => Tier::Preferred,
+            1 => Tier::Fallback,
+            _ => Tier::Excluded,
+        }
+    }
+}
+
+/// What the picker needs to know about an endpoint.
+pub(crate) trait Candidate {
+    /// Its current tier.
+    fn tier(&self) -> Tier;
+    /// Its current load-balancing cost (lower is better).
+    fn cost(&self, now: Instant) -> f64;
+}
+
+/// Picks an endpoint from `list` by `policy`, or `None` when no endpoint may
+/// take the call. `excluded` tells which endpoints the call already tried.
+pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
+    policy: Policy,
+    list: &'a [C],
+    excluded: impl Fn(&C) -> bool,
+    next: &AtomicUsize,
+    rng: &mut R,
+    now: Instant,
+) -> Option<&'a C> {
+    // First pass: the best tier and how many candidates it has.
+    let mut tier = Tier::Fallback;
+    let mut count = 0usize;
+    for c in list {
+        let t = c.tier();
+        if t < tier || excluded(c) {
+            continue;
+        }
+        if t > tier {
+            tier = t;
+            count = 0;
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return None;
+    }
+    let nth = |n: usize| {
+        list.iter()
+            .filter(|c| c.tier() == tier && !excluded(c))
+            .nth(n)
+    };
+    match policy {
+        Policy::PickFirst => nth(0),
+        Policy::RoundRobin => nth(next.fetch_add(1, Ordering::Relaxed) % count),
+        Policy::PowerOfTwoChoices => {
+            if count == 1 {
+                return nth(0);
+            }
+            let a = rng.random_range(0..count);
+            let mut b = rng.random_range(0..count - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+            // One walk finds both.
+            let mut found = list
+                .iter()
+                .filter(|c| c.tier() == tier && !excluded(c))
+                .enumerate()
+                .filter(|(i, _)| *i == lo || *i == hi)
+                .map(|(_, c)| c);
+            let (x, y) = (found.next()?, found.next());
+            match y {
+                // A tier changed under us; take what we have.
+                None => Some(x),
+                Some(y) => Some(if y.cost(now) < x.cost(now) { y } else { x }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    struct Fake {
+        tier: Tier,
+        cost: f64,
+        tried: bool,
+    }
+
+    impl Candidate for Fake {
+        fn tier(&self) -> Tier {
+            self.tier
+        }
+        fn cost(&self, _: Instant) -> f64 {
+            self.cost
+        }
+    }
+
+    fn fake(tier: Tier, cost: f64) -> Fake {
+        Fake {
+            tier,
+            cost,
+            tried: false,
+        }
+    }
+
+    fn index_of(list: &[Fake], c: &Fake) -> usize {
+        list.iter().position(|x| std::ptr::eq(x, c)).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_prefers_the_cheaper_endpoint() {
+        let list = vec![
+            fake(Tier::Preferred, 3.0),
+            fake(Tier::Preferred, 1.0),
+            fake(Tier::Preferred, 2.0),
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        let next = AtomicUsize::new(0);
+        let mut hits = [0usize; 3];
+        for _ in 0..3000 {
+            let c = pick(
+                Policy::PowerOfTwoChoices,
+                &list,
+                |c| c.tried,
+                &next,
+                &mut rng,
+                Instant::now(),
+            )
+            .unwrap();
+            hits[index_of(&list, c)] += 1;
+        }
+        // Each pair is drawn with p=1/3: the cheapest wins 2/3 of calls, the
+        // middle 1/3, the dearest never.
+        assert_eq!(hits[0], 0, "{hits:?}");
+        assert!((1850..2150).contains(&hits[1]), "{hits:?}");
+        assert!((850..1150).contains(&hits[2]), "{hits:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_cycles_in_order_over_the_best_tier() {
+        let list = vec![
+            fake(Tier::Preferred, 0.0),
+            fake(Tier::Excluded, 0.0),
+            fake(Tier::Preferred, 0.0),
+            fake(Tier::Fallback, 0.0),
+            fake(Tier::Preferred, 0.0),
+        ];
+        let mut rng = StdRng::seed_from_u64(1);
+        let next = AtomicUsize::new(0);
+        let order: Vec<usize> = (0..6)
+            .map(|_| {
+                index_of(
+                    &list,
+                    pick(
+                        Policy::RoundRobin,
+                        &list,
+                        |c| c.tried,
+                        &next,
+                        &mut rng,
+                        Instant::now(),
+                    )
+                    .unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(order, [0, 2, 4, 0, 2, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tiers_and_exclusions() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let next = AtomicUsize::new(0);
+        let now = Instant::now();
+        // Only unprobed endpoints: they are used.
+        let mut list = vec![
+            fake(Tier::Excluded, 0.0),
+            fake(Tier::Fallback, 0.0),
+            fake(Tier::Fallback, 0.0),
+        ];
+        let first = pick(Policy::PickFirst, &list, |c| c.tried, &next, &mut rng, now).unwrap();
+        assert_eq!(index_of(&list, first), 1);
+        // A tried endpoint is skipped.
+        list[1].tried = true;
+        let first = pick(Policy::PickFirst, &list, |c| c.tried, &next, &mut rng, now).unwrap();
+        assert_eq!(index_of(&list, first), 2);
+        list[2].tried = true;
+        assert!(
+            pick(
+                Policy::PowerOfTwoChoices,
+                &list,
+                |c| c.tried,
+                &next,
+                &mut rng,
+                now
+            )
+            .is_none()
+        );
+        // A healthy endpoint beats unprobed ones; nothing usable means None.
+        let list = vec![fake(Tier::Fallback, 0.0), fake(Tier::Preferred, 9.0)];
+        let c = pick(
+            Policy::PowerOfTwoChoices,
+            &list,
+            |c| c.tried,
+            &next,
+            &mut rng,
+            now,
+        )
+        .unwrap();
+        assert_eq!(index_of(&list, c), 1);
+        let none: Vec<Fake> = vec![fake(Tier::Excluded, 0.0)];
+        assert!(pick(Policy::RoundRobin, &none, |c| c.tried, &next, &mut rng, now).is_none());
+    }
+}

@@ -1,0 +1,422 @@
+//! The balancer as a `tower::Service` — the transport of tonic clients.
+//!
+//! A call flows: read its deadline and retry-safety → **pick** an endpoint →
+//! **send** the attempt over that endpoint's channel → **classify** the outcome
+//! (response headers, `UNAVAILABLE`, transport error that did or did not reach a
+//! server, per-try timeout) → update the endpoint's latency estimate or report
+//! the failure to outlier detection → **maybe retry** on another endpoint, or
+//! answer.
+//!
+//! Failures the balancer itself decides (no endpoint can take the call, the
+//! deadline passed) are answered as proper gRPC *trailers-only* responses
+//! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`), which tonic clients surface as a
+//! `tonic::Status` with that code and message.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::{Instant, timeout_at};
+use tonic::{Status, body::Body};
+use tower::{Service, ServiceExt};
+
+use crate::{
+    Balancer,
+    body::Replay,
+    deadline,
+    endpoint::{CallFailure, Endpoint},
+    error::BoxError,
+    observe::Observed,
+    picker::pick,
+    retry::{SafeToRetry, describe, is_timeout, never_sent, unavailable},
+    shared::{EndpointList, Shared},
+};
+
+type Response = http::Response<Body>;
+
+/// The future of a call through the [`Balancer`].
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl Service<http::Request<Body>> for Balancer {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: readiness of the endpoints is part of each call (a call
+    /// with no endpoint to go to is answered `UNAVAILABLE`, it never blocks
+    /// `poll_ready`).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> ResponseFuture {
+        let list = self.endpoints();
+        ResponseFuture {
+            inner: Box::pin(run(self.shared.clone(), list, request)),
+        }
+    }
+}
+
+/// What became of one attempt.
+enum Outcome {
+    /// Response headers arrived.
+    Response(Response, Duration),
+    /// The request provably never reached the server.
+    NotSent(BoxError),
+    /// A transport error after the request may have reached the server.
+    Failed(BoxError),
+    /// The channel's own enforcement of the `grpc-timeout` deadline fired.
+    Expired,
+}
+
+/// Endpoints a call already tried, with the routable epoch they had then.
+#[derive(Default)]
+struct Tried(Vec<(SocketAddr, u64)>);
+
+impl Tried {
+    fn add(&mut self, endpoint: &Endpoint) {
+        self.0.push((endpoint.addr, endpoint.epoch()));
+    }
+
+    fn contains(&self, endpoint: &Endpoint) -> bool {
+        !self.0.is_empty()
+            && self
+                .0
+                .iter()
+                .any(|(addr, epoch)| *addr == endpoint.addr && *epoch == endpoint.epoch())
+    }
+}
+
+struct Call {
+    shared: Arc<Shared>,
+    list: EndpointList,
+    start: Instant,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    tried: Tried,
+    attempts: u32,
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    list: EndpointList,
+    request: http::Request<Body>,
+) -> Result<Response, BoxError> {
+    let start = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let timeout = match deadline::from_headers(&parts.headers) {
+        Some(timeout) => Some(timeout),
+        None => shared
+            .cfg
+            .default_timeout
+            .inspect(|t| deadline::set(&mut parts.headers, *t)),
+    };
+    let retry_safe = match parts.extensions.get::<SafeToRetry>() {
+        Some(SafeToRetry(safe)) => *safe,
+        None => shared.cfg.retry.safe.is_safe(parts.uri.path()),
+    };
+    shared.budget.deposit(start);
+    let replay = Replay::new(body, shared.cfg.retry.max_replay_bytes);
+    let mut call = Call {
+        list,
+        start,
+        deadline: timeout.map(|t| start + t),
+        timeout,
+        tried: Tried::default(),
+        attempts: 0,
+        shared,
+    };
+    let per_try_timeout = call.shared.cfg.retry.per_try_timeout.filter(|_| retry_safe);
+    let max_attempts = call.shared.cfg.retry.max_attempts;
+    let mut charged_retries = 0u32;
+    let mut next: Option<Arc<Endpoint>> = None;
+
+    loop {
+        let endpoint = match next.take() {
+            Some(endpoint) => endpoint,
+            None => match call.pick_or_wait().await {
+                Ok(endpoint) => endpoint,
+                Err(response) => return Ok(response),
+            },
+        };
+        call.attempts += 1;
+        let request = http::Request::from_parts(parts.clone(), replay.attempt());
+        let attempt = send(&endpoint, request);
+        tokio::pin!(attempt);
+
+        let first_limit = match (per_try_timeout.map(|t| Instant::now() + t), call.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let outcome = match first_limit {
+            None => attempt.as_mut().await,
+            Some(limit) => match timeout_at(limit, attempt.as_mut()).await {
+                Ok(outcome) => outcome,
+                Err(_) if call.deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Ok(call.deadline_exceeded(&endpoint));
+                }
+                Err(_) => {
+                    // Per-try timeout: no response headers yet.
+                    let waited = Instant::now().saturating_duration_since(call.start);
+                    endpoint.on_failure(
+                        &call.shared,
+                        CallFailure::Timeout,
+                        "no response headers within the per-try timeout",
+                        waited,
+                    );
+                    call.tried.add(&endpoint);
+                    if let Some(other) = call.retry_target(&replay, charged_retries, max_attempts) {
+                        tracing::debug!(from = %endpoint.addr, to = %other.addr, "per-try timeout; retrying");
+                        charged_retries += 1;
+                        next = Some(other);
+                        continue;
+                    }
+                    // No retry possible: keep waiting for this attempt.
+                    match call.deadline {
+                        None => attempt.as_mut().await,
+                        Some(deadline) => match timeout_at(deadline, attempt.as_mut()).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => return Ok(call.deadline_exceeded(&endpoint)),
+                        },
+                    }
+                }
+            },
+        };
+
+        match outcome {
+            Outcome::Response(response, rtt) => match unavailable(&response) {
+                None => {
+                    endpoint.on_success(rtt, Instant::now());
+                    replay.commit();
+                    return Ok(Observed::wrap(response, endpoint.clone(), call.shared));
+                }
+                Some(message) => {
+                    endpoint.on_failure(&call.shared, CallFailure::Unavailable, &message, rtt);
+                    call.tried.add(&endpoint);
+                    if retry_safe
+                        && let Some(other) =
+                            call.retry_target(&replay, charged_retries, max_attempts)
+                    {
+                        tracing::debug!(from = %endpoint.addr, to = %other.addr, %message, "UNAVAILABLE; retrying");
+                        charged_retries += 1;
+                        next = Some(other);
+                        continue;
+                    }
+                    replay.commit();
+                    return Ok(response);
+                }
+            },
+            Outcome::NotSent(error) => {
+                let text = describe(&*error);
+                endpoint.on_failure(&call.shared, CallFailure::Transport, &text, Duration::ZERO);
+                call.tried.add(&endpoint);
+                if !replay.can_replay() {
+                    return call.fail(&replay, &endpoint, error, &text);
+                }
+                tracing::debug!(endpoint = %endpoint.addr, error = %text, "call never reached the server; retrying");
+                // The next pick answers UNAVAILABLE, naming every endpoint, when
+                // none is left.
+            }
+            Outcome::Failed(error) => {
+                let text = describe(&*error);
+                endpoint.on_failure(&call.shared, CallFailure::Transport, &text, Duration::ZERO);
+                call.tried.add(&endpoint);
+                if retry_safe
+                    && let Some(other) = call.retry_target(&replay, charged_retries, max_attempts)
+                {
+                    tracing::debug!(from = %endpoint.addr, to = %other.addr, error = %text, "transport error; retrying");
+                    charged_retries += 1;
+                    next = Some(other);
+                    continue;
+                }
+                replay.commit();
+                return call.fail(&replay, &endpoint, error, &text);
+            }
+            Outcome::Expired => return Ok(call.deadline_exceeded(&endpoint)),
+        }
+    }
+}
+
+/// Sends one attempt; the endpoint's outstanding count covers it until the
+/// response headers (or the failure), including when the caller gives up on it.
+async fn send(endpoint: &Endpoint, request: http::Request<Body>) -> Outcome {
+    let _in_flight = endpoint.start();
+    let sent = Instant::now();
+    let mut channel = endpoint.channel.clone();
+    if let Err(error) = channel.ready().await {
+        return Outcome::NotSent(error.into());
+    }
+    match channel.call(request).await {
+        Ok(response) => Outcome::Response(response, sent.elapsed()),
+        Err(error) => {
+            let error: BoxError = error.into();
+            if is_timeout(&*error) {
+                Outcome::Expired
+            } else if never_sent(&*error) {
+                Outcome::NotSent(error)
+            } else {
+                Outcome::Failed(error)
+            }
+        }
+    }
+}
+
+impl Call {
+    fn pick(&self) -> Option<Arc<Endpoint>> {
+        let tried = &self.tried;
+        pick(
+            self.shared.cfg.policy,
+            &self.list,
+            |e: &Arc<Endpoint>| tried.contains(e),
+            &self.shared.round_robin,
+            &mut rand::rng(),
+            Instant::now(),
+        )
+        .cloned()
+    }
+
+    /// Another endpoint for a retry of a call that may have reached a server:
+    /// needs a replayable body, attempts left, time left, an untried endpoint
+    /// and a token from the retry budget.
+    fn retry_target(
+        &mut self,
+        replay: &Replay,
+        charged_retries: u32,
+        max_attempts: u32,
+    ) -> Option<Arc<Endpoint>> {
+        if charged_retries + 1 >= max_attempts || !replay.can_replay() {
+            return None;
+        }
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return None;
+        }
+        self.list = self.shared.list();
+        let other = self.pick()?;
+        if !self.shared.budget.try_withdraw(now) {
+            tracing::debug!("retry budget exhausted; not retrying");
+            return None;
+        }
+        Some(other)
+    }
+
+    /// Picks an endpoint; when none can take the call, waits (while a source
+    /// is still settling, or with `wait_for_ready`) or answers `UNAVAILABLE`.
+    async fn pick_or_wait(&mut self) -> Result<Arc<Endpoint>, Response> {
+        if self.tried.0.is_empty()
+            && let Some(endpoint) = self.pick()
+        {
+            return Ok(endpoint);
+        }
+        let cfg = &self.shared.cfg;
+        let shared = self.shared.clone();
+        loop {
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            self.list = shared.list();
+            if let Some(endpoint) = self.pick() {
+                return Ok(endpoint);
+            }
+            let settling = shared.unsettled() && self.list.is_empty();
+            let limit = match (cfg.wait_for_ready, settling) {
+                (Some(wait), _) => Some(self.start + wait),
+                (None, true) => Some(self.start + cfg.resolve_timeout),
+                (None, false) => None,
+            };
+            let limit = match (limit, self.deadline) {
+                (Some(l), Some(d)) => Some(l.min(d)),
+                (l, _) => l,
+            };
+            let Some(limit) = limit.filter(|l| *l > Instant::now()) else {
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(self.deadline_response("while waiting for a healthy endpoint"));
+                }
+                return Err(self.unavailable());
+            };
+            let _ = timeout_at(limit, changed).await;
+        }
+    }
+
+    /// The call failed with a transport error and will not be retried: the
+    /// caller's own body error is passed through; anything else is answered
+    /// `UNAVAILABLE` (as gRPC does for broken connections), naming the endpoint,
+    /// the error and every endpoint's state.
+    fn fail(
+        &self,
+        replay: &Replay,
+        endpoint: &Endpoint,
+        error: BoxError,
+        text: &str,
+    ) -> Result<Response, BoxError> {
+        if replay.source_failed() {
+            return Err(error);
+        }
+        let described: Vec<String> = self.list.iter().map(|e| e.describe()).collect();
+        let message = format!(
+            "chat-lb-client: call to {} failed after {} attempt(s): {text}; endpoints: {}",
+            endpoint.addr,
+            self.attempts,
+            described.join("; ")
+        );
+        tracing::debug!(%message, "answering UNAVAILABLE");
+        Ok(Status::unavailable(message).into_http())
+    }
+
+    /// `UNAVAILABLE`, naming every endpoint and its last error.
+    fn unavailable(&self) -> Response {
+        let message = if self.list.is_empty() {
+            if self.shared.unsettled() {
+                "chat-lb-client: no endpoint yet (host names or discovery still pending)".to_owned()
+            } else {
+                "chat-lb-client: no endpoints configured".to_owned()
+            }
+        } else {
+            let described: Vec<String> = self.list.iter().map(|e| e.describe()).collect();
+            format!(
+                "chat-lb-client: no healthy endpoint for this call after {} attempt(s); endpoints: {}",
+                self.attempts,
+                described.join("; ")
+            )
+        };
+        tracing::debug!(%message, "answering UNAVAILABLE");
+        Status::unavailable(message).into_http()
+    }
+
+    fn deadline_exceeded(&self, endpoint: &Endpoint) -> Response {
+        self.deadline_response(&format!("waiting for {}", endpoint.addr))
+    }
+
+    fn deadline_response(&self, what: &str) -> Response {
+        let timeout = self
+            .timeout
+            .map(|t| humantime::format_duration(t).to_string())
+            .unwrap_or_default();
+        Status::deadline_exceeded(format!(
+            "chat-lb-client: deadline of {timeout} exceeded {what} (attempt {})",
+            self.attempts
+        ))
+        .into_http()
+    }
+}

@@ -1,0 +1,106 @@
+//! Point-in-time views of the endpoints, for status commands and metrics.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+/// The state of one endpoint, as far as new calls are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndpointState {
+    /// Not probed to a conclusion yet. Takes calls only while no endpoint is
+    /// healthy.
+    Unknown,
+    /// Probes succeed; takes calls.
+    Healthy,
+    /// `unhealthy_threshold` probes in a row failed; takes no calls.
+    Unhealthy,
+    /// The replica said it is not serving; takes no calls.
+    NotServing,
+    /// Ejected by outlier detection after a failed call; takes no calls until
+    /// the ejection time is over and a probe succeeds.
+    Ejected,
+}
+
+impl EndpointState {
+    /// Whether the endpoint may take new calls in this state.
+    pub fn is_routable(self) -> bool {
+        matches!(self, EndpointState::Healthy | EndpointState::Unknown)
+    }
+}
+
+impl fmt::Display for EndpointState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointState::Unknown => "unknown",
+            EndpointState::Healthy => "healthy",
+            EndpointState::Unhealthy => "unhealthy",
+            EndpointState::NotServing => "not-serving",
+            EndpointState::Ejected => "ejected",
+        })
+    }
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The replica answered that it serves.
+    Healthy {
+        /// The probe's detail (e.g. the replica id).
+        detail: String,
+    },
+    /// The replica answered that it does not serve.
+    NotServing {
+        /// Why.
+        detail: String,
+    },
+    /// No usable answer: an error or a timeout.
+    Failed {
+        /// The error.
+        error: String,
+    },
+}
+
+/// The last probe of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRecord {
+    /// What it found.
+    pub outcome: ProbeOutcome,
+    /// How long it took (zero for a pushed `Watch` update).
+    pub latency: Duration,
+    /// When it completed.
+    pub at: SystemTime,
+    /// Whether it was a pushed update (`Watch`) rather than a check.
+    pub pushed: bool,
+}
+
+/// One endpoint, as [`crate::Balancer::snapshot`] sees it.
+#[derive(Debug, Clone)]
+pub struct EndpointSnapshot {
+    /// The endpoint's socket address.
+    pub address: SocketAddr,
+    /// Its state.
+    pub state: EndpointState,
+    /// Its last probe, if any.
+    pub last_probe: Option<ProbeRecord>,
+    /// The current peak-EWMA latency estimate of its calls.
+    pub latency_estimate: Duration,
+    /// Calls in flight (until their response headers).
+    pub outstanding: usize,
+    /// Failed probes in a row.
+    pub consecutive_failures: u32,
+    /// Failed calls in a row.
+    pub consecutive_call_failures: u32,
+    /// How many times outlier detection ejected it.
+    pub ejections: u32,
+    /// How long the current ejection still lasts at least.
+    pub ejected_for: Option<Duration>,
+    /// Attempts sent to it.
+    pub calls: u64,
+    /// Attempts that failed in a way that counts against its health (transport
+    /// error, `UNAVAILABLE`, per-try timeout).
+    pub errors: u64,
+    /// The last error seen, from a probe or a call.
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,581 @@
+//! End-to-end behaviour of the balancer against in-process replicas on
+//! 127.0.0.1.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use chat_lb_client::{
+    Balancer, Change, EndpointState, GrpcHealthProbe, Policy, RetrySafe, SafeToRetry,
+};
+use chat_proto::v1::{
+    ListAccountsRequest, SubscribeRequest, chat_service_client::ChatServiceClient,
+};
+use common::{
+    Frozen, Replica, app_call, dead_addr, endpoint, init_tracing, wait_for_state, wait_until,
+};
+use tokio::time::Instant;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn grpc_builder() -> chat_lb_client::Builder {
+    Balancer::builder()
+        .probe(GrpcHealthProbe::new())
+        .probe_interval(Duration::from_millis(100))
+        .probe_timeout(Duration::from_millis(200))
+}
+
+#[tokio::test]
+async fn a_listed_address_where_nothing_listens_fails_no_call() {
+    init_tracing();
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    let dead = dead_addr();
+    // Calls start at once, before any probe has answered.
+    let lb = grpc_builder()
+        .addresses(&format!("{dead},{},{}", a.addr, b.addr))
+        .build()
+        .unwrap();
+    let mut client = ChatServiceClient::new(lb.clone());
+    for i in 0..200 {
+        if let Err(status) = app_call(&mut client).await {
+            panic!("call {i} failed: {status:?}");
+        }
+    }
+    assert_eq!(a.calls() + b.calls(), 200);
+    let dead_ep = endpoint(&lb, dead);
+    assert!(!dead_ep.state.is_routable(), "{dead_ep:#?}");
+    assert!(dead_ep.last_error.is_some(), "{dead_ep:#?}");
+}
+
+#[tokio::test]
+async fn not_serving_is_seen_through_watch_and_readmitted() {
+    init_tracing();
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    // Checks are 30s apart: only the Watch stream can notice changes in time.
+    let lb = Balancer::builder()
+        .probe(GrpcHealthProbe::new())
+        .probe_interval(Duration::from_secs(30))
+        .probe_jitter(0.0)
+        .address(a.addr)
+        .address(b.addr)
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    let mut client = ChatServiceClient::new(lb.clone());
+
+    b.set_serving(false).await;
+    wait_for_state(
+        &lb,
+        b.addr,
+        EndpointState::NotServing,
+        Duration::from_secs(2),
+    )
+    .await;
+    let before = b.calls();
+    for _ in 0..100 {
+        assert_eq!(app_call(&mut client).await.unwrap(), "a");
+    }
+    assert_eq!(b.calls(), before, "a NOT_SERVING replica got calls");
+
+    b.set_serving(true).await;
+    wait_for_state(&lb, b.addr, EndpointState::Healthy, Duration::from_secs(2)).await;
+    for _ in 0..100 {
+        app_call(&mut client).await.unwrap();
+    }
+    assert!(
+        b.calls() > before + 10,
+        "b was not readmitted: {}",
+        b.calls() - before
+    );
+}
+
+#[tokio::test]
+async fn chat_probe_polls_not_serving_and_readmits() {
+    init_tracing();
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    let lb = Balancer::builder() // default probe: chat HealthCheck
+        .probe_interval(Duration::from_millis(50))
+        .addresses(&format!("{},{}", a.addr, b.addr))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    b.knobs.chat_not_serving.store(true, Ordering::SeqCst);
+    wait_until(&lb, LIMIT, "b not serving", |_| {
+        endpoint(&lb, b.addr).state == EndpointState::NotServing
+    })
+    .await;
+    let probe = endpoint(&lb, b.addr).last_probe.unwrap();
+    assert!(
+        matches!(probe.outcome, chat_lb_client::ProbeOutcome::NotServing { ref detail } if detail == "draining")
+    );
+
+    let mut client = ChatServiceClient::new(lb.clone());
+    let before = b.calls();
+    for _ in 0..50 {
+        assert_eq!(app_call(&mut client).await.unwrap(), "a");
+    }
+    assert_eq!(b.calls(), before);
+    b.knobs.chat_not_serving.store(false, Ordering::SeqCst);
+    wait_until(&lb, LIMIT, "b healthy", |_| {
+        endpoint(&lb, b.addr).state == EndpointState::Healthy
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_fails_no_retry_safe_call() {
+    init_tracing();
+    let a = Replica::start("a");
+    let mut b = Replica::start("b");
+    let c = Replica::start("c");
+    let lb = grpc_builder()
+        .addresses(&format!("{},{},{}", a.addr, b.addr, c.addr))
+        .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "all healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let quarter = Arc::new(tokio::sync::Notify::new());
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let mut client = ChatServiceClient::new(lb.clone());
+        let (done, quarter) = (done.clone(), quarter.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..150 {
+                if let Err(status) = app_call(&mut client).await {
+                    failures.push(status);
+                }
+                if done.fetch_add(1, Ordering::SeqCst) + 1 == 300 {
+                    quarter.notify_one();
+                }
+            }
+            failures
+        }));
+    }
+    // Kill b once a quarter of the calls are done.
+    quarter.notified().await;
+    let b_before_kill = b.calls();
+    b.kill();
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed calls: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(b_before_kill > 0, "b took no load before it was killed");
+    // b may have served calls whose answers died with it; those were retried.
+    assert!(a.calls() + b.calls() + c.calls() >= 1200);
+    let b_ep = endpoint(&lb, b.addr);
+    assert!(!b_ep.state.is_routable(), "{b_ep:#?}");
+}
+
+#[tokio::test]
+async fn all_down_answers_unavailable_fast_then_recovers() {
+    init_tracing();
+    let mut a = Replica::start("a");
+    let mut b = Replica::start("b");
+    let lb = grpc_builder()
+        .addresses(&format!("{},{}", a.addr, b.addr))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    app_call(&mut client).await.unwrap();
+
+    a.kill();
+    b.kill();
+    // Right away (probes may not have noticed yet) and again once they have.
+    for round in 0..2 {
+        let started = Instant::now();
+        let status = app_call(&mut client).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "slow failure: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "round {round}: {status:?}"
+        );
+        for addr in [a.addr, b.addr] {
+            assert!(
+                status.message().contains(&addr.to_string()),
+                "round {round}: {status:?}"
+            );
+        }
+        wait_until(&lb, LIMIT, "both out", |s| {
+            s.iter().all(|e| !e.state.is_routable())
+        })
+        .await;
+    }
+
+    let _a2 = a.restart();
+    wait_until(&lb, LIMIT, "a back", |_| {
+        endpoint(&lb, a.addr).state == EndpointState::Healthy
+    })
+    .await;
+    assert_eq!(app_call(&mut client).await.unwrap(), "a");
+}
+
+#[tokio::test]
+async fn wait_for_ready_waits_for_a_replica_to_come_back() {
+    init_tracing();
+    let mut a = Replica::start("a");
+    let lb = grpc_builder()
+        .address(a.addr)
+        .wait_for_ready(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "a healthy", |s| {
+        s[0].state == EndpointState::Healthy
+    })
+    .await;
+    a.kill();
+    wait_until(&lb, LIMIT, "a out", |s| !s[0].state.is_routable()).await;
+
+    let mut client = ChatServiceClient::new(lb.clone());
+    let restarter = {
+        let a = std::mem::replace(&mut a, Replica::start("unused"));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let back = a.restart();
+            (a, back)
+        })
+    };
+    let started = Instant::now();
+    assert_eq!(app_call(&mut client).await.unwrap(), "a");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it did not wait"
+    );
+    drop(restarter.await.unwrap());
+
+    // A call's own deadline bounds the wait.
+    let lb = grpc_builder()
+        .address(dead_addr())
+        .wait_for_ready(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut client = ChatServiceClient::new(lb);
+    let mut request = tonic::Request::new(ListAccountsRequest::default());
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.list_accounts(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_slow_replica_gets_less_traffic_under_p2c() {
+    init_tracing();
+    let fast1 = Replica::start("fast1");
+    let fast2 = Replica::start("fast2");
+    let slow = Replica::start("slow");
+    slow.knobs.delay_ms.store(40, Ordering::SeqCst);
+    let lb = grpc_builder()
+        .policy(Policy::PowerOfTwoChoices)
+        .addresses(&format!("{},{},{}", fast1.addr, fast2.addr, slow.addr))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "all healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut client = ChatServiceClient::new(lb.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut served: HashMap<String, usize> = HashMap::new();
+            for _ in 0..100 {
+                *served
+                    .entry(app_call(&mut client).await.unwrap())
+                    .or_default() += 1;
+            }
+            served
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (f1, f2, s) = (fast1.calls(), fast2.calls(), slow.calls());
+    assert_eq!(f1 + f2 + s, 400);
+    assert!(
+        s < 40,
+        "slow replica got {s} of 400 calls (fast: {f1}, {f2})"
+    );
+    assert!(f1 > 100 && f2 > 100, "fast replicas: {f1}, {f2}");
+    let slow_ep = endpoint(&lb, slow.addr);
+    assert!(slow_ep.latency_estimate > endpoint(&lb, fast1.addr).latency_estimate);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_calls_evenly() {
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    let lb = grpc_builder()
+        .policy(Policy::RoundRobin)
+        .addresses(&format!("{},{}", a.addr, b.addr))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    let first = app_call(&mut client).await.unwrap();
+    for i in 1..20 {
+        let got = app_call(&mut client).await.unwrap();
+        assert_eq!(got == first, i % 2 == 0, "call {i} went to {got}");
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_replica_is_bypassed_by_the_per_try_timeout() {
+    init_tracing();
+    let frozen = Frozen::start().await;
+    let a = Replica::start("a");
+    let lb = grpc_builder()
+        .policy(Policy::PickFirst) // the frozen one is first: every call starts there
+        .addresses(&format!("{},{}", frozen.addr, a.addr))
+        .retry_safe(RetrySafe::All)
+        .per_try_timeout(Duration::from_millis(150))
+        .outlier_detection(false) // show the timeout alone, not the ejection
+        .build()
+        .unwrap();
+    let mut client = ChatServiceClient::new(lb.clone());
+    let started = Instant::now();
+    assert_eq!(app_call(&mut client).await.unwrap(), "a");
+    // Until probes mark it unhealthy, calls time out there and move on.
+    wait_until(&lb, LIMIT, "frozen unhealthy", |_| {
+        endpoint(&lb, frozen.addr).state == EndpointState::Unhealthy
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(app_call(&mut client).await.unwrap(), "a");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let f = endpoint(&lb, frozen.addr);
+    assert!(f.errors >= 1, "{f:#?}");
+    assert!(
+        matches!(&f.last_probe.as_ref().unwrap().outcome, chat_lb_client::ProbeOutcome::Failed { error } if error.contains("timed out")),
+        "{f:#?}"
+    );
+
+    // Not retry-safe: no per-try timeout, the call's own deadline applies.
+    let lb = grpc_builder()
+        .address(frozen.addr)
+        .per_try_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let mut client = ChatServiceClient::new(lb);
+    let mut request = tonic::Request::new(ListAccountsRequest::default());
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.list_accounts(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn unavailable_answers_are_retried_only_for_retry_safe_calls() {
+    init_tracing();
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    b.knobs.unavailable.store(true, Ordering::SeqCst);
+    let build = || {
+        grpc_builder()
+            .policy(Policy::PickFirst)
+            .addresses(&format!("{},{}", b.addr, a.addr))
+            .build()
+            .unwrap()
+    };
+    let healthy = |s: &[chat_lb_client::EndpointSnapshot]| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    };
+
+    // Not retry-safe: the caller sees the UNAVAILABLE, and b is ejected.
+    let lb = build();
+    wait_until(&lb, LIMIT, "both healthy", healthy).await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    let status = app_call(&mut client).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("b is draining"), "{status:?}");
+    assert_eq!(endpoint(&lb, b.addr).state, EndpointState::Ejected);
+    assert_eq!(
+        app_call(&mut client).await.unwrap(),
+        "a",
+        "an ejected endpoint gets no call"
+    );
+    // Its probes still succeed: it is readmitted once the ejection time (1s) is over.
+    let ejected_at = Instant::now();
+    wait_for_state(&lb, b.addr, EndpointState::Healthy, Duration::from_secs(3)).await;
+    assert!(
+        ejected_at.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        ejected_at.elapsed()
+    );
+    assert_eq!(endpoint(&lb, b.addr).ejections, 1);
+
+    // Marked safe per call: retried on a.
+    let lb = build();
+    wait_until(&lb, LIMIT, "both healthy", healthy).await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    let mut request = tonic::Request::new(ListAccountsRequest::default());
+    request.extensions_mut().insert(SafeToRetry(true));
+    let reply = client.list_accounts(request).await.unwrap().into_inner();
+    assert_eq!(reply.usernames, ["a"]);
+    assert_eq!(endpoint(&lb, b.addr).errors, 1);
+}
+
+#[tokio::test]
+async fn endpoints_follow_discovery_and_runtime_changes() {
+    init_tracing();
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<
+        Result<Change<&str, std::net::SocketAddr>, std::io::Error>,
+    >();
+    let lb = grpc_builder()
+        .discover(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .build()
+        .unwrap();
+    let mut client = ChatServiceClient::new(lb.clone());
+
+    tx.send(Ok(Change::Insert("a", a.addr))).unwrap();
+    // The first call waits for the discovery stream's first item.
+    assert_eq!(app_call(&mut client).await.unwrap(), "a");
+    tx.send(Ok(Change::Remove("a"))).unwrap();
+    wait_until(&lb, LIMIT, "a removed", |s| s.is_empty()).await;
+    let status = app_call(&mut client).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("no endpoints configured"),
+        "{status:?}"
+    );
+
+    lb.add_endpoint(b.addr).unwrap();
+    assert_eq!(lb.addresses(), [b.addr]);
+    assert_eq!(app_call(&mut client).await.unwrap(), "b");
+    assert!(lb.remove_endpoint(b.addr.to_string()).unwrap());
+    assert!(lb.addresses().is_empty());
+    assert!(lb.add_endpoint("no port").is_err());
+
+    // A host name is resolved (localhost → 127.0.0.1, maybe also ::1 where
+    // nothing listens: that one is simply never healthy).
+    lb.add_endpoint(format!("localhost:{}", a.addr.port()))
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(app_call(&mut client).await.unwrap(), "a");
+    }
+    assert!(lb.addresses().contains(&a.addr));
+}
+
+#[tokio::test]
+async fn a_stream_breaks_with_its_replica_and_resumes_elsewhere() {
+    init_tracing();
+    let mut a = Replica::start("a");
+    let b = Replica::start("b");
+    let lb = grpc_builder()
+        .policy(Policy::PickFirst)
+        .addresses(&format!("{},{}", a.addr, b.addr))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    let mut client = ChatServiceClient::new(lb.clone());
+
+    let mut stream = client
+        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = 0;
+    for _ in 0..3 {
+        let m = stream.message().await.unwrap().unwrap();
+        assert_eq!(m.sender, "a");
+        last = m.sequence;
+    }
+    a.kill();
+    // The stream ends with UNAVAILABLE (the balancer's word for a broken
+    // connection; tonic alone would say UNKNOWN)...
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(m)) => last = m.sequence,
+            Ok(None) => panic!("stream ended cleanly"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(&a.addr.to_string()), "{status:?}");
+    // ...the balancer has taken a out already, and resubscribing at once from
+    // the last sequence lands on b.
+    assert!(!endpoint(&lb, a.addr).state.is_routable());
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            after_sequence: last,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = stream.message().await.unwrap().unwrap();
+    assert_eq!((m.sender.as_str(), m.sequence), ("b", last + 1));
+}
+
+#[tokio::test]
+async fn snapshot_reports_probes_and_calls() {
+    let a = Replica::start("a");
+    let lb = grpc_builder().address(a.addr).build().unwrap();
+    assert!(lb.wait_for_probe_round().await);
+    let s = endpoint(&lb, a.addr);
+    assert_eq!(s.state, EndpointState::Healthy);
+    let probe = s.last_probe.expect("a probe");
+    assert!(matches!(
+        probe.outcome,
+        chat_lb_client::ProbeOutcome::Healthy { .. }
+    ));
+    let mut client = ChatServiceClient::new(lb.clone());
+    for _ in 0..5 {
+        app_call(&mut client).await.unwrap();
+    }
+    let s = endpoint(&lb, a.addr);
+    assert_eq!(
+        (s.calls, s.errors, s.outstanding, s.ejections),
+        (5, 0, 0, 0)
+    );
+}

@@ -1,0 +1,134 @@
+//! Overhead of the balancer against a direct tonic `Channel` to the same
+//! replica. Ignored by default (it measures, it does not check behaviour); run
+//! with `cargo test --release -p chat-lb-client --test throughput -- --ignored --nocapture`.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_lb_client::{Balancer, GrpcHealthProbe};
+use chat_proto::v1::{ListAccountsRequest, chat_service_client::ChatServiceClient};
+use common::Replica;
+
+/// CPU time used by this process so far (client and replica run in it), from
+/// the per-thread scheduler statistics, so other load on the machine does not
+/// skew the comparison the way wall-clock time would.
+fn cpu_time() -> Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+                total += stat
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+async fn run<T>(client: ChatServiceClient<T>, workers: usize, calls: usize) -> Duration
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let start = cpu_time();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..calls {
+                    client
+                        .list_accounts(ListAccountsRequest::default())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cpu_time().saturating_sub(start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run explicitly with --release"]
+async fn balancer_overhead_against_a_direct_channel() {
+    let replica = Replica::start("a");
+    // The same connection settings as the balancer's defaults.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", replica.addr))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let direct = ChatServiceClient::new(endpoint.connect().await.unwrap());
+    let lb = Balancer::builder()
+        .probe(GrpcHealthProbe::new())
+        .address(replica.addr)
+        .build()
+        .unwrap();
+    assert!(lb.wait_for_probe_round().await);
+    let balanced = ChatServiceClient::new(lb.clone());
+
+    let (workers, calls) = (16, 1000);
+    run(direct.clone(), workers, 200).await;
+    run(balanced.clone(), workers, 200).await;
+    // Alternate rounds and compare medians: other work on the machine shifts
+    // absolute numbers between rounds.
+    let (mut d, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        d.push(run(direct.clone(), workers, calls).await);
+        b.push(run(balanced.clone(), workers, calls).await);
+    }
+    let per_call = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() / (workers * calls) as f64 * 1e6
+    };
+    let (d, b) = (per_call(d), per_call(b));
+    println!(
+        "CPU time per call (client + replica), median of 15 rounds: channel {d:.1}µs; balancer {b:.1}µs ({:+.1}%)",
+        (b / d - 1.0) * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "for profiling one side: BENCH_SIDE=channel|balancer"]
+async fn one_side_for_profiling() {
+    let replica = Replica::start("a");
+    let side = std::env::var("BENCH_SIDE").unwrap_or_default();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", replica.addr))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let used = if side == "balancer" {
+        let lb = Balancer::builder()
+            .probe(GrpcHealthProbe::new())
+            .address(replica.addr)
+            .build()
+            .unwrap();
+        assert!(lb.wait_for_probe_round().await);
+        run(ChatServiceClient::new(lb), 16, 10_000).await
+    } else {
+        run(
+            ChatServiceClient::new(endpoint.connect().await.unwrap()),
+            16,
+            10_000,
+        )
+        .await
+    };
+    println!(
+        "{side}: {:.1}µs CPU per call",
+        used.as_secs_f64() / 160_000.0 * 1e6
+    );
+}
