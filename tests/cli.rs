@@ -122,17 +122,11 @@ fn forward_lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<St
     rx
 }
 
-/// A port on which nothing listens (bound, then released).
-fn dead_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
-}
-
 #[tokio::test]
 async fn every_subcommand_with_json_output() {
     let store = SharedStore::new();
     let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let dead = dead_address();
+    let dead = common::dead_address().to_string();
     let servers = format!("{},{},{dead}", a.address, b.address);
 
     for user in ["alice", "bob"] {
@@ -275,7 +269,10 @@ async fn errors_are_one_readable_line_with_distinct_exit_codes() {
         "taken",
     );
 
-    let (dead1, dead2) = (dead_address(), dead_address());
+    let (dead1, dead2) = (
+        common::dead_address().to_string(),
+        common::dead_address().to_string(),
+    );
     let unreachable = run(as_user(
         cli(&format!("{dead1},{dead2}")).arg("inbox"),
         "alice",

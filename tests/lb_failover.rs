@@ -49,12 +49,6 @@ fn addresses(replicas: &[&Replica]) -> Vec<SocketAddr> {
     replicas.iter().map(|r| r.address).collect()
 }
 
-/// A port on which nothing listens (bound, then released).
-fn dead_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
-}
-
 /// Waits, on the balancer's own change notifications, until `condition` holds for its
 /// snapshot; returns how long that took. Panics after `within`.
 async fn wait_for(
@@ -130,7 +124,7 @@ fn send(token: &str, to: &str, key: String) -> tonic::Request<SendMessageRequest
 async fn a_listed_address_where_nothing_listens_costs_no_failed_call() {
     let store = SharedStore::new();
     let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let dead = dead_address();
+    let dead = common::dead_address();
     // The dead address comes first, and calls start before any probe has run.
     let lb = balancer(&[dead, a.address, b.address]);
     let mut client = ChatServiceClient::new(lb.clone());

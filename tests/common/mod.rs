@@ -37,6 +37,12 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback address on which nothing listens (a port bound, then released).
+pub fn dead_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
+
 /// A temporary embedded store shared by every replica started with it.
 pub struct SharedStore {
     dir: tempfile::TempDir,
