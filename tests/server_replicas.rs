@@ -685,3 +685,49 @@ async fn a_drain_file_takes_the_replica_out_of_rotation_and_back() {
     std::fs::remove_file(&drain_file).expect("remove drain file");
     common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_be_written_turns_the_replica_not_serving_until_it_recovers() {
+    let store = SharedStore::new();
+    let a = Replica::start_with(
+        &store,
+        &[
+            "--store-check-interval",
+            "50ms",
+            "--store-check-timeout",
+            "300ms",
+        ],
+    );
+    let mut on_a = client(&a).await;
+    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
+
+    // Another process holds the database's write lock, as a stuck writer would.
+    let path = store.uri().trim_start_matches("sqlite:").to_owned();
+    let blocker = rusqlite::Connection::open(&path).expect("open the shared database");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    common::wait_for_status(&a, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    let health = on_a
+        .health_check(HealthCheckRequest {})
+        .await
+        .expect("health")
+        .into_inner();
+    assert!(!health.store_reachable);
+    assert!(health.detail.contains("store unreachable"), "{health:?}");
+    let refused = on_a
+        .send_message(send(&alice, "alice", "while locked", "locked-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("store unavailable"),
+        "{refused:?}"
+    );
+
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(10)).await;
+    on_a.send_message(send(&alice, "alice", "after recovery", "locked-2"))
+        .await
+        .expect("the replica recovered by itself");
+}

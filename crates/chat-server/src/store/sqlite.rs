@@ -928,19 +928,24 @@ fn message_feed(
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        // Reads the database header, so it touches the file (not just the library).
+        // Takes the write lock and reads the database header: a store
+        // that can be read but not written (a process holding the write lock, a
+        // read-only or full file system) cannot accept sends, so it is not healthy. The
+        // transaction writes nothing, so committing it costs no sync.
         self.run(|connection| {
-            let version: i64 =
-                connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-            if version == SCHEMA_VERSION {
-                Ok(())
-            } else {
-                Err(StoreError::Unavailable(format!(
-                    "the database schema version changed to {version} under this server \
-                     (it understands {SCHEMA_VERSION})"
-                ))
-                .into())
-            }
+            write(connection, |transaction| {
+                let version: i64 =
+                    transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+                if version == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable(format!(
+                        "the database schema version changed to {version} under this server \
+                         (it understands {SCHEMA_VERSION})"
+                    ))
+                    .into())
+                }
+            })
         })
         .await
     }
