@@ -226,13 +226,17 @@ async fn feed_sees_out_of_order_commits_exactly_once() {
     let alice = store.create_account("alice", HASH, 1).await.expect("alice");
     let bob = store.create_account("bob", HASH, 1).await.expect("bob");
     let carol = store.create_account("carol", HASH, 1).await.expect("carol");
+    send(&store, bob.id, "alice", "warm-up").await;
     let mut cursor = store.message_feed(None, 10).await.expect("feed").cursor;
     let mut seen = Vec::new();
 
     // A slow sender takes id k; a later send to another recipient commits k+1 first.
+    // A reader starting now starts below k, so that k is not behind it when it lands.
     let slow_id = take_message_id(&store).await;
     let fast = send(&store, alice.id, "bob", "fast").await;
     assert_eq!(fast.id, slow_id as u64 + 1);
+    let late_reader = store.message_feed(None, 10).await.expect("feed").cursor;
+    assert_eq!(late_reader, slow_id as u64 - 1, "starts below the hole");
     // Polls do not move past the hole (and well within the grace nobody fills it).
     for _ in 0..3 {
         let page = store.message_feed(Some(cursor), 10).await.expect("feed");
@@ -260,6 +264,16 @@ async fn feed_sees_out_of_order_commits_exactly_once() {
     .await;
     let ids: Vec<u64> = seen.iter().map(|m| m.id).collect();
     assert_eq!(ids, [slow_id as u64, fast.id]);
+    let late_page = store
+        .message_feed(Some(late_reader), 10)
+        .await
+        .expect("feed");
+    assert_eq!(late_page.messages, seen, "the late reader sees both too");
+    assert_eq!(
+        store.message_feed(None, 10).await.expect("feed").cursor,
+        fast.id,
+        "no hole: a new reader starts at the highest id"
+    );
 
     // A sender dies after taking id j: the feed waits for the grace period, then
     // releases j and goes on.

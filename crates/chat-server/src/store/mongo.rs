@@ -92,6 +92,10 @@
 //!   new id, so its message is never skipped;
 //! - deleting an account turns its inbox into fillers instead of removing documents.
 //!
+//! A new reader (no cursor) starts at the highest stored id, or just below the lowest
+//! hole among the latest ids if there is one, so that a message in flight when the
+//! reader starts is not already behind its cursor when it lands.
+//!
 //! An id is taken only after the sequence number it goes with was proposed from a
 //! stored predecessor, so per recipient ids and sequence numbers have the same order,
 //! which is what subscribers rely on. The trade-off: a sender that dies mid-send stalls
@@ -172,7 +176,11 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long fillers are kept before the TTL monitor removes them. Only a feed reader
 /// whose cursor is older than this could meet the hole again, and it would fill it again.
-pub const FILLER_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub const FILLER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How many of the latest ids a new feed reader inspects for holes (see
+/// [`Store::message_feed`] without a cursor).
+const FEED_START_WINDOW: i64 = 256;
 
 /// The least time between writing a session and its garbage collection by the TTL
 /// index (see the [module documentation](self)).
@@ -285,10 +293,11 @@ pub mod consistency {
                  (see the consistency settings of the MongoDB store)"
             )
         };
+        let wanted = write_concern();
         if options
             .write_concern
             .as_ref()
-            .is_some_and(|w| *w != write_concern())
+            .is_some_and(|w| w.w != wanted.w || w.journal == Some(false))
         {
             weaker("a write concern");
         }
@@ -299,7 +308,10 @@ pub mod consistency {
         {
             weaker("a read concern");
         }
-        if options.selection_criteria.is_some() {
+        if !matches!(
+            options.selection_criteria,
+            None | Some(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        ) {
             weaker("a read preference");
         }
         if options.retry_writes == Some(false) || options.retry_reads == Some(false) {
@@ -886,6 +898,7 @@ impl MongoStore {
 
         let mut seq = recipient.last_seq.max(0) + 1;
         let mut stored = None;
+        let mut backoff = Duration::from_millis(1);
         for _ in 0..MAX_SEND_ATTEMPTS {
             // The id is taken after `seq - 1` was seen stored: see the module docs.
             let id = self.next_id(MESSAGE_COUNTER).await?;
@@ -912,8 +925,17 @@ impl MongoStore {
                     }
                     // Either another send took `seq`, or a feed poller abandoned our id
                     // (we were slower than the grace period): then only the id changes.
-                    seq = seq.max(self.latest_seq(recipient.id).await? + 1);
-                    tokio::task::yield_now().await;
+                    let latest = self.latest_seq(recipient.id).await?;
+                    if latest >= seq {
+                        seq = latest + 1;
+                        tokio::task::yield_now().await;
+                    } else {
+                        // Nothing we can read explains the collision yet: the winner's
+                        // write is not majority-committed yet (or our id was released).
+                        // Give replication a moment instead of spinning.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(50));
+                    }
                 }
                 Err(error) => {
                     // The insert may or may not have happened; a filler only lands if it
@@ -990,22 +1012,9 @@ impl MongoStore {
 
     async fn feed(&self, after_id: Option<u64>, limit: u32) -> Result<FeedPage, StoreError> {
         let Some(after) = after_id else {
-            let last = self
-                .inner
-                .messages
-                .clone_with_type::<IdDoc>()
-                .find_one(doc! {})
-                .sort(doc! { "_id": -1 })
-                .projection(doc! { "_id": 1 })
-                .await
-                .map_err(|e| self.error(e))?;
-            let cursor = match last {
-                Some(IdDoc { id }) => to_u64(id, "message id")?,
-                None => 0,
-            };
             return Ok(FeedPage {
                 messages: Vec::new(),
-                cursor,
+                cursor: self.feed_start().await?,
             });
         };
         if limit == 0 {
@@ -1075,6 +1084,38 @@ impl MongoStore {
             messages: messages.into_iter().map(|(_, message)| message).collect(),
             cursor,
         })
+    }
+
+    /// Where a new feed reader starts: the highest stored id, unless a recent id below it
+    /// is still in flight, in which case just below the lowest such hole, so that the
+    /// in-flight message is not behind the reader's cursor when it lands. (Starting a
+    /// little early only re-delivers messages that subscribers skip by sequence.)
+    async fn feed_start(&self) -> Result<u64, StoreError> {
+        let recent: Vec<IdDoc> = self
+            .inner
+            .messages
+            .clone_with_type::<IdDoc>()
+            .find(doc! {})
+            .sort(doc! { "_id": -1 })
+            .limit(FEED_START_WINDOW)
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.error(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut ids: Vec<i64> = recent.into_iter().map(|doc| doc.id).collect();
+        if ids.len() < FEED_START_WINDOW as usize {
+            // The window holds every id there is: below the lowest one is only 0.
+            ids.push(0);
+        }
+        let mut start = ids.first().copied().unwrap_or(0);
+        for pair in ids.windows(2) {
+            if pair[0] - pair[1] > 1 {
+                start = pair[1];
+            }
+        }
+        to_u64(start, "message id")
     }
 
     async fn fetch(
