@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chat_proto::v1::{
     AckMessagesRequest, CreateAccountRequest, DeleteAccountRequest, FetchMessagesRequest,
     HealthCheckRequest, ListAccountsRequest, LoginRequest, LogoutRequest, SendMessageRequest,
-    SubscribeRequest, chat_service_client::ChatServiceClient, health_check_response::ServingStatus,
+    SubscribeRequest, health_check_response::ServingStatus,
 };
 use common::{Replica, SharedStore, authed, client, login, register_and_login};
 use futures::StreamExt;
@@ -25,31 +25,6 @@ fn send(token: &str, to: &str, text: &str, key: &str) -> tonic::Request<SendMess
             idempotency_key: key.into(),
         },
     )
-}
-
-async fn fetch_all(client: &mut ChatServiceClient<Channel>, token: &str) -> Vec<(u64, String)> {
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let page = client
-            .fetch_messages(authed(
-                token,
-                FetchMessagesRequest {
-                    after_sequence: after,
-                    page_size: 7,
-                },
-            ))
-            .await
-            .expect("fetch")
-            .into_inner();
-        for message in &page.messages {
-            seen.push((message.sequence, message.text.clone()));
-            after = Some(message.sequence);
-        }
-        if !page.has_more {
-            return seen;
-        }
-    }
 }
 
 #[tokio::test]
@@ -303,7 +278,7 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
             .await
             .expect("send");
     }
-    let inbox = fetch_all(&mut on_b, &bob).await;
+    let inbox = common::fetch_inbox(&mut on_b, &bob).await;
     let expected: Vec<(u64, String)> = std::iter::once((1, "hello".to_string()))
         .chain((2..=10).map(|i| (i, format!("m{i}"))))
         .collect();
@@ -329,7 +304,7 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
         .await
         .unwrap_err();
     assert_eq!(beyond.code(), Code::InvalidArgument);
-    let rest = fetch_all(&mut on_b, &bob).await;
+    let rest = common::fetch_inbox(&mut on_b, &bob).await;
     assert_eq!(rest.first().map(|m| m.0), Some(5));
     assert_eq!(rest.len(), 6);
     // An explicit `after_sequence` reaches back into acknowledged history.
@@ -486,14 +461,14 @@ async fn delete_account_keeps_sent_messages_and_revokes_sessions() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert_eq!(
-        fetch_all(&mut on_a, &alice).await,
+        common::fetch_inbox(&mut on_a, &alice).await,
         [(1, "bye from bob".to_string())],
         "messages bob sent stay"
     );
 
     // The name is free again, for a new account with an empty inbox.
     let new_bob = register_and_login(&mut on_b, "bob", "a new password").await;
-    assert!(fetch_all(&mut on_b, &new_bob).await.is_empty());
+    assert!(common::fetch_inbox(&mut on_b, &new_bob).await.is_empty());
 }
 
 #[tokio::test]
@@ -527,7 +502,7 @@ async fn kill_9_of_one_replica_loses_nothing_and_the_other_keeps_serving() {
             .into_inner();
         acknowledged.push(message.message.expect("message").text);
     }
-    let inbox: Vec<String> = fetch_all(&mut on_b, &bob)
+    let inbox: Vec<String> = common::fetch_inbox(&mut on_b, &bob)
         .await
         .into_iter()
         .map(|m| m.1)
@@ -540,7 +515,7 @@ async fn kill_9_of_one_replica_loses_nothing_and_the_other_keeps_serving() {
     // The killed replica comes back on the same port and sees everything.
     a.restart();
     let mut on_a = client(&a).await;
-    let inbox: Vec<String> = fetch_all(&mut on_a, &bob)
+    let inbox: Vec<String> = common::fetch_inbox(&mut on_a, &bob)
         .await
         .into_iter()
         .map(|m| m.1)

@@ -43,9 +43,64 @@ pub fn dead_address() -> std::net::SocketAddr {
     listener.local_addr().expect("local address")
 }
 
+#[path = "../../crates/chat-server/tests/support/nx27017.rs"]
+pub mod nx27017;
+
+/// A store that replicas can be started on: anything that names one with a `--store`
+/// argument.
+pub trait StoreFixture {
+    /// The `--store` argument naming it.
+    fn uri(&self) -> String;
+}
+
 /// A temporary embedded store shared by every replica started with it.
 pub struct SharedStore {
     dir: tempfile::TempDir,
+}
+
+impl StoreFixture for SharedStore {
+    fn uri(&self) -> String {
+        SharedStore::uri(self)
+    }
+}
+
+/// A MongoDB store on a private nx-27017 server (a MongoDB wire-protocol server, see
+/// `nx27017`), shared by every replica started with it. The server can be killed and
+/// restarted (same port, same data) under running replicas.
+pub struct MongoFixture {
+    server: nx27017::NxServer,
+}
+
+impl MongoFixture {
+    /// Starts a server, or returns `None` when nx-27017 is not installed (after a loud
+    /// banner; under CI this fails instead).
+    pub fn start(test: &str) -> Option<Self> {
+        let executable = nx27017::nx_executable(test)?;
+        Some(Self {
+            server: nx27017::NxServer::start(&executable),
+        })
+    }
+
+    /// SIGKILLs the database server.
+    pub fn kill_server(&mut self) {
+        self.server.kill();
+    }
+
+    /// Starts the database server again, on the same port with the same data.
+    pub fn restart_server(&mut self) {
+        self.server.restart();
+    }
+
+    /// The server's output, for failure messages.
+    pub fn server_output(&self) -> String {
+        self.server.output()
+    }
+}
+
+impl StoreFixture for MongoFixture {
+    fn uri(&self) -> String {
+        self.server.uri("chat")
+    }
 }
 
 impl SharedStore {
@@ -73,12 +128,12 @@ pub struct Replica {
 
 impl Replica {
     /// Starts a replica on a free port and waits until it accepts calls.
-    pub fn start(store: &SharedStore) -> Self {
+    pub fn start(store: &impl StoreFixture) -> Self {
         Self::start_with(store, &[])
     }
 
     /// Starts a replica with extra command-line arguments.
-    pub fn start_with(store: &SharedStore, extra_args: &[&str]) -> Self {
+    pub fn start_with(store: &impl StoreFixture, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let (child, address) = spawn(&store.uri(), 0, &extra_args);
         Self {
@@ -264,5 +319,35 @@ pub async fn wait_for_status(replica: &Replica, want: ServingStatus, within: Dur
             replica.address
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every undelivered message of the token's user, oldest first, as (sequence, text),
+/// read in small pages so that pagination is exercised too.
+pub async fn fetch_inbox(
+    client: &mut ChatServiceClient<Channel>,
+    token: &str,
+) -> Vec<(u64, String)> {
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client
+            .fetch_messages(authed(
+                token,
+                chat_proto::v1::FetchMessagesRequest {
+                    after_sequence: after,
+                    page_size: 7,
+                },
+            ))
+            .await
+            .expect("fetch messages")
+            .into_inner();
+        for message in &page.messages {
+            seen.push((message.sequence, message.text.clone()));
+            after = Some(message.sequence);
+        }
+        if !page.has_more {
+            return seen;
+        }
     }
 }

@@ -21,8 +21,9 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_PORT", default_value_t = 8500)]
     pub port: u16,
 
-    /// The shared store: `sqlite:PATH` (or a plain path) for the embedded store. Every
-    /// replica of one cluster must name the same store.
+    /// The shared store: `sqlite:PATH` (or a plain path) for the embedded store, or a
+    /// MongoDB connection string (`mongodb://h1,h2,h3/chat?replicaSet=rs0`,
+    /// `mongodb+srv://...`). Every replica of one cluster must name the same store.
     #[arg(long, env = "CHAT_STORE", default_value = "sqlite:chat-data/chat.db")]
     pub store: String,
 

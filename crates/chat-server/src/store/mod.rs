@@ -4,7 +4,9 @@
 //! at once, so any replica can serve any call and any replica can die. Implementations:
 //!
 //! - [`sqlite::SqliteStore`], the embedded default: one SQLite database file in WAL mode
-//!   that several server processes on one host share.
+//!   that several server processes on one host share;
+//! - [`mongo::MongoStore`]: a MongoDB database (a replica set, typically), that replicas
+//!   on any number of hosts share.
 //!
 //! Every implementation must pass the conformance suite in
 //! `crates/chat-server/tests/conformance/`, which states the contract below as tests.
@@ -13,6 +15,7 @@
 //! strings and SHA-256 token hashes. It validates nothing that the service layer
 //! validates (name syntax, text length); it enforces uniqueness, idempotency and order.
 
+pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -238,13 +241,18 @@ pub struct FeedPage {
     pub cursor: u64,
 }
 
-/// Opens the store a URI names: `sqlite:PATH`, `sqlite://PATH` or a plain file path
-/// for the embedded store.
+/// Opens the store a URI names: a MongoDB connection string (`mongodb://...` or
+/// `mongodb+srv://...`) for [`mongo::MongoStore`]; `sqlite:PATH`, `sqlite://PATH` or a
+/// plain file path for the embedded store.
 pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") {
+        return Ok(std::sync::Arc::new(mongo::MongoStore::open(uri).await?));
+    }
     if uri.starts_with("mongodb:") || uri.starts_with("mongodb+srv:") {
-        return Err(StoreError::Unavailable(
-            "the MongoDB store is not built into this version; use sqlite:PATH".into(),
-        ));
+        return Err(StoreError::Unavailable(format!(
+            "malformed MongoDB connection string {uri:?}: expected mongodb://HOST[:PORT][,...]/DATABASE?OPTIONS \
+             or mongodb+srv://HOST/DATABASE?OPTIONS"
+        )));
     }
     let path = uri
         .strip_prefix("sqlite://")
@@ -252,7 +260,7 @@ pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
         .unwrap_or(uri);
     if path.is_empty() {
         return Err(StoreError::Unavailable(
-            "empty store path; expected sqlite:PATH".into(),
+            "empty store path; expected sqlite:PATH or mongodb://...".into(),
         ));
     }
     // Opening may wait on another process creating the schema: keep it off the runtime.

@@ -26,7 +26,7 @@
 //! Names are compared in the order of their lower-case form, character by character
 //! (for the ASCII usernames the service accepts, that is byte order: `-` < `.` < digits
 //! < `_` < letters).
-#![allow(dead_code)] // An includer may use only the macro or only `run_all`.
+#![allow(dead_code, unused_macros)] // An includer may use only one form of the macro, or only `run_all`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -102,9 +102,32 @@ macro_rules! with_conformance_checks {
 /// Expands to one `#[tokio::test]` per conformance check. `$make_store` is an async
 /// function (or closure) returning `(SharedStore, guard)`: a fresh empty store, and
 /// anything that must live as long as the store (dropped when the check ends).
+///
+/// `conformance_tests!(skippable: $make_store)` is for stores that need an external
+/// server: `$make_store` takes the check's name and returns
+/// `Option<(SharedStore, guard)>`; `None` skips that check, and the factory must say
+/// why on stderr (or panic, where skipping is not acceptable).
 macro_rules! conformance_tests {
+    (skippable: $make_store:expr) => {
+        with_conformance_checks!(conformance_skippable_test_functions! { $make_store });
+    };
     ($make_store:expr) => {
         with_conformance_checks!(conformance_test_functions! { $make_store });
+    };
+}
+
+/// Implementation detail of [`conformance_tests!`].
+macro_rules! conformance_skippable_test_functions {
+    ({ $make_store:expr } $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let Some((store, _guard)) = ($make_store)(stringify!($check)).await else {
+                    return;
+                };
+                $crate::conformance::$check(store).await;
+            }
+        )*
     };
 }
 
