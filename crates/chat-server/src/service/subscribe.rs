@@ -61,8 +61,11 @@ impl ChatService {
                 _ = out.closed() => Err(Stop::ClientGone),
                 delivery = subscription.next() => match delivery {
                     Some(Delivery::Message(message)) if Some(message.sequence) > last => {
-                        last = Some(message.sequence);
-                        self.forward(&out, Ok(to_wire(&message))).await
+                        let sent = self.forward(&out, Ok(to_wire(&message))).await;
+                        if sent.is_ok() {
+                            last = Some(message.sequence);
+                        }
+                        sent
                     }
                     Some(Delivery::Message(_)) => Ok(()),
                     Some(Delivery::Lagged) => self.catch_up(account, &mut last, &out).await,
@@ -82,7 +85,8 @@ impl ChatService {
         let _ = out.try_send(Err(status));
     }
 
-    /// Sends every stored message after `last`, advancing `last`.
+    /// Sends every stored message after `last`, advancing `last` past each message
+    /// handed to the stream (and only then: `last` is the resume point a shutdown names).
     async fn catch_up(
         &self,
         account: AccountId,
@@ -99,8 +103,8 @@ impl ChatService {
                 *last = Some(page.acked_sequence);
             }
             for message in &page.messages {
-                *last = Some(message.sequence);
                 self.forward(out, Ok(to_wire(message))).await?;
+                *last = Some(message.sequence);
             }
             if !page.has_more {
                 return Ok(());
@@ -109,6 +113,8 @@ impl ChatService {
     }
 
     /// Sends one item to the client, giving up if it leaves or the replica shuts down.
+    /// On an error the item was not sent: once shutdown has begun, `select!` may pick it
+    /// over a send that was ready too, and a full buffer always loses to it.
     async fn forward(
         &self,
         out: &mpsc::Sender<Result<pb::Message, Status>>,
@@ -126,4 +132,77 @@ enum Stop {
     ShuttingDown,
     ClientGone,
     Failed(Status),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{
+        health::ReplicaHealth,
+        hub::Hub,
+        service::ServiceSettings,
+        store::{self, NewMessage},
+    };
+
+    /// The resume point a shutting-down replica names is the last message the stream
+    /// carried, never one it dropped: once shutdown has begun, every `forward` races it.
+    #[tokio::test]
+    async fn the_resume_point_named_at_shutdown_is_the_last_message_sent() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let uri = format!("sqlite:{}", dir.path().join("chat.db").display());
+        let store = store::open(&uri).await.expect("store");
+        let bob = store
+            .create_account("bob", "not-a-real-hash", 0)
+            .await
+            .expect("account");
+        for i in 1..=5 {
+            store
+                .send_message(NewMessage {
+                    sender_id: bob.id,
+                    recipient: "bob",
+                    text: "hi",
+                    idempotency_key: &format!("k{i}"),
+                    sent_at_unix_ms: 0,
+                })
+                .await
+                .expect("send");
+        }
+        let (reporter, _) = tonic_health::server::health_reporter();
+        // Each run loses the race at a random message (or at none).
+        for _ in 0..64 {
+            let shutdown = CancellationToken::new();
+            shutdown.cancel();
+            let hub = Hub::default();
+            let service = ChatService::new(
+                store.clone(),
+                hub.clone(),
+                ReplicaHealth::new("replica".into(), reporter.clone()),
+                ServiceSettings {
+                    session_ttl: Duration::from_secs(60),
+                    max_message_bytes: 4096,
+                    inject_delay: None,
+                },
+                shutdown,
+            );
+            let (out, mut stream) = mpsc::channel(STREAM_BUFFER);
+            service.pump(bob.id, 0, hub.subscribe("bob"), out).await;
+            let mut received = 0;
+            let status = loop {
+                match stream.recv().await.expect("the stream ends with a status") {
+                    Ok(message) => received = message.sequence,
+                    Err(status) => break status,
+                }
+            };
+            assert!(
+                status
+                    .message()
+                    .ends_with(&format!("after_sequence={received}")),
+                "{status:?} after receiving up to sequence {received}"
+            );
+        }
+    }
 }
