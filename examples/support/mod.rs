@@ -1,0 +1,4 @@
+//! Code shared by the examples (not an example itself: Cargo only builds
+//! `examples/*.rs` and `examples/*/main.rs`). Include it with `mod support;`.
+
+pub mod replica;
