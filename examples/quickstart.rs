@@ -10,14 +10,12 @@
 //! replicas' process ids: `kill -9` one (or `kill -STOP` it) from another terminal and
 //! keep chatting. Quitting the chat (Ctrl-D) stops the replicas.
 //!
-//! Each replica is this same executable started again with `--replica`, so the example
-//! needs nothing but `cargo run`.
+//! Each replica is this same executable started again with `--replica` (see
+//! `examples/support/replica.rs`), so the example needs nothing but `cargo run`.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod support;
+
+use std::{process::ExitCode, time::Duration};
 
 use chat_cli::{
     Cli, CliError,
@@ -26,6 +24,7 @@ use chat_cli::{
 };
 use chat_proto::v1::{CreateAccountRequest, SendMessageRequest};
 use clap::Parser;
+use support::replica::Replica;
 use tokio::sync::mpsc;
 
 /// The quickstart's own flags.
@@ -49,119 +48,43 @@ struct Options {
 const BOT: &str = "echo-bot";
 const BOT_PASSWORD: &str = "echo-bot-password";
 
-fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("quickstart: cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = if args.get(1).map(String::as_str) == Some("--replica") {
-        runtime.block_on(run_replica(&args[2..]))
-    } else {
-        runtime.block_on(run_quickstart(Options::parse()))
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+fn main() -> ExitCode {
+    if let Some(code) = support::replica::run_if_replica() {
+        return code;
+    }
+    let options = Options::parse();
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(|error| format!("cannot start the async runtime: {error}"))
+        .and_then(|runtime| runtime.block_on(run_quickstart(options)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("quickstart: {error}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Replica mode: exactly what the `chat-server` binary does.
-async fn run_replica(args: &[String]) -> Result<(), String> {
-    let config = chat_server::ServerConfig::parse_from(
-        std::iter::once("chat-server".to_owned()).chain(args.iter().cloned()),
-    );
-    chat_server::run(
-        config,
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
-        |address| println!("chat-server listening on {address}"),
-    )
-    .await
-    .map_err(|error| error.to_string())
-}
-
-/// The replicas this process started; dropping it stops them.
-struct Cluster {
-    replicas: Vec<(String, Child)>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.replicas {
-            // SIGINT: the replica drains and exits like on Ctrl-C. A frozen one is
-            // thawed first, then killed if it does not stop.
-            let pid = child.id() as i32;
-            // SAFETY: signalling our own child process.
-            unsafe {
-                libc::kill(pid, libc::SIGCONT);
-                libc::kill(pid, libc::SIGINT);
-            }
-        }
-        for (_, child) in &mut self.replicas {
-            for _ in 0..100 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            ExitCode::FAILURE
         }
     }
 }
 
 async fn run_quickstart(options: Options) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
-    let mut cluster = Cluster {
-        replicas: Vec::new(),
-    };
+    let mut replicas = Vec::new();
     for port in options.base_port..options.base_port + 3 {
-        let mut child = Command::new(&exe)
-            .args([
-                "--replica",
-                "--port",
-                &port.to_string(),
-                "--store",
-                &options.store,
-            ])
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start a replica: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no replica stdout")?;
-        let mut ready = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut ready)
-            .map_err(|e| format!("replica on port {port}: {e}"))?;
-        let Some(address) = ready.trim().strip_prefix("chat-server listening on ") else {
-            return Err(format!(
-                "the replica on port {port} did not start (is the port free?)"
-            ));
-        };
-        cluster.replicas.push((address.to_owned(), child));
+        let replica = Replica::start_on_port(&options.store, port, &[])
+            .await
+            .map_err(|error| format!("{error:#} (is port {port} free? try --base-port)"))?;
+        replicas.push(replica);
     }
-    let servers = cluster
-        .replicas
+    let servers = replicas
         .iter()
-        .map(|(address, _)| address.clone())
+        .map(|replica| replica.address().to_string())
         .collect::<Vec<_>>()
         .join(",");
 
     println!("A 3-replica chat cluster sharing {}:", options.store);
-    for (address, child) in &cluster.replicas {
-        println!("  replica {address}  pid {}", child.id());
+    for replica in &replicas {
+        let pid = replica.pid().map(|pid| pid.to_string()).unwrap_or_default();
+        println!("  replica {}  pid {pid}", replica.address());
     }
-    let first_pid = cluster.replicas[0].1.id();
+    let first_pid = replicas[0].pid().unwrap_or_default();
     println!();
     println!(
         "Try failover from another terminal:  kill -9 {first_pid}   (or kill -STOP {first_pid})"
@@ -196,7 +119,10 @@ async fn run_quickstart(options: Options) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string());
     bot.abort();
-    drop(cluster);
+    for replica in replicas {
+        // A frozen replica (kill -STOP) does not drain; it is killed after the grace.
+        replica.stop(Duration::from_secs(3)).await;
+    }
     outcome
 }
 

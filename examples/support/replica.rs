@@ -103,8 +103,17 @@ impl Replica {
     /// Starts a replica on a free loopback port, sharing the store `store` (a
     /// `--store` value), with extra `chat-server` flags; returns once it accepts calls.
     pub async fn start(store: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on_port(store, 0, extra_args).await
+    }
+
+    /// Like [`Replica::start`], on a given port (0 picks a free one).
+    pub async fn start_on_port(
+        store: &str,
+        port: u16,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let extra_args: Vec<String> = extra_args.iter().map(|&a| a.to_owned()).collect();
-        let (child, address) = spawn(store, 0, &extra_args).await?;
+        let (child, address) = spawn(store, port, &extra_args).await?;
         Ok(Self {
             child: Some(child),
             address,
