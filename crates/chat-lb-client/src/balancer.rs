@@ -17,8 +17,9 @@ use crate::{
 /// `tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>`
 /// whose error type is [`crate::BoxError`].
 ///
-/// Calls go to healthy endpoints only (see the crate guide for the details).
-/// When no endpoint can take a call, it is answered with a trailers-only gRPC
+/// Calls go to healthy endpoints (or, while there are none, to endpoints not
+/// probed yet, then to ejected endpoints whose last probe succeeded; see the
+/// crate guide for the details). When no endpoint can take a call, it is answered with a trailers-only gRPC
 /// response, which tonic clients see as `Err(Status)` with code `UNAVAILABLE`
 /// and a message naming every endpoint with its state and last error. A
 /// deadline (from `tonic::Request::set_timeout` or [`Builder::timeout`]) that

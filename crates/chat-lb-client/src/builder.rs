@@ -233,15 +233,18 @@ impl Builder {
     }
 
     /// Attempts of a retry-safe call that failed after it may have reached a
-    /// server, the first included. Default 3.
+    /// server, the first included (attempts that never reached a server do
+    /// not count). Default 3.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.cfg.retry.max_attempts = attempts;
         self
     }
 
-    /// How long a retry-safe attempt may wait for response headers before it is
-    /// retried on another endpoint (if a retry is allowed; otherwise it goes on
-    /// waiting, up to the deadline). `None` turns it off. Default 2s.
+    /// How long a retry-safe attempt may wait for response headers before a
+    /// retry starts on another endpoint (if a retry is allowed). The slow
+    /// attempt is not cancelled: it goes on beside the retry, and whichever
+    /// attempt answers first answers the call; with no retry left, the call
+    /// keeps waiting on it up to the deadline. `None` turns it off. Default 2s.
     pub fn per_try_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.cfg.retry.per_try_timeout = timeout.into();
         self

@@ -4,6 +4,12 @@
 //! atomics or a tiny per-endpoint lock. The health record (probe state machine,
 //! ejection, last errors) sits behind a per-endpoint `std::sync::Mutex` taken
 //! only by probes, failed calls and snapshots, never across an `.await`.
+//!
+//! The record decides the endpoint's picker tier (see `picker`): healthy →
+//! preferred; not probed to a conclusion yet → fallback; ejected by outlier
+//! detection while its most recent probe succeeded → last resort; unhealthy,
+//! not serving, or ejected after a failed (or without any) probe → excluded.
+//! Every change of state or tier is published to the tier atomic at once.
 
 use std::{
     net::SocketAddr,
@@ -77,13 +83,29 @@ impl Record {
             Active::Unknown => EndpointState::Unknown,
         }
     }
-}
 
-fn tier_of(state: EndpointState) -> Tier {
-    match state {
-        EndpointState::Healthy => Tier::Preferred,
-        EndpointState::Unknown => Tier::Fallback,
-        _ => Tier::Excluded,
+    /// The picker tier the record implies.
+    fn tier(&self) -> Tier {
+        match self.state() {
+            EndpointState::Healthy => Tier::Preferred,
+            EndpointState::Unknown => Tier::Fallback,
+            EndpointState::Ejected if self.last_probe_succeeded() => Tier::LastResort,
+            EndpointState::Ejected | EndpointState::Unhealthy | EndpointState::NotServing => {
+                Tier::Excluded
+            }
+        }
+    }
+
+    /// Whether the most recent probe (a check or a pushed update) found the
+    /// replica serving.
+    fn last_probe_succeeded(&self) -> bool {
+        matches!(
+            self.last_probe,
+            Some(ProbeRecord {
+                outcome: ProbeOutcome::Healthy { .. },
+                ..
+            })
+        )
     }
 }
 
@@ -183,8 +205,10 @@ impl Endpoint {
         let cfg = &shared.cfg.outlier;
         let mut record = self.lock();
         record.last_error = Some(format!("{kind:?}: {error}"));
-        if !cfg.enabled || record.ejection.is_ejected() || tier_of(record.state()) == Tier::Excluded
-        {
+        // Only a routable endpoint is ejected: not one ejected already (a last
+        // resort that failed again), unhealthy or not serving.
+        let before = record.state();
+        if !cfg.enabled || !before.is_routable() {
             return;
         }
         if !shared
@@ -203,7 +227,7 @@ impl Endpoint {
             ejections = record.ejection.total(),
             "endpoint ejected after a failed call"
         );
-        self.publish(shared, &mut record, "ejected");
+        self.publish(shared, &record, before, "ejected");
     }
 
     /// Applies a probe result (from a check, or pushed by a watch).
@@ -226,6 +250,7 @@ impl Endpoint {
         };
         let mut record = self.lock();
         let before = record.state();
+        let before_tier = record.tier();
         match &outcome {
             ProbeOutcome::Failed { error } => record.last_error = Some(format!("probe: {error}")),
             ProbeOutcome::NotServing { detail } => {
@@ -247,8 +272,15 @@ impl Endpoint {
         if !pushed {
             self.probes.fetch_add(1, Ordering::AcqRel);
         }
-        if record.state() != before {
-            self.publish(shared, &mut record, if pushed { "watch" } else { "probe" });
+        // The tier can change without the state: an ejected endpoint becomes,
+        // or stops being, a last resort as its probes succeed or fail.
+        if record.state() != before || record.tier() != before_tier {
+            self.publish(
+                shared,
+                &record,
+                before,
+                if pushed { "watch" } else { "probe" },
+            );
         }
         drop(record);
         if !pushed {
@@ -256,22 +288,25 @@ impl Endpoint {
         }
     }
 
-    /// Stores the tier the record implies and reports a state change.
-    fn publish(&self, shared: &Shared, record: &mut Record, cause: &str) {
+    /// Stores the tier the record implies and reports a change of state (from
+    /// `before`) or of tier.
+    fn publish(&self, shared: &Shared, record: &Record, before: EndpointState, cause: &str) {
         let state = record.state();
-        let tier = tier_of(state);
+        let tier = record.tier();
         let old = Tier::from_u8(self.tier.swap(tier as u8, Ordering::AcqRel));
-        if old == Tier::Excluded && tier != Tier::Excluded {
+        // Back from excluded, or from last resort to normal service: a call
+        // that tried it before may try it once more.
+        if tier > old && old <= Tier::LastResort {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
+        let last_resort = tier == Tier::LastResort;
         let error = record.last_error.as_deref().unwrap_or("");
-        match state {
-            EndpointState::Healthy | EndpointState::Unknown => {
-                tracing::info!(endpoint = %self.addr, %state, cause, "endpoint state changed");
-            }
-            _ => {
-                tracing::warn!(endpoint = %self.addr, %state, cause, error, "endpoint state changed")
-            }
+        if state == before {
+            tracing::info!(endpoint = %self.addr, %state, last_resort, cause, "ejected endpoint's last-resort status changed");
+        } else if state.is_routable() {
+            tracing::info!(endpoint = %self.addr, %state, cause, "endpoint state changed");
+        } else {
+            tracing::warn!(endpoint = %self.addr, %state, last_resort, cause, error, "endpoint state changed");
         }
         shared.changed.notify_waiters();
     }
@@ -315,5 +350,71 @@ impl Endpoint {
             errors: self.errors.load(Ordering::Relaxed),
             last_error: record.last_error.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HealthConfig, OutlierConfig};
+
+    fn probed(record: &mut Record, verdict: Verdict) {
+        let outcome = match verdict {
+            Verdict::Serving => ProbeOutcome::Healthy {
+                detail: String::new(),
+            },
+            Verdict::NotServing => ProbeOutcome::NotServing {
+                detail: String::new(),
+            },
+            Verdict::Failed => ProbeOutcome::Failed {
+                error: String::new(),
+            },
+        };
+        record.health.observe(verdict, &HealthConfig::default());
+        record.last_probe = Some(ProbeRecord {
+            outcome,
+            latency: Duration::ZERO,
+            at: SystemTime::now(),
+            pushed: false,
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_is_a_last_resort_while_its_last_probe_succeeds() {
+        let mut record = Record::default();
+        assert_eq!(record.tier(), Tier::Fallback, "not probed yet");
+        probed(&mut record, Verdict::Serving);
+        assert_eq!(record.tier(), Tier::Preferred);
+
+        record
+            .ejection
+            .eject(Instant::now(), &OutlierConfig::default());
+        assert_eq!(record.state(), EndpointState::Ejected);
+        assert_eq!(record.tier(), Tier::LastResort, "its last probe succeeded");
+        // One failed probe (below the unhealthy threshold): not even a last resort.
+        probed(&mut record, Verdict::Failed);
+        assert_eq!(record.state(), EndpointState::Ejected);
+        assert_eq!(record.tier(), Tier::Excluded);
+        probed(&mut record, Verdict::Serving);
+        assert_eq!(record.tier(), Tier::LastResort);
+        // Unhealthy or not serving by its probes: never.
+        probed(&mut record, Verdict::NotServing);
+        assert_eq!(
+            (record.state(), record.tier()),
+            (EndpointState::NotServing, Tier::Excluded)
+        );
+        probed(&mut record, Verdict::Failed);
+        probed(&mut record, Verdict::Failed);
+        assert_eq!(
+            (record.state(), record.tier()),
+            (EndpointState::Unhealthy, Tier::Excluded)
+        );
+
+        // Ejected before any probe answered: excluded.
+        let mut record = Record::default();
+        record
+            .ejection
+            .eject(Instant::now(), &OutlierConfig::default());
+        assert_eq!(record.tier(), Tier::Excluded);
     }
 }

@@ -37,13 +37,25 @@
 //!    header (`tonic::Request::set_timeout`) or [`Builder::timeout`]. The call is
 //!    *retry-safe* if [`RetrySafe`] says so for its method path, unless a
 //!    [`SafeToRetry`] request extension overrides it.
-//! 2. **Pick.** Among the endpoints of the best tier — healthy ones, or while
-//!    none is known healthy those not probed yet — the [`Policy`] picks one:
-//!    power of two random choices on peak-EWMA cost
-//!    (`latency estimate * (outstanding + 1)`) by default. If none can take the
-//!    call, it is answered `UNAVAILABLE` at once, naming every endpoint with
-//!    its state and last error, or, with [`Builder::wait_for_ready`], waits
-//!    for one until the deadline.
+//! 2. **Pick.** Among the endpoints of the best non-empty tier the [`Policy`]
+//!    picks one: power of two random choices on peak-EWMA cost
+//!    (`latency estimate * (outstanding + 1)`) by default. The tiers, best
+//!    first:
+//!    1. *healthy* endpoints;
+//!    2. *unknown* ones, not probed to a conclusion yet;
+//!    3. the *last resort*: endpoints [ejected](#health) after a failed call
+//!       whose most recent probe succeeded (like Envoy's panic threshold:
+//!       rather a replica that failed a call lately than none at all). Being
+//!       used as a last resort does not end the ejection;
+//!    4. never: endpoints *unhealthy* or *not serving* by their probes, and
+//!       ejected ones whose last probe failed (or that have none).
+//!
+//!    Endpoints the call already tried are skipped (unless they were out and
+//!    came back meanwhile), so a retry moves down a tier only once the better
+//!    ones were tried. If no endpoint can take the call, it is answered
+//!    `UNAVAILABLE` at once, naming every endpoint with its state and last
+//!    error, or, with [`Builder::wait_for_ready`], waits for one until the
+//!    deadline.
 //! 3. **Send** over the endpoint's own lazily connected tonic `Channel`. The
 //!    request body goes through a replay buffer (see below).
 //! 4. **Classify** the outcome: response headers (success for balancing
@@ -59,9 +71,16 @@
 //! 6. **Maybe retry** on another endpoint: always when the request never
 //!    reached a server; for retry-safe calls also on `UNAVAILABLE`, transport
 //!    errors and per-try timeouts, within `max_attempts` and the retry budget.
-//!    Otherwise answer: the server's response as it came; a transport failure
-//!    as `UNAVAILABLE` naming the endpoint and error; a passed deadline as
-//!    `DEADLINE_EXCEEDED`.
+//!    An attempt that exceeded the per-try timeout is **not cancelled**: it
+//!    goes on beside the retry, and whichever attempt gets response headers
+//!    first answers the call (the others are then cancelled). So a call gives
+//!    up only when its deadline passes, or when no attempt is left running and
+//!    no retry is possible (`max_attempts` used, the retry budget exhausted,
+//!    no endpoint left to try); when no retry is possible, it keeps waiting
+//!    on the attempts still running, until its deadline. Then it answers: the
+//!    server's response as it came (for a failure, that of the attempt that
+//!    finished last); a transport failure as `UNAVAILABLE` naming the
+//!    endpoint and error; a passed deadline as `DEADLINE_EXCEEDED`.
 //!
 //! What a tonic client sees from the balancer itself is always a `Status`:
 //! `UNAVAILABLE` when no endpoint can take the call (the message lists every
@@ -82,7 +101,10 @@
 //! Passive ejections last `base_ejection_time * n` for the n-th offence in a
 //! row (capped at `max_ejection_time`), at most `max_ejection_percent` of the
 //! endpoints at once; an endpoint comes back on the first successful probe after
-//! its ejection time.
+//! its ejection time. Meanwhile, an ejected endpoint whose most recent probe
+//! succeeded is a *last resort*: it takes calls only while no endpoint is
+//! healthy or unknown (see step 2 above), so a single healthy replica that
+//! failed one call is used rather than failing every call with `UNAVAILABLE`.
 //!
 //! # Defaults
 //!

@@ -10,6 +10,10 @@
 //! at a time, so a cluster-wide blip cannot eject everything. After the ejection
 //! time the endpoint's prober checks it at once, and it comes back only on a
 //! successful probe.
+//!
+//! An ejected endpoint is not out of reach, though: while its most recent probe
+//! succeeded it is a *last resort*, picked only when no endpoint is healthy or
+//! unprobed (see `picker`). Such calls do not end or extend the ejection.
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},

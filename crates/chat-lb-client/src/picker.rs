@@ -1,9 +1,18 @@
 //! Choosing an endpoint for a call: power of two choices, round-robin, pick-first.
 //!
-//! The candidates are the endpoints of the best non-empty *tier*: healthy ones if
-//! there are any, else those not probed yet (state `Unknown`), never unhealthy,
-//! not-serving or ejected ones. Endpoints this call already tried are skipped.
-//! Picking allocates nothing: it walks the endpoint list at most twice.
+//! The candidates are the endpoints of the best non-empty *tier*, best first:
+//!
+//! 1. **preferred** — healthy;
+//! 2. **fallback** — not probed to a conclusion yet (state `Unknown`);
+//! 3. **last resort** — ejected by outlier detection, but its most recent probe
+//!    succeeded (like Envoy's panic threshold: better a replica that failed a
+//!    call lately than no replica at all);
+//! 4. **excluded** — unhealthy, not serving, or ejected with a failed (or no)
+//!    last probe: never picked.
+//!
+//! Endpoints this call already tried are skipped before the tier is chosen, so
+//! a retry falls through to a lower tier only once the better ones were all
+//! tried. Picking allocates nothing: it walks the endpoint list at most twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -29,19 +38,24 @@ pub enum Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Tier {
-    /// Unhealthy, not serving or ejected: no new calls.
+    /// Unhealthy, not serving, or ejected without a successful last probe: no
+    /// new calls.
     Excluded = 0,
+    /// Ejected, but its last probe succeeded: used only while no endpoint is
+    /// healthy or unprobed.
+    LastResort = 1,
     /// Not probed yet: used only while no endpoint is known healthy.
-    Fallback = 1,
+    Fallback = 2,
     /// Healthy.
-    Preferred = 2,
+    Preferred = 3,
 }
 
 impl Tier {
     pub fn from_u8(v: u8) -> Self {
         match v {
-            2 => Tier::Preferred,
-            1 => Tier::Fallback,
+            3 => Tier::Preferred,
+            2 => Tier::Fallback,
+            1 => Tier::LastResort,
             _ => Tier::Excluded,
         }
     }
@@ -66,7 +80,7 @@ pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
     now: Instant,
 ) -> Option<&'a C> {
     // First pass: the best tier and how many candidates it has.
-    let mut tier = Tier::Fallback;
+    let mut tier = Tier::LastResort;
     let mut count = 0usize;
     for c in list {
         let t = c.tier();
@@ -251,5 +265,40 @@ mod tests {
         assert_eq!(index_of(&list, c), 1);
         let none: Vec<Fake> = vec![fake(Tier::Excluded, 0.0)];
         assert!(pick(Policy::RoundRobin, &none, |c| c.tried, &next, &mut rng, now).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn last_resort_only_when_nothing_better_is_left() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let next = AtomicUsize::new(0);
+        let now = Instant::now();
+        let mut list = vec![
+            fake(Tier::LastResort, 0.0),
+            fake(Tier::Excluded, 0.0),
+            fake(Tier::Fallback, 5.0),
+            fake(Tier::LastResort, 0.0),
+        ];
+        for policy in [
+            Policy::PickFirst,
+            Policy::RoundRobin,
+            Policy::PowerOfTwoChoices,
+        ] {
+            let c = pick(policy, &list, |c| c.tried, &next, &mut rng, now).unwrap();
+            assert_eq!(index_of(&list, c), 2, "{policy:?}: an unprobed one first");
+        }
+        // The unprobed one was tried: the last-resort tier is used, in order.
+        list[2].tried = true;
+        let c = pick(Policy::PickFirst, &list, |c| c.tried, &next, &mut rng, now).unwrap();
+        assert_eq!(index_of(&list, c), 0);
+        let order: Vec<usize> = (0..4)
+            .map(|_| {
+                let c = pick(Policy::RoundRobin, &list, |c| c.tried, &next, &mut rng, now);
+                index_of(&list, c.unwrap())
+            })
+            .collect();
+        assert!(order == [0, 3, 0, 3] || order == [3, 0, 3, 0], "{order:?}");
+        list[0].tried = true;
+        list[3].tried = true;
+        assert!(pick(Policy::PickFirst, &list, |c| c.tried, &next, &mut rng, now).is_none());
     }
 }

@@ -7,21 +7,26 @@
 //! the failure to outlier detection → **maybe retry** on another endpoint, or
 //! answer.
 //!
+//! An attempt past its per-try timeout is not cancelled when a retry starts:
+//! it keeps running beside it, and the first attempt with response headers
+//! answers. A call gives up only when its deadline passes, or when no attempt
+//! is running any more and no retry is possible.
+//!
 //! Failures the balancer itself decides (no endpoint can take the call, the
 //! deadline passed) are answered as proper gRPC *trailers-only* responses
 //! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`), which tonic clients surface as a
 //! `tonic::Status` with that code and message.
 
 use std::{
-    future::Future,
+    future::{Future, poll_fn},
     net::SocketAddr,
-    pin::Pin,
+    pin::{Pin, pin},
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, Sleep, sleep_until, timeout_at};
 use tonic::{Status, body::Body};
 use tower::{Service, ServiceExt};
 
@@ -90,6 +95,14 @@ enum Outcome {
     Expired,
 }
 
+/// A finished attempt: which one (its number in the call), where it went and
+/// what became of it.
+struct Done {
+    n: u32,
+    endpoint: Arc<Endpoint>,
+    outcome: Outcome,
+}
+
 /// Endpoints a call already tried, with the routable epoch they had then.
 #[derive(Default)]
 struct Tried(Vec<(SocketAddr, u64)>);
@@ -108,6 +121,56 @@ impl Tried {
     }
 }
 
+/// The attempts of a call still waiting for response headers.
+///
+/// Usually there is one, and it lives in `slot`, a pinned place in the call's
+/// own future: the common case allocates nothing. An attempt that exceeded the
+/// per-try timeout is not cancelled when a retry starts (it may still be the
+/// first to answer), so attempts can overlap; those beyond the slot are boxed.
+struct Attempts<'a, F> {
+    slot: Pin<&'a mut Option<F>>,
+    more: Vec<Pin<Box<F>>>,
+}
+
+impl<F: Future<Output = Done>> Attempts<'_, F> {
+    fn push(&mut self, attempt: F) {
+        if self.slot.is_none() {
+            self.slot.set(Some(attempt));
+        } else {
+            self.more.push(Box::pin(attempt));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slot.is_none() && self.more.is_empty()
+    }
+
+    /// The next attempt to finish (pending forever while there is none).
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
+        if let Some(attempt) = self.slot.as_mut().as_pin_mut()
+            && let Poll::Ready(done) = attempt.poll(cx)
+        {
+            self.slot.set(None);
+            return Poll::Ready(done);
+        }
+        for i in 0..self.more.len() {
+            if let Poll::Ready(done) = self.more[i].as_mut().poll(cx) {
+                drop(self.more.swap_remove(i));
+                return Poll::Ready(done);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// What a call waits for next.
+enum Event {
+    /// An attempt finished.
+    Done(Done),
+    /// The timer: the newest attempt's per-try timeout, or the deadline.
+    Timer,
+}
+
 struct Call {
     shared: Arc<Shared>,
     list: EndpointList,
@@ -115,9 +178,18 @@ struct Call {
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     tried: Tried,
+    /// Attempts started; the newest one is number `attempts`.
     attempts: u32,
 }
 
+/// Runs a call: at most one *live* attempt at a time (the newest, while it is
+/// within its per-try timeout), plus any earlier attempts that exceeded the
+/// per-try timeout and go on in the background. A failure of the live attempt
+/// (or, while none is live, of any attempt) leads to a retry if one is allowed
+/// and an endpoint is left; else the call keeps waiting while any attempt is
+/// still running. It gives up only when its deadline passes, or when no attempt
+/// is left running and no retry is possible (attempts, budget or endpoints used
+/// up), with the outcome of the attempt that finished last.
 async fn run(
     shared: Arc<Shared>,
     list: EndpointList,
@@ -150,77 +222,116 @@ async fn run(
     let per_try_timeout = call.shared.cfg.retry.per_try_timeout.filter(|_| retry_safe);
     let max_attempts = call.shared.cfg.retry.max_attempts;
     let mut charged_retries = 0u32;
-    let mut next: Option<Arc<Endpoint>> = None;
+
+    let first = match call.pick_or_wait().await {
+        Ok(endpoint) => endpoint,
+        Err(response) => return Ok(response),
+    };
+    let mut attempts = Attempts {
+        slot: pin!(None),
+        more: Vec::new(),
+    };
+    let mut timer = pin!(None::<Sleep>);
+    // The newest attempt's endpoint (or the next one's, while `begin` says an
+    // attempt is to start there), and whether that attempt is live: still
+    // running and within its per-try timeout.
+    let mut current = first;
+    let mut begin = true;
+    let mut live = false;
 
     loop {
-        let endpoint = match next.take() {
-            Some(endpoint) => endpoint,
-            None => match call.pick_or_wait().await {
-                Ok(endpoint) => endpoint,
-                Err(response) => return Ok(response),
-            },
-        };
-        call.attempts += 1;
-        let request = http::Request::from_parts(parts.clone(), replay.attempt());
-        let attempt = send(&endpoint, request);
-        tokio::pin!(attempt);
+        if std::mem::take(&mut begin) {
+            call.attempts += 1;
+            let request = http::Request::from_parts(parts.clone(), replay.attempt());
+            attempts.push(send(call.attempts, current.clone(), request));
+            let limit = match (per_try_timeout.map(|t| Instant::now() + t), call.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            timer.set(limit.map(sleep_until));
+            live = true;
+        }
 
-        let first_limit = match (per_try_timeout.map(|t| Instant::now() + t), call.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let outcome = match first_limit {
-            None => attempt.as_mut().await,
-            Some(limit) => match timeout_at(limit, attempt.as_mut()).await {
-                Ok(outcome) => outcome,
-                Err(_) if call.deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Ok(call.deadline_exceeded(&endpoint));
-                }
-                Err(_) => {
-                    // Per-try timeout: no response headers yet.
-                    let waited = Instant::now().saturating_duration_since(call.start);
-                    endpoint.on_failure(
-                        &call.shared,
-                        CallFailure::Timeout,
-                        "no response headers within the per-try timeout",
-                        waited,
-                    );
-                    call.tried.add(&endpoint);
-                    if let Some(other) = call.retry_target(&replay, charged_retries, max_attempts) {
-                        tracing::debug!(from = %endpoint.addr, to = %other.addr, "per-try timeout; retrying");
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(done) = attempts.poll_next(cx) {
+                return Poll::Ready(Event::Done(done));
+            }
+            match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Event::Timer),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+
+        let Done {
+            n,
+            endpoint,
+            outcome,
+        } = match event {
+            Event::Done(done) => done,
+            Event::Timer if call.deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Ok(call.deadline_exceeded(&current));
+            }
+            Event::Timer => {
+                // Per-try timeout: no response headers yet. The attempt goes on
+                // (it may still answer first); only the deadline bounds it now.
+                live = false;
+                timer.set(call.deadline.map(sleep_until));
+                let waited = Instant::now().saturating_duration_since(call.start);
+                current.on_failure(
+                    &call.shared,
+                    CallFailure::Timeout,
+                    "no response headers within the per-try timeout",
+                    waited,
+                );
+                call.tried.add(&current);
+                match call.retry_target(&replay, charged_retries, max_attempts) {
+                    Some(other) => {
+                        tracing::debug!(from = %current.addr, to = %other.addr, "per-try timeout; retrying");
                         charged_retries += 1;
-                        next = Some(other);
-                        continue;
+                        current = other;
+                        begin = true;
                     }
-                    // No retry possible: keep waiting for this attempt.
-                    match call.deadline {
-                        None => attempt.as_mut().await,
-                        Some(deadline) => match timeout_at(deadline, attempt.as_mut()).await {
-                            Ok(outcome) => outcome,
-                            Err(_) => return Ok(call.deadline_exceeded(&endpoint)),
-                        },
+                    None => {
+                        tracing::debug!(endpoint = %current.addr, "per-try timeout; no retry possible, waiting on");
                     }
                 }
-            },
+                continue;
+            }
         };
 
+        // Whether this was the live attempt: an earlier one, or one past its
+        // per-try timeout, was counted against its endpoint already.
+        let was_live = live && n == call.attempts;
+        if n == call.attempts {
+            live = false;
+        }
         match outcome {
             Outcome::Response(response, rtt) => match unavailable(&response) {
                 None => {
                     endpoint.on_success(rtt, Instant::now());
                     replay.commit();
-                    return Ok(Observed::wrap(response, endpoint.clone(), call.shared));
+                    return Ok(Observed::wrap(response, endpoint, call.shared));
                 }
                 Some(message) => {
-                    endpoint.on_failure(&call.shared, CallFailure::Unavailable, &message, rtt);
-                    call.tried.add(&endpoint);
+                    if was_live {
+                        endpoint.on_failure(&call.shared, CallFailure::Unavailable, &message, rtt);
+                        call.tried.add(&endpoint);
+                    }
+                    if live {
+                        continue; // The live attempt goes on.
+                    }
                     if retry_safe
                         && let Some(other) =
                             call.retry_target(&replay, charged_retries, max_attempts)
                     {
                         tracing::debug!(from = %endpoint.addr, to = %other.addr, %message, "UNAVAILABLE; retrying");
                         charged_retries += 1;
-                        next = Some(other);
+                        current = other;
+                        begin = true;
+                        continue;
+                    }
+                    if call.wait_on(&attempts, timer.as_mut()) {
                         continue;
                     }
                     replay.commit();
@@ -229,25 +340,69 @@ async fn run(
             },
             Outcome::NotSent(error) => {
                 let text = describe(&*error);
-                endpoint.on_failure(&call.shared, CallFailure::Transport, &text, Duration::ZERO);
-                call.tried.add(&endpoint);
+                if was_live {
+                    endpoint.on_failure(
+                        &call.shared,
+                        CallFailure::Transport,
+                        &text,
+                        Duration::ZERO,
+                    );
+                    call.tried.add(&endpoint);
+                }
+                if live {
+                    continue;
+                }
+                // Transparent retry: no budget, each endpoint once.
+                if replay.can_replay() {
+                    call.list = call.shared.list();
+                    if let Some(other) = call.pick() {
+                        tracing::debug!(from = %endpoint.addr, to = %other.addr, error = %text, "call never reached the server; retrying");
+                        current = other;
+                        begin = true;
+                        continue;
+                    }
+                }
+                if call.wait_on(&attempts, timer.as_mut()) {
+                    continue;
+                }
                 if !replay.can_replay() {
                     return call.fail(&replay, &endpoint, error, &text);
                 }
-                tracing::debug!(endpoint = %endpoint.addr, error = %text, "call never reached the server; retrying");
-                // The next pick answers UNAVAILABLE, naming every endpoint, when
-                // none is left.
+                // No endpoint left now: wait for one (`wait_for_ready`), or
+                // answer UNAVAILABLE naming every endpoint.
+                tracing::debug!(endpoint = %endpoint.addr, error = %text, "call never reached the server; no endpoint left");
+                match call.pick_or_wait().await {
+                    Ok(other) => {
+                        current = other;
+                        begin = true;
+                    }
+                    Err(response) => return Ok(response),
+                }
             }
             Outcome::Failed(error) => {
                 let text = describe(&*error);
-                endpoint.on_failure(&call.shared, CallFailure::Transport, &text, Duration::ZERO);
-                call.tried.add(&endpoint);
+                if was_live {
+                    endpoint.on_failure(
+                        &call.shared,
+                        CallFailure::Transport,
+                        &text,
+                        Duration::ZERO,
+                    );
+                    call.tried.add(&endpoint);
+                }
+                if live {
+                    continue;
+                }
                 if retry_safe
                     && let Some(other) = call.retry_target(&replay, charged_retries, max_attempts)
                 {
                     tracing::debug!(from = %endpoint.addr, to = %other.addr, error = %text, "transport error; retrying");
                     charged_retries += 1;
-                    next = Some(other);
+                    current = other;
+                    begin = true;
+                    continue;
+                }
+                if call.wait_on(&attempts, timer.as_mut()) {
                     continue;
                 }
                 replay.commit();
@@ -260,7 +415,16 @@ async fn run(
 
 /// Sends one attempt; the endpoint's outstanding count covers it until the
 /// response headers (or the failure), including when the caller gives up on it.
-async fn send(endpoint: &Endpoint, request: http::Request<Body>) -> Outcome {
+async fn send(n: u32, endpoint: Arc<Endpoint>, request: http::Request<Body>) -> Done {
+    let outcome = attempt(&endpoint, request).await;
+    Done {
+        n,
+        endpoint,
+        outcome,
+    }
+}
+
+async fn attempt(endpoint: &Endpoint, request: http::Request<Body>) -> Outcome {
     let _in_flight = endpoint.start();
     let sent = Instant::now();
     let mut channel = endpoint.channel.clone();
@@ -294,6 +458,21 @@ impl Call {
             Instant::now(),
         )
         .cloned()
+    }
+
+    /// Whether earlier attempts (past their per-try timeout) are still running,
+    /// so the call waits on for them, until its deadline, instead of giving up.
+    fn wait_on<F: Future<Output = Done>>(
+        &self,
+        attempts: &Attempts<'_, F>,
+        mut timer: Pin<&mut Option<Sleep>>,
+    ) -> bool {
+        if attempts.is_empty() {
+            return false;
+        }
+        tracing::debug!("no retry possible; waiting for an earlier attempt still running");
+        timer.set(self.deadline.map(sleep_until));
+        true
     }
 
     /// Another endpoint for a retry of a call that may have reached a server:

@@ -18,13 +18,17 @@ pub enum EndpointState {
     Unhealthy,
     /// The replica said it is not serving; takes no calls.
     NotServing,
-    /// Ejected by outlier detection after a failed call; takes no calls until
-    /// the ejection time is over and a probe succeeds.
+    /// Ejected by outlier detection after a failed call, until the ejection
+    /// time is over and a probe succeeds. Meanwhile it takes calls only as a
+    /// *last resort*: while its most recent probe ([`EndpointSnapshot::last_probe`])
+    /// succeeded and no endpoint is healthy or unknown.
     Ejected,
 }
 
 impl EndpointState {
-    /// Whether the endpoint may take new calls in this state.
+    /// Whether the endpoint takes new calls in this state in normal operation
+    /// (healthy or unknown). An `Ejected` endpoint is not routable, although
+    /// it may still take calls as a last resort (see [`EndpointState::Ejected`]).
     pub fn is_routable(self) -> bool {
         matches!(self, EndpointState::Healthy | EndpointState::Unknown)
     }

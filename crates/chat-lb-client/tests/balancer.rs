@@ -579,3 +579,218 @@ async fn snapshot_reports_probes_and_calls() {
         (5, 0, 0, 0)
     );
 }
+
+/// A retry-safe call must not give up while an attempt that merely exceeded
+/// the per-try timeout is still running: b is slow (1s), c answers
+/// `UNAVAILABLE`, and nothing else is left to try once both were tried. The
+/// call used to fail at once with c's `UNAVAILABLE` although b was about to
+/// answer and the deadline was seconds away.
+#[tokio::test]
+async fn a_retry_safe_call_waits_for_its_timed_out_attempt_when_nothing_else_is_left() {
+    init_tracing();
+    let b = Replica::start("b");
+    let c = Replica::start("c");
+    let lb = grpc_builder()
+        .policy(Policy::PickFirst) // b first: the call starts there
+        .addresses(&format!("{},{}", b.addr, c.addr))
+        .retry_safe(RetrySafe::All)
+        .per_try_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    b.knobs.delay_ms.store(1000, Ordering::SeqCst);
+    c.knobs.unavailable.store(true, Ordering::SeqCst);
+
+    let started = Instant::now();
+    let result = app_call(&mut client).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(result.as_deref(), Ok("b")),
+        "{result:?} after {elapsed:?}: {:#?}",
+        lb.snapshot()
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(4)).contains(&elapsed),
+        "{elapsed:?}"
+    );
+    // b's attempt went on: it was not cancelled and sent again.
+    let b_ep = endpoint(&lb, b.addr);
+    assert_eq!((b.calls(), b_ep.calls), (1, 1), "{b_ep:#?}");
+    assert_eq!(b_ep.errors, 1, "the per-try timeout counts once: {b_ep:#?}");
+    assert_eq!(endpoint(&lb, c.addr).errors, 1);
+    assert!(lb.snapshot().iter().all(|e| e.outstanding == 0));
+}
+
+/// An attempt past its per-try timeout goes on beside the retry, and the first
+/// to answer wins: b answers at 500ms, c (the retry) would at 2s.
+#[tokio::test]
+async fn a_timed_out_attempt_that_answers_first_answers_the_call() {
+    init_tracing();
+    let b = Replica::start("b");
+    let c = Replica::start("c");
+    let lb = grpc_builder()
+        .policy(Policy::PickFirst)
+        .addresses(&format!("{},{}", b.addr, c.addr))
+        .retry_safe(RetrySafe::All)
+        .per_try_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    b.knobs.delay_ms.store(500, Ordering::SeqCst);
+    c.knobs.delay_ms.store(2000, Ordering::SeqCst);
+
+    let started = Instant::now();
+    let result = app_call(&mut client).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(result.as_deref(), Ok("b")),
+        "{result:?} after {elapsed:?}: {:#?}",
+        lb.snapshot()
+    );
+    assert!(
+        (Duration::from_millis(450)..Duration::from_millis(1500)).contains(&elapsed),
+        "{elapsed:?}"
+    );
+    let c_ep = endpoint(&lb, c.addr);
+    assert_eq!(c_ep.calls, 1, "the retry was sent: {c_ep:#?}");
+    assert!(lb.snapshot().iter().all(|e| e.outstanding == 0));
+}
+
+/// The chaos test's retry scenario: a was ejected once (taking the only
+/// ejection slot of three endpoints) and recovered, b is healthy but slow, c
+/// answers `UNAVAILABLE`. Attempts, time and routable endpoints are left, so
+/// the call must succeed (on a, the ejected endpoint whose probes pass, or on
+/// b) instead of failing with c's `UNAVAILABLE` at the per-try timeout.
+#[tokio::test]
+async fn a_retry_safe_call_does_not_fail_while_attempts_time_and_endpoints_remain() {
+    init_tracing();
+    let (a, b, c) = (
+        Replica::start("a"),
+        Replica::start("b"),
+        Replica::start("c"),
+    );
+    let lb = grpc_builder()
+        .addresses(&format!("{},{},{}", a.addr, b.addr, c.addr))
+        .policy(Policy::PickFirst)
+        .retry_safe(RetrySafe::All)
+        .per_try_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut client = ChatServiceClient::new(lb.clone());
+    wait_until(&lb, LIMIT, "all healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    a.knobs.unavailable.store(true, Ordering::SeqCst);
+    assert_eq!(app_call(&mut client).await.unwrap(), "b");
+    assert_eq!(endpoint(&lb, a.addr).state, EndpointState::Ejected);
+    a.knobs.unavailable.store(false, Ordering::SeqCst);
+    b.knobs.delay_ms.store(1000, Ordering::SeqCst);
+    c.knobs.unavailable.store(true, Ordering::SeqCst);
+
+    let started = Instant::now();
+    let result = app_call(&mut client).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(result.as_deref(), Ok("a" | "b")),
+        "{result:?} after {elapsed:?}: {:#?}",
+        lb.snapshot()
+    );
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+}
+
+/// An endpoint ejected after a failed call is still used, as a last resort,
+/// when no endpoint is healthy or unprobed and its own last probe succeeded.
+/// Healthy endpoints still come first, and an endpoint whose probes say it is
+/// not serving is never a last resort.
+#[tokio::test]
+async fn an_ejected_endpoint_whose_probes_pass_is_a_last_resort() {
+    init_tracing();
+    let (a, mut b) = (Replica::start("a"), Replica::start("b"));
+    let lb = grpc_builder()
+        .addresses(&format!("{},{}", a.addr, b.addr))
+        .retry_safe(RetrySafe::All)
+        .base_ejection_time(Duration::from_secs(30))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut client = ChatServiceClient::new(lb.clone());
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    // One failed call ejects a (for 30s); a is fine again at once.
+    a.knobs.unavailable.store(true, Ordering::SeqCst);
+    while endpoint(&lb, a.addr).state != EndpointState::Ejected {
+        assert_eq!(app_call(&mut client).await.unwrap(), "b");
+    }
+    a.knobs.unavailable.store(false, Ordering::SeqCst);
+    // While b is healthy, the ejected a gets no call.
+    let a_before = a.calls();
+    for _ in 0..20 {
+        assert_eq!(app_call(&mut client).await.unwrap(), "b");
+    }
+    assert_eq!(a.calls(), a_before);
+
+    // b dies: a, ejected but healthy by its probes, takes the calls.
+    b.kill();
+    wait_until(&lb, LIMIT, "b unhealthy", |_| {
+        endpoint(&lb, b.addr).state == EndpointState::Unhealthy
+    })
+    .await;
+    let a_now = endpoint(&lb, a.addr);
+    assert_eq!(a_now.state, EndpointState::Ejected, "{a_now:#?}");
+    assert!(
+        matches!(
+            a_now.last_probe.as_ref().map(|p| &p.outcome),
+            Some(chat_lb_client::ProbeOutcome::Healthy { .. })
+        ),
+        "{a_now:#?}"
+    );
+    for _ in 0..5 {
+        let result = app_call(&mut client).await;
+        assert!(
+            matches!(result.as_deref(), Ok("a")),
+            "{result:?}: {:#?}",
+            lb.snapshot()
+        );
+    }
+    assert_eq!(
+        endpoint(&lb, a.addr).state,
+        EndpointState::Ejected,
+        "being a last resort does not end the ejection"
+    );
+
+    // b is back and healthy: it is preferred again.
+    let _b2 = b.restart();
+    wait_for_state(&lb, b.addr, EndpointState::Healthy, LIMIT).await;
+    for _ in 0..5 {
+        assert_eq!(app_call(&mut client).await.unwrap(), "b");
+    }
+
+    // A not-serving endpoint is no last resort, ejected or not.
+    a.set_serving(false).await;
+    wait_for_state(&lb, a.addr, EndpointState::NotServing, LIMIT).await;
+    drop(_b2);
+    wait_until(&lb, LIMIT, "b unhealthy again", |_| {
+        endpoint(&lb, b.addr).state == EndpointState::Unhealthy
+    })
+    .await;
+    let status = app_call(&mut client).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no healthy endpoint"),
+        "{status:?}"
+    );
+}

@@ -13,7 +13,10 @@
 //!   or sent no response headers within `per_try_timeout`. Only calls marked safe
 //!   (by [`RetrySafe`] or a [`SafeToRetry`] request extension) are retried, on
 //!   another endpoint, at most `max_attempts` attempts in all, each retry drawing
-//!   on the retry budget.
+//!   on the retry budget. An attempt retried for its per-try timeout is not
+//!   cancelled: it goes on, and the first attempt to get response headers
+//!   answers the call. A call with no retry left keeps waiting on its attempts
+//!   still running, up to its deadline.
 
 pub(crate) mod budget;
 
