@@ -20,8 +20,8 @@ use std::{
 
 use chat_lb_client::{Balancer, EndpointState, RetrySafe};
 use chat_proto::v1::{
-    CreateAccountRequest, FetchMessagesRequest, LoginRequest, SendMessageRequest,
-    chat_service_client::ChatServiceClient, health_check_response::ServingStatus,
+    FetchMessagesRequest, SendMessageRequest, chat_service_client::ChatServiceClient,
+    health_check_response::ServingStatus,
 };
 use common::{MongoFixture, Replica, authed, wait_for_status};
 use tonic::Code;
@@ -53,25 +53,6 @@ fn balancer(replicas: &[Replica]) -> Balancer {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("balancer")
-}
-
-async fn sign_up(client: &mut ChatServiceClient<Balancer>, username: &str) -> String {
-    client
-        .create_account(CreateAccountRequest {
-            username: username.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .expect("create account");
-    client
-        .login(LoginRequest {
-            username: username.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .expect("login")
-        .into_inner()
-        .token
 }
 
 /// Sends to the sink until `stop`, retrying a failed send with the same key (so a send
@@ -131,7 +112,7 @@ async fn the_database_going_away_under_load_turns_replicas_not_serving_and_every
 
     let lb = balancer(&replicas);
     let mut admin = ChatServiceClient::new(lb.clone());
-    let sink_token = sign_up(&mut admin, SINK).await;
+    let sink_token = common::sign_up_balanced(&mut admin, SINK, PASSWORD).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut seen = Vec::new();
     let mut load = Vec::new();
@@ -142,7 +123,7 @@ async fn the_database_going_away_under_load_turns_replicas_not_serving_and_every
         balancers.push(client_lb.clone());
         let mut client = ChatServiceClient::new(client_lb);
         let name = format!("user{i}");
-        let token = sign_up(&mut client, &name).await;
+        let token = common::sign_up_balanced(&mut client, &name, PASSWORD).await;
         let record = Arc::new(Mutex::new(Seen::default()));
         seen.push(record.clone());
         load.push(tokio::spawn(send_until_stopped(

@@ -11,25 +11,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chat_proto::v1::{
-    HealthCheckRequest, ListAccountsRequest, SendMessageRequest, SubscribeRequest,
-    health_check_response::ServingStatus,
+    HealthCheckRequest, ListAccountsRequest, SubscribeRequest, health_check_response::ServingStatus,
 };
-use common::{MongoFixture, Replica, authed, client, register_and_login, wait_for_status};
+use common::{
+    MongoFixture, Replica, authed, client, register_and_login, send_request, wait_for_status,
+};
 use futures::StreamExt;
 use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery";
-
-fn send(token: &str, to: &str, text: &str, key: &str) -> tonic::Request<SendMessageRequest> {
-    authed(
-        token,
-        SendMessageRequest {
-            recipient: to.into(),
-            text: text.into(),
-            idempotency_key: key.into(),
-        },
-    )
-}
 
 #[tokio::test]
 async fn two_replicas_share_mongodb_and_survive_a_kill_9_of_one() {
@@ -51,7 +41,12 @@ async fn two_replicas_share_mongodb_and_survive_a_kill_9_of_one() {
     for i in 1..=10 {
         let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
         let message = on
-            .send_message(send(&alice, "bob", &format!("m{i}"), &format!("k{i}")))
+            .send_message(send_request(
+                &alice,
+                "bob",
+                &format!("m{i}"),
+                &format!("k{i}"),
+            ))
             .await
             .expect("send before the kill")
             .into_inner()
@@ -70,7 +65,7 @@ async fn two_replicas_share_mongodb_and_survive_a_kill_9_of_one() {
     }
     // A resend through the other replica is a duplicate, not a new message.
     let again = on_a
-        .send_message(send(&alice, "bob", "m1", "k1"))
+        .send_message(send_request(&alice, "bob", "m1", "k1"))
         .await
         .expect("idempotent resend")
         .into_inner()
@@ -85,7 +80,12 @@ async fn two_replicas_share_mongodb_and_survive_a_kill_9_of_one() {
     );
     for i in 11..=20 {
         let message = on_b
-            .send_message(send(&alice, "bob", &format!("m{i}"), &format!("k{i}")))
+            .send_message(send_request(
+                &alice,
+                "bob",
+                &format!("m{i}"),
+                &format!("k{i}"),
+            ))
             .await
             .expect("the surviving replica serves every user")
             .into_inner()
@@ -121,7 +121,7 @@ async fn database_outage_turns_health_not_serving_and_recovers_without_a_restart
     let alice = register_and_login(&mut on, "alice", PASSWORD).await;
     let bob = register_and_login(&mut on, "bob", PASSWORD).await;
     for i in 1..=3 {
-        on.send_message(send(
+        on.send_message(send_request(
             &alice,
             "bob",
             &format!("before {i}"),
@@ -148,7 +148,7 @@ async fn database_outage_turns_health_not_serving_and_recovers_without_a_restart
 
     let started = Instant::now();
     let failed = on
-        .send_message(send(&alice, "bob", "during", "during"))
+        .send_message(send_request(&alice, "bob", "during", "during"))
         .await
         .expect_err("no store, no send");
     assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
@@ -185,7 +185,7 @@ async fn database_outage_turns_health_not_serving_and_recovers_without_a_restart
         .collect();
     assert_eq!(before, ["before 1", "before 2", "before 3"]);
     let after = on
-        .send_message(send(&alice, "bob", "after", "after"))
+        .send_message(send_request(&alice, "bob", "after", "after"))
         .await
         .unwrap_or_else(|e| {
             panic!(

@@ -7,25 +7,14 @@ use std::time::{Duration, Instant};
 
 use chat_proto::v1::{
     AckMessagesRequest, CreateAccountRequest, DeleteAccountRequest, FetchMessagesRequest,
-    HealthCheckRequest, ListAccountsRequest, LoginRequest, LogoutRequest, SendMessageRequest,
-    SubscribeRequest, health_check_response::ServingStatus,
+    HealthCheckRequest, ListAccountsRequest, LoginRequest, LogoutRequest, SubscribeRequest,
+    health_check_response::ServingStatus,
 };
-use common::{Replica, SharedStore, authed, client, login, register_and_login};
+use common::{Replica, SharedStore, authed, client, login, register_and_login, send_request};
 use futures::StreamExt;
 use tonic::{Code, transport::Channel};
 
 const PASSWORD: &str = "correct horse battery";
-
-fn send(token: &str, to: &str, text: &str, key: &str) -> tonic::Request<SendMessageRequest> {
-    authed(
-        token,
-        SendMessageRequest {
-            recipient: to.into(),
-            text: text.into(),
-            idempotency_key: key.into(),
-        },
-    )
-}
 
 #[tokio::test]
 async fn accounts_login_logout_and_auth_failures() {
@@ -218,7 +207,7 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
     let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
 
     let first = on_a
-        .send_message(send(&alice, "BOB", "hello", "key-1"))
+        .send_message(send_request(&alice, "BOB", "hello", "key-1"))
         .await
         .expect("send")
         .into_inner()
@@ -234,7 +223,7 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
     );
     // The response was "lost": the client retries through replica B.
     let retried = on_b
-        .send_message(send(&alice, "bob", "hello", "key-1"))
+        .send_message(send_request(&alice, "bob", "hello", "key-1"))
         .await
         .expect("resend")
         .into_inner()
@@ -242,23 +231,23 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
         .expect("message");
     assert_eq!(retried, first, "a resend returns the original message");
     let reused = on_b
-        .send_message(send(&alice, "bob", "something else", "key-1"))
+        .send_message(send_request(&alice, "bob", "something else", "key-1"))
         .await
         .unwrap_err();
     assert_eq!(reused.code(), Code::AlreadyExists);
 
     let unknown = on_a
-        .send_message(send(&alice, "nobody", "hi", "key-2"))
+        .send_message(send_request(&alice, "nobody", "hi", "key-2"))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     let too_long = on_a
-        .send_message(send(&alice, "bob", &"x".repeat(4097), "key-3"))
+        .send_message(send_request(&alice, "bob", &"x".repeat(4097), "key-3"))
         .await
         .unwrap_err();
     assert_eq!(too_long.code(), Code::InvalidArgument);
     let oversized = on_a
-        .send_message(send(&alice, "bob", &"x".repeat(100_000), "key-4"))
+        .send_message(send_request(&alice, "bob", &"x".repeat(100_000), "key-4"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -267,16 +256,21 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
         "refused before decoding: {oversized:?}"
     );
     let bad_key = on_a
-        .send_message(send(&alice, "bob", "hi", "not a key!"))
+        .send_message(send_request(&alice, "bob", "hi", "not a key!"))
         .await
         .unwrap_err();
     assert_eq!(bad_key.code(), Code::InvalidArgument);
 
     for i in 2..=10 {
         let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        on.send_message(send(&alice, "bob", &format!("m{i}"), &format!("key-m{i}")))
-            .await
-            .expect("send");
+        on.send_message(send_request(
+            &alice,
+            "bob",
+            &format!("m{i}"),
+            &format!("key-m{i}"),
+        ))
+        .await
+        .expect("send");
     }
     let inbox = common::fetch_inbox(&mut on_b, &bob).await;
     let expected: Vec<(u64, String)> = std::iter::once((1, "hello".to_string()))
@@ -332,7 +326,7 @@ async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica(
     let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
 
     for i in 1..=3 {
-        on_a.send_message(send(
+        on_a.send_message(send_request(
             &alice,
             "bob",
             &format!("old {i}"),
@@ -365,7 +359,7 @@ async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica(
     let mut latencies = Vec::new();
     for i in 4..=23u64 {
         let sent_at = Instant::now();
-        on_a.send_message(send(
+        on_a.send_message(send_request(
             &alice,
             "bob",
             &format!("live {i}"),
@@ -407,10 +401,10 @@ async fn delete_account_keeps_sent_messages_and_revokes_sessions() {
     let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
     let bob_elsewhere = login(&mut on_a, "bob", PASSWORD).await;
 
-    on_b.send_message(send(&bob, "alice", "bye from bob", "bye"))
+    on_b.send_message(send_request(&bob, "alice", "bye from bob", "bye"))
         .await
         .expect("send");
-    on_a.send_message(send(&alice, "bob", "unread by bob", "unread"))
+    on_a.send_message(send_request(&alice, "bob", "unread by bob", "unread"))
         .await
         .expect("send");
 
@@ -456,7 +450,7 @@ async fn delete_account_keeps_sent_messages_and_revokes_sessions() {
         "every session of bob ends"
     );
     let gone = on_a
-        .send_message(send(&alice, "bob", "anyone there?", "after-delete"))
+        .send_message(send_request(&alice, "bob", "anyone there?", "after-delete"))
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
@@ -483,7 +477,12 @@ async fn kill_9_of_one_replica_loses_nothing_and_the_other_keeps_serving() {
     for i in 1..=20 {
         let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
         let message = on
-            .send_message(send(&alice, "bob", &format!("m{i}"), &format!("k{i}")))
+            .send_message(send_request(
+                &alice,
+                "bob",
+                &format!("m{i}"),
+                &format!("k{i}"),
+            ))
             .await
             .expect("send before the kill")
             .into_inner();
@@ -496,7 +495,12 @@ async fn kill_9_of_one_replica_loses_nothing_and_the_other_keeps_serving() {
     );
     for i in 21..=40 {
         let message = on_b
-            .send_message(send(&alice, "bob", &format!("m{i}"), &format!("k{i}")))
+            .send_message(send_request(
+                &alice,
+                "bob",
+                &format!("m{i}"),
+                &format!("k{i}"),
+            ))
             .await
             .expect("the surviving replica serves every user")
             .into_inner();
@@ -691,7 +695,7 @@ async fn a_store_that_cannot_be_written_turns_the_replica_not_serving_until_it_r
     assert!(!health.store_reachable);
     assert!(health.detail.contains("store unreachable"), "{health:?}");
     let refused = on_a
-        .send_message(send(&alice, "alice", "while locked", "locked-1"))
+        .send_message(send_request(&alice, "alice", "while locked", "locked-1"))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -702,7 +706,7 @@ async fn a_store_that_cannot_be_written_turns_the_replica_not_serving_until_it_r
 
     blocker.execute_batch("ROLLBACK").expect("release the lock");
     common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(10)).await;
-    on_a.send_message(send(&alice, "alice", "after recovery", "locked-2"))
+    on_a.send_message(send_request(&alice, "alice", "after recovery", "locked-2"))
         .await
         .expect("the replica recovered by itself");
 }

@@ -351,3 +351,44 @@ pub async fn fetch_inbox(
         }
     }
 }
+
+/// A `SendMessage` request with a bearer token.
+pub fn send_request(
+    token: &str,
+    to: &str,
+    text: &str,
+    key: &str,
+) -> Request<chat_proto::v1::SendMessageRequest> {
+    authed(
+        token,
+        chat_proto::v1::SendMessageRequest {
+            recipient: to.into(),
+            text: text.into(),
+            idempotency_key: key.into(),
+        },
+    )
+}
+
+/// Creates an account and logs in through a balanced client; returns the token.
+pub async fn sign_up_balanced(
+    client: &mut ChatServiceClient<chat_lb_client::Balancer>,
+    username: &str,
+    password: &str,
+) -> String {
+    client
+        .create_account(CreateAccountRequest {
+            username: username.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("create account");
+    client
+        .login(LoginRequest {
+            username: username.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .token
+}

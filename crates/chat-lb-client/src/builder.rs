@@ -53,6 +53,7 @@ impl fmt::Debug for Builder {
             .field("policy", &self.cfg.policy)
             .field("health", &self.cfg.health)
             .field("outlier", &self.cfg.outlier)
+            .field("slow", &self.cfg.slow)
             .field("retry_safe", &self.cfg.retry.safe)
             .finish_non_exhaustive()
     }
@@ -189,6 +190,34 @@ impl Builder {
     /// offers them. Default `true`.
     pub fn health_watch(mut self, enabled: bool) -> Self {
         self.cfg.health.watch = enabled;
+        self
+    }
+
+    // ---- slow endpoints ----------------------------------------------------
+
+    /// Whether healthy endpoints whose probes answer much more slowly than the
+    /// others' are demoted to a fallback, used only while no other endpoint is
+    /// healthy (see the crate guide, "Health"). Default `true`.
+    pub fn slow_endpoint_detection(mut self, enabled: bool) -> Self {
+        self.cfg.slow.enabled = enabled;
+        self
+    }
+
+    /// How many times slower than the median of the other healthy endpoints'
+    /// an endpoint's probe latency (the fastest of its last 3 successful probe
+    /// checks) must be for it to be slow; it is no longer slow under 2/3 of
+    /// this factor. At least 1.5. Default 3.0 (no longer slow under 2x).
+    pub fn slow_endpoint_factor(mut self, factor: f64) -> Self {
+        self.cfg.slow.factor = factor;
+        self
+    }
+
+    /// The probe latency at or under which an endpoint is never slow, whatever
+    /// the others' (so replicas that all answer in microseconds are not told
+    /// apart by noise). Default 10ms: on a busy host a healthy replica's probes can
+    /// take a few milliseconds, which must not count as slow.
+    pub fn slow_endpoint_min_latency(mut self, latency: Duration) -> Self {
+        self.cfg.slow.min_latency = latency;
         self
     }
 
@@ -344,7 +373,8 @@ impl Builder {
     /// `set("probe_interval", "300ms")`. Keys (`-` and `_` are equivalent):
     /// `policy` (`p2c` | `round_robin` | `pick_first`), `probe_interval`,
     /// `probe_timeout`, `probe_jitter`, `unhealthy_threshold`,
-    /// `healthy_threshold`, `health_watch`, `outlier_detection`,
+    /// `healthy_threshold`, `health_watch`, `slow_endpoint_detection`,
+    /// `slow_endpoint_factor`, `slow_endpoint_min_latency`, `outlier_detection`,
     /// `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`,
     /// `retry_safe` (`none` | `all` | a method-path prefix), `max_attempts`,
     /// `per_try_timeout` (`off` or a duration), `retry_budget_ratio`,
@@ -381,6 +411,9 @@ impl Builder {
             "unhealthy_threshold" => self.unhealthy_threshold(num()?),
             "healthy_threshold" => self.healthy_threshold(num()?),
             "health_watch" => self.health_watch(flag()?),
+            "slow_endpoint_detection" => self.slow_endpoint_detection(flag()?),
+            "slow_endpoint_factor" => self.slow_endpoint_factor(float()?),
+            "slow_endpoint_min_latency" => self.slow_endpoint_min_latency(dur()?),
             "outlier_detection" => self.outlier_detection(flag()?),
             "base_ejection_time" => self.base_ejection_time(dur()?),
             "max_ejection_time" => self.max_ejection_time(dur()?),
@@ -459,5 +492,52 @@ impl Builder {
             shared.adopt_task(handle.abort_handle());
         }
         Ok(balancer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_endpoint_settings_by_name_and_their_defaults() {
+        let b = Builder::new();
+        assert!(b.cfg.slow.enabled);
+        assert_eq!(b.cfg.slow.factor, 3.0);
+        assert_eq!(b.cfg.slow.clear_factor(), 2.0);
+        assert_eq!(b.cfg.slow.min_latency, Duration::from_millis(10));
+
+        let b = b
+            .set("slow-endpoint-detection", "false")
+            .unwrap()
+            .set("slow_endpoint_factor", "4.5")
+            .unwrap()
+            .set("slow_endpoint_min_latency", "5ms")
+            .unwrap();
+        assert!(!b.cfg.slow.enabled);
+        assert_eq!(b.cfg.slow.factor, 4.5);
+        assert_eq!(b.cfg.slow.clear_factor(), 3.0);
+        assert_eq!(b.cfg.slow.min_latency, Duration::from_millis(5));
+        assert!(b.cfg.validate().is_ok());
+
+        assert!(Builder::new().set("slow_endpoint_factor", "x").is_err());
+        assert!(
+            Builder::new()
+                .set("slow_endpoint_min_latency", "soon")
+                .is_err()
+        );
+        for factor in [1.2, f64::NAN, f64::INFINITY] {
+            let b = Builder::new().slow_endpoint_factor(factor);
+            assert!(
+                matches!(
+                    b.cfg.validate(),
+                    Err(ConfigError::OutOfRange {
+                        setting: "slow_endpoint_factor",
+                        ..
+                    })
+                ),
+                "{factor}"
+            );
+        }
     }
 }

@@ -78,6 +78,35 @@ impl Default for OutlierConfig {
     }
 }
 
+/// Slow-endpoint detection: a healthy endpoint whose probes answer much more
+/// slowly than the other healthy endpoints' is demoted to the fallback tier.
+#[derive(Debug, Clone)]
+pub(crate) struct SlowConfig {
+    pub enabled: bool,
+    /// Slow when its probe latency is over `factor` times the median of the
+    /// others'; no longer slow under `2/3 * factor` times.
+    pub factor: f64,
+    /// Never slow at or under this probe latency.
+    pub min_latency: Duration,
+}
+
+impl SlowConfig {
+    /// The factor under which a slow endpoint is no longer slow.
+    pub fn clear_factor(&self) -> f64 {
+        self.factor * 2.0 / 3.0
+    }
+}
+
+impl Default for SlowConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            factor: 3.0,
+            min_latency: Duration::from_millis(10),
+        }
+    }
+}
+
 /// Retries and the retry budget.
 #[derive(Clone)]
 pub(crate) struct RetryConfig {
@@ -134,6 +163,7 @@ pub(crate) struct Config {
     pub policy: Policy,
     pub health: HealthConfig,
     pub outlier: OutlierConfig,
+    pub slow: SlowConfig,
     pub retry: RetryConfig,
     pub connect: ConnectConfig,
     pub default_timeout: Option<Duration>,
@@ -150,6 +180,7 @@ impl Default for Config {
             policy: Policy::default(),
             health: HealthConfig::default(),
             outlier: OutlierConfig::default(),
+            slow: SlowConfig::default(),
             retry: RetryConfig::default(),
             connect: ConnectConfig::default(),
             default_timeout: None,
@@ -204,6 +235,11 @@ impl Config {
             o.max_ejection_time >= o.base_ejection_time,
             "max_ejection_time",
             "must not be below base_ejection_time",
+        )?;
+        check(
+            self.slow.factor.is_finite() && self.slow.factor >= 1.5,
+            "slow_endpoint_factor",
+            "must be a finite number >= 1.5 (it clears at 2/3 of it, which must not be below 1)",
         )?;
         let r = &self.retry;
         check(r.max_attempts >= 1, "max_attempts", "must be at least 1")?;

@@ -3,19 +3,21 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// A ready-made name: looking it up skips parsing and validating a string.
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The call's timeout from its `grpc-timeout` header, if it has a valid one.
 pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Duration> {
-    parse(headers.get(GRPC_TIMEOUT)?.to_str().ok()?)
+    parse(headers.get(&GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
-/// Sets the `grpc-timeout` header, so the server gives up when the client does.
+/// Sets the `grpc-timeout` header, so the server gives up when the client does
+/// (a retry sends the time left, not the call's whole timeout).
 pub(crate) fn set(headers: &mut HeaderMap, timeout: Duration) {
     if let Ok(value) = HeaderValue::from_str(&encode(timeout)) {
-        headers.insert(GRPC_TIMEOUT, value);
+        headers.insert(GRPC_TIMEOUT.clone(), value);
     }
 }
 
@@ -79,5 +81,15 @@ mod tests {
         for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn set_replaces_the_header_and_from_headers_reads_it() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(from_headers(&headers), None);
+        set(&mut headers, Duration::from_secs(3));
+        set(&mut headers, Duration::from_millis(1500));
+        assert_eq!(headers.get_all("grpc-timeout").iter().count(), 1);
+        assert_eq!(from_headers(&headers), Some(Duration::from_millis(1500)));
     }
 }

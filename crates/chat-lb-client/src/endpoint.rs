@@ -6,7 +6,8 @@
 //! only by probes, failed calls and snapshots, never across an `.await`.
 //!
 //! The record decides the endpoint's picker tier (see `picker`): healthy →
-//! preferred; not probed to a conclusion yet → fallback; ejected by outlier
+//! preferred; healthy but slow (see `slow`) or not probed to a conclusion yet
+//! → fallback; ejected by outlier
 //! detection while its most recent probe succeeded → last resort; unhealthy,
 //! not serving, or ejected after a failed (or without any) probe → excluded.
 //! Every change of state or tier is published to the tier atomic at once.
@@ -29,6 +30,7 @@ use crate::{
     outlier::Ejection,
     picker::{Candidate, Tier},
     shared::Shared,
+    slow::ProbeWindow,
     snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
 };
 
@@ -71,6 +73,11 @@ struct Record {
     ejection: Ejection,
     last_probe: Option<ProbeRecord>,
     last_error: Option<String>,
+    /// Latencies of the last successful probe checks (slow-endpoint detection).
+    probe_window: ProbeWindow,
+    /// Its probes answer much more slowly than the other healthy endpoints'
+    /// (set and cleared by `Shared::reassess_slow`).
+    slow: bool,
 }
 
 impl Record {
@@ -87,6 +94,7 @@ impl Record {
     /// The picker tier the record implies.
     fn tier(&self) -> Tier {
         match self.state() {
+            EndpointState::Healthy if self.slow => Tier::Fallback,
             EndpointState::Healthy => Tier::Preferred,
             EndpointState::Unknown => Tier::Fallback,
             EndpointState::Ejected if self.last_probe_succeeded() => Tier::LastResort,
@@ -249,6 +257,9 @@ impl Endpoint {
             Err(error) => (Verdict::Failed, ProbeOutcome::Failed { error }),
         };
         let mut record = self.lock();
+        if !pushed && verdict == Verdict::Serving {
+            record.probe_window.push(latency);
+        }
         let before = record.state();
         let before_tier = record.tier();
         match &outcome {
@@ -274,7 +285,8 @@ impl Endpoint {
         }
         // The tier can change without the state: an ejected endpoint becomes,
         // or stops being, a last resort as its probes succeed or fail.
-        if record.state() != before || record.tier() != before_tier {
+        let state_changed = record.state() != before;
+        if state_changed || record.tier() != before_tier {
             self.publish(
                 shared,
                 &record,
@@ -283,9 +295,67 @@ impl Endpoint {
             );
         }
         drop(record);
+        // A new probe latency, or a change of which endpoints are healthy, may
+        // change which endpoints are slow. Done before waking
+        // `wait_for_probe_round`, so its snapshot shows the outcome.
+        if !pushed || state_changed {
+            shared.reassess_slow();
+        }
         if !pushed {
             shared.probed.notify_waiters();
         }
+    }
+
+    /// The latency slow-endpoint detection judges the endpoint by: the fastest
+    /// of its last successful probe checks, while it is healthy by its probes
+    /// and has had enough of them; else `None` (not judged).
+    pub fn judged_probe_latency(&self) -> Option<Duration> {
+        let record = self.lock();
+        if record.health.state() != Active::Healthy {
+            return None;
+        }
+        record.probe_window.fastest()
+    }
+
+    /// Marks it slow or not (from `Shared::reassess_slow`), given its probe
+    /// latency and the other endpoints' median when it is judged (`None`: not
+    /// slow). On a change, republishes its tier and reports the change.
+    pub fn judge_slow(&self, shared: &Shared, judged: Option<(Duration, Duration)>) {
+        let mut record = self.lock();
+        let slow = judged.is_some_and(|(latency, median)| {
+            crate::slow::is_slow(latency, median, record.slow, &shared.cfg.slow)
+        });
+        if record.slow == slow {
+            return;
+        }
+        record.slow = slow;
+        self.store_tier(record.tier());
+        let healthy = record.state() == EndpointState::Healthy;
+        drop(record);
+        let factor = shared.cfg.slow.factor;
+        match judged {
+            Some((latency, median)) if slow => tracing::warn!(
+                endpoint = %self.addr,
+                probe_latency = ?latency,
+                others_median = ?median,
+                factor,
+                healthy,
+                "endpoint is slow: its probes answer over `factor` times more slowly than the \
+                 others'; it takes calls only while no other endpoint is healthy"
+            ),
+            Some((latency, median)) => tracing::info!(
+                endpoint = %self.addr,
+                probe_latency = ?latency,
+                others_median = ?median,
+                "endpoint is no longer slow"
+            ),
+            None => tracing::debug!(
+                endpoint = %self.addr,
+                "endpoint no longer marked slow: not judged now (not healthy, too few probes, \
+                 or no other endpoint to compare with)"
+            ),
+        }
+        shared.changed.notify_waiters();
     }
 
     /// Stores the tier the record implies and reports a change of state (from
@@ -293,12 +363,7 @@ impl Endpoint {
     fn publish(&self, shared: &Shared, record: &Record, before: EndpointState, cause: &str) {
         let state = record.state();
         let tier = record.tier();
-        let old = Tier::from_u8(self.tier.swap(tier as u8, Ordering::AcqRel));
-        // Back from excluded, or from last resort to normal service: a call
-        // that tried it before may try it once more.
-        if tier > old && old <= Tier::LastResort {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
-        }
+        self.store_tier(tier);
         let last_resort = tier == Tier::LastResort;
         let error = record.last_error.as_deref().unwrap_or("");
         if state == before {
@@ -309,6 +374,16 @@ impl Endpoint {
             tracing::warn!(endpoint = %self.addr, %state, last_resort, cause, error, "endpoint state changed");
         }
         shared.changed.notify_waiters();
+    }
+
+    /// Stores the tier (under the record's lock, so publishers do not race).
+    fn store_tier(&self, tier: Tier) {
+        let old = Tier::from_u8(self.tier.swap(tier as u8, Ordering::AcqRel));
+        // Back from excluded, or from last resort to normal service: a call
+        // that tried it before may try it once more.
+        if tier > old && old <= Tier::LastResort {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// The endpoint was removed from the balancer.
@@ -336,6 +411,7 @@ impl Endpoint {
         EndpointSnapshot {
             address: self.addr,
             state: record.state(),
+            slow: record.slow && record.state() == EndpointState::Healthy,
             last_probe: record.last_probe.clone(),
             latency_estimate: Duration::from_secs_f64(self.ewma.estimate(now) / 1e9),
             outstanding: self.outstanding.load(Ordering::Acquire),
@@ -416,5 +492,32 @@ mod tests {
             .ejection
             .eject(Instant::now(), &OutlierConfig::default());
         assert_eq!(record.tier(), Tier::Excluded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_healthy_endpoint_is_a_fallback() {
+        let mut record = Record::default();
+        probed(&mut record, Verdict::Serving);
+        record.slow = true;
+        assert_eq!(
+            (record.state(), record.tier()),
+            (EndpointState::Healthy, Tier::Fallback)
+        );
+        // Slowness never lifts an endpoint: ejected or unhealthy ones keep
+        // their tier.
+        record
+            .ejection
+            .eject(Instant::now(), &OutlierConfig::default());
+        assert_eq!(record.tier(), Tier::LastResort);
+        let mut record = Record {
+            slow: true,
+            ..Record::default()
+        };
+        probed(&mut record, Verdict::Failed);
+        probed(&mut record, Verdict::Failed);
+        assert_eq!(
+            (record.state(), record.tier()),
+            (EndpointState::Unhealthy, Tier::Excluded)
+        );
     }
 }

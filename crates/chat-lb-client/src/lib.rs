@@ -41,8 +41,9 @@
 //!    picks one: power of two random choices on peak-EWMA cost
 //!    (`latency estimate * (outstanding + 1)`) by default. The tiers, best
 //!    first:
-//!    1. *healthy* endpoints;
-//!    2. *unknown* ones, not probed to a conclusion yet;
+//!    1. *healthy* endpoints, except slow ones;
+//!    2. *unknown* ones, not probed to a conclusion yet, and healthy ones
+//!       whose probes are much slower than the others' ([slow](#health));
 //!    3. the *last resort*: endpoints [ejected](#health) after a failed call
 //!       whose most recent probe succeeded (like Envoy's panic threshold:
 //!       rather a replica that failed a call lately than none at all). Being
@@ -106,6 +107,32 @@
 //! healthy or unknown (see step 2 above), so a single healthy replica that
 //! failed one call is used rather than failing every call with `UNAVAILABLE`.
 //!
+//! **Slow endpoints.** Peak-EWMA steers calls away from a slow replica, but
+//! not far enough: the healthy replicas' costs swing with their own latency,
+//! so a replica several times slower still wins a few percent of the
+//! power-of-two draws, and those calls set the tail latency (a replica 20ms
+//! slower than the others once put p99 at 4-5x its steady value). So the
+//! balancer also compares probe latencies. Each endpoint keeps the latencies
+//! of its last 3 successful probe checks; its *probe latency* is the fastest
+//! of them, so one slow connect or hiccup does not count, and a recovered
+//! replica is seen at its first fast probe. After every probe check, an
+//! endpoint healthy by its probes is marked **slow** when its probe latency is
+//! over [`slow_endpoint_factor`](Builder::slow_endpoint_factor) (3) times the
+//! median of the other healthy endpoints' and over
+//! [`slow_endpoint_min_latency`](Builder::slow_endpoint_min_latency) (10ms);
+//! it is no longer slow under 2/3 of the factor (2x), or at or under the
+//! minimum. An endpoint with fewer than 3 successful probes, or without
+//! another healthy endpoint to compare with, is never slow. A slow endpoint
+//! stays healthy but drops to the second tier (see step 2 above): it takes
+//! calls only while no other endpoint is healthy. [`EndpointSnapshot::slow`]
+//! shows the mark, and each change is logged (`warn` when an endpoint becomes
+//! slow, `info` when it recovers). Probe latency is the yardstick because the
+//! probe is the same cheap RPC on every replica, so it compares like with
+//! like, whatever mix of calls each replica happens to serve. Its limit: a
+//! replica slow only on calls that touch its store, while its health check
+//! stays fast, is not caught (peak-EWMA still sends it less). Turn it off with
+//! [`Builder::slow_endpoint_detection`]`(false)`.
+//!
 //! # Defaults
 //!
 //! | setting | default |
@@ -113,6 +140,7 @@
 //! | policy | power of two choices (peak EWMA, decay 10s, initial 1ms) |
 //! | probe | [`ChatHealthProbe`] every 500ms ±10%, timeout 250ms |
 //! | unhealthy / healthy threshold | 2 failed / 1 successful probes in a row |
+//! | slow endpoints | on: probe latency (fastest of last 3) over 3x the others' median and over 10ms; cleared under 2x |
 //! | ejection | 1s × offences in a row, at most 30s, at most 50% of endpoints |
 //! | retry-safe calls | none ([`RetrySafe::None`]) |
 //! | max attempts (retry-safe) | 3 |
@@ -201,6 +229,7 @@ mod resolve;
 mod retry;
 mod service;
 mod shared;
+mod slow;
 mod snapshot;
 
 pub use address::{Host, IntoTarget, Target, parse_address_list};

@@ -96,7 +96,7 @@ impl HttpBody for Observed {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
                     && trailers
-                        .get("grpc-status")
+                        .get(&crate::retry::GRPC_STATUS)
                         .is_some_and(|s| s.as_bytes() == b"14")
                 {
                     let message = Status::from_header_map(trailers)

@@ -3,7 +3,9 @@
 //! The candidates are the endpoints of the best non-empty *tier*, best first:
 //!
 //! 1. **preferred** — healthy;
-//! 2. **fallback** — not probed to a conclusion yet (state `Unknown`);
+//! 2. **fallback** — not probed to a conclusion yet (state `Unknown`), or
+//!    healthy but slow (its probes answer much more slowly than the others',
+//!    see `slow`);
 //! 3. **last resort** — ejected by outlier detection, but its most recent probe
 //!    succeeded (like Envoy's panic threshold: better a replica that failed a
 //!    call lately than no replica at all);
@@ -44,7 +46,8 @@ pub(crate) enum Tier {
     /// Ejected, but its last probe succeeded: used only while no endpoint is
     /// healthy or unprobed.
     LastResort = 1,
-    /// Not probed yet: used only while no endpoint is known healthy.
+    /// Not probed yet, or healthy but slow: used only while no endpoint is
+    /// healthy (and not slow).
     Fallback = 2,
     /// Healthy.
     Preferred = 3,

@@ -242,9 +242,20 @@ async fn run(
     loop {
         if std::mem::take(&mut begin) {
             call.attempts += 1;
-            let request = http::Request::from_parts(parts.clone(), replay.attempt());
+            let now = Instant::now();
+            let mut request = http::Request::from_parts(parts.clone(), replay.attempt());
+            // A retry tells the server the time actually left, not the call's
+            // whole timeout (the first attempt's header is that already).
+            if call.attempts > 1
+                && let Some(deadline) = call.deadline
+            {
+                deadline::set(
+                    request.headers_mut(),
+                    deadline.saturating_duration_since(now),
+                );
+            }
             attempts.push(send(call.attempts, current.clone(), request));
-            let limit = match (per_try_timeout.map(|t| Instant::now() + t), call.deadline) {
+            let limit = match (per_try_timeout.map(|t| now + t), call.deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };

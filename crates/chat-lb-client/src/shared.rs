@@ -14,6 +14,7 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError, RwLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::{runtime::Handle, sync::Notify, task::AbortHandle, time::Instant};
@@ -26,6 +27,7 @@ use crate::{
     health::{HealthProbe, prober},
     outlier::EjectionCap,
     retry::budget::RetryBudget,
+    slow,
 };
 
 /// The endpoint list as calls see it.
@@ -84,6 +86,18 @@ pub(crate) struct Shared {
     pub budget: RetryBudget,
     pub ejections: EjectionCap,
     next_stream_id: AtomicU64,
+    /// Serialises slow-endpoint assessments and holds their scratch buffers.
+    slow_scratch: Mutex<SlowScratch>,
+}
+
+/// Buffers reused by every slow-endpoint assessment, so that one allocates
+/// nothing once they have grown to the endpoint count.
+#[derive(Debug, Default)]
+struct SlowScratch {
+    /// Each endpoint's judged probe latency, in list order.
+    latencies: Vec<Option<Duration>>,
+    /// The judged latencies, ascending.
+    sorted: Vec<Duration>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -121,6 +135,7 @@ impl Shared {
             budget,
             ejections: EjectionCap::default(),
             next_stream_id: AtomicU64::new(0),
+            slow_scratch: Mutex::new(SlowScratch::default()),
         }
     }
 
@@ -353,6 +368,35 @@ impl Shared {
         *self.list.write().unwrap_or_else(PoisonError::into_inner) = list;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
+    }
+
+    /// Marks as slow each endpoint healthy by its probes whose probe latency is
+    /// over `slow_endpoint_factor` times the median of the others' (see
+    /// `slow`), and clears the others. Runs after each probe check, never on
+    /// the call path: one pass over the list taking each endpoint's record lock
+    /// briefly, a sort of the latencies, and no allocation once the scratch
+    /// buffers have grown. Assessments are serialised, so a stale one cannot
+    /// overwrite a newer one.
+    pub fn reassess_slow(&self) {
+        let cfg = &self.cfg.slow;
+        if !cfg.enabled {
+            return;
+        }
+        let list = self.list();
+        let mut scratch = self
+            .slow_scratch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let SlowScratch { latencies, sorted } = &mut *scratch;
+        latencies.clear();
+        latencies.extend(list.iter().map(|e| e.judged_probe_latency()));
+        sorted.clear();
+        sorted.extend(latencies.iter().flatten());
+        sorted.sort_unstable();
+        for (endpoint, own) in list.iter().zip(latencies.iter()) {
+            let judged = own.and_then(|own| Some((own, slow::median_of_others(own, sorted)?)));
+            endpoint.judge_slow(self, judged);
+        }
     }
 
     /// Stops every background task; called when the last balancer clone drops.

@@ -10,9 +10,11 @@ use std::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndpointState {
     /// Not probed to a conclusion yet. Takes calls only while no endpoint is
-    /// healthy.
+    /// healthy (a [slow](EndpointSnapshot::slow) one aside; it is on a par
+    /// with those).
     Unknown,
-    /// Probes succeed; takes calls.
+    /// Probes succeed; takes calls (while [slow](EndpointSnapshot::slow), only
+    /// when no other endpoint is healthy).
     Healthy,
     /// `unhealthy_threshold` probes in a row failed; takes no calls.
     Unhealthy,
@@ -86,6 +88,12 @@ pub struct EndpointSnapshot {
     pub address: SocketAddr,
     /// Its state.
     pub state: EndpointState,
+    /// Healthy, but its probes answer much more slowly than the other healthy
+    /// endpoints' (over `slow_endpoint_factor` times their median; see
+    /// [`crate::Builder::slow_endpoint_factor`]): it takes calls only while no
+    /// other endpoint is healthy. Always `false` in any other state, and with
+    /// slow-endpoint detection off.
+    pub slow: bool,
     /// Its last probe, if any.
     pub last_probe: Option<ProbeRecord>,
     /// The current peak-EWMA latency estimate of its calls.

@@ -19,7 +19,8 @@ use chat_proto::v1::{
     ListAccountsRequest, SubscribeRequest, chat_service_client::ChatServiceClient,
 };
 use common::{
-    Frozen, Replica, app_call, dead_addr, endpoint, init_tracing, wait_for_state, wait_until,
+    Frozen, Replica, app_call, dead_addr, endpoint, init_tracing, wait_for_change, wait_for_state,
+    wait_until,
 };
 use tokio::time::Instant;
 use tonic::Code;
@@ -62,7 +63,10 @@ async fn not_serving_is_seen_through_watch_and_readmitted() {
     let a = Replica::start("a");
     let b = Replica::start("b");
     // Checks are 30s apart: only the Watch stream can notice changes in time.
+    // Round-robin, so that readmission shows in the call counts whatever the latency
+    // estimates (p2c under sequential calls may keep preferring a).
     let lb = Balancer::builder()
+        .policy(Policy::RoundRobin)
         .probe(GrpcHealthProbe::new())
         .probe_interval(Duration::from_secs(30))
         .probe_jitter(0.0)
@@ -97,8 +101,9 @@ async fn not_serving_is_seen_through_watch_and_readmitted() {
     }
     assert!(
         b.calls() > before + 10,
-        "b was not readmitted: {}",
-        b.calls() - before
+        "b was not readmitted: {}: {:#?}",
+        b.calls() - before,
+        endpoint(&lb, b.addr)
     );
 }
 
@@ -792,5 +797,184 @@ async fn an_ejected_endpoint_whose_probes_pass_is_a_last_resort() {
     assert!(
         status.message().contains("no healthy endpoint"),
         "{status:?}"
+    );
+}
+
+/// Runs `tasks` concurrent clients making `calls` app calls each; returns how
+/// many calls each replica (by name) answered.
+async fn load(lb: &Balancer, tasks: usize, calls: usize) -> HashMap<String, usize> {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let mut client = ChatServiceClient::new(lb.clone());
+        handles.push(tokio::spawn(async move {
+            let mut served: HashMap<String, usize> = HashMap::new();
+            for _ in 0..calls {
+                *served
+                    .entry(app_call(&mut client).await.unwrap())
+                    .or_default() += 1;
+            }
+            served
+        }));
+    }
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for handle in handles {
+        for (name, n) in handle.await.unwrap() {
+            *served.entry(name).or_default() += n;
+        }
+    }
+    served
+}
+
+#[tokio::test]
+async fn a_replica_with_slow_probes_is_only_a_fallback_until_it_recovers() {
+    init_tracing();
+    let fast1 = Replica::start("fast1");
+    let fast2 = Replica::start("fast2");
+    let slow = Replica::start("slow");
+    // Slow on everything, its health check included.
+    slow.knobs.health_delay_ms.store(25, Ordering::SeqCst);
+    slow.knobs.delay_ms.store(25, Ordering::SeqCst);
+    let lb = Balancer::builder() // default probe: chat HealthCheck
+        .probe_interval(Duration::from_millis(50))
+        // Above the few ms a busy test machine adds to a loaded replica's
+        // probes (which would mark it slow for a while), well under 25ms.
+        .slow_endpoint_min_latency(Duration::from_millis(10))
+        .addresses(&format!("{},{},{}", fast1.addr, fast2.addr, slow.addr))
+        .build()
+        .unwrap();
+    wait_for_change(&lb, LIMIT, "the slow replica is marked slow", |s| {
+        s.iter().any(|e| e.address == slow.addr && e.slow)
+    })
+    .await;
+    let snapshot = lb.snapshot();
+    for e in &snapshot {
+        assert_eq!(e.state, EndpointState::Healthy, "{e:#?}");
+        assert_eq!(e.slow, e.address == slow.addr, "{e:#?}");
+    }
+    let calls = |addr| endpoint(&lb, addr).calls;
+    let before = calls(slow.addr);
+
+    // Slow but healthy: it takes no calls while the others are healthy.
+    let served = load(&lb, 4, 50).await;
+    assert_eq!(served.values().sum::<usize>(), 200);
+    assert_eq!(served.get("slow"), None, "{served:?}");
+    assert_eq!(calls(slow.addr), before, "{:#?}", lb.snapshot());
+    let e = endpoint(&lb, slow.addr);
+    assert!(e.slow && e.state == EndpointState::Healthy, "{e:#?}");
+
+    // Fast again: its next probe clears the mark, and it takes calls again.
+    slow.knobs.health_delay_ms.store(0, Ordering::SeqCst);
+    slow.knobs.delay_ms.store(0, Ordering::SeqCst);
+    wait_for_change(&lb, LIMIT, "the replica is no longer slow", |s| {
+        s.iter().all(|e| !e.slow)
+    })
+    .await;
+    let served = load(&lb, 8, 100).await;
+    let recovered = served.get("slow").copied().unwrap_or(0);
+    assert!(
+        recovered > 40,
+        "the recovered replica got {recovered} of 800 calls: {served:?}"
+    );
+    assert!(calls(slow.addr) > before);
+
+    // The only healthy replica left, slow or not, takes the calls.
+    slow.knobs.health_delay_ms.store(25, Ordering::SeqCst);
+    wait_for_change(&lb, LIMIT, "slow again", |s| {
+        s.iter().any(|e| e.address == slow.addr && e.slow)
+    })
+    .await;
+    let (mut fast1, mut fast2) = (fast1, fast2);
+    fast1.kill();
+    fast2.kill();
+    wait_until(&lb, LIMIT, "only the slow one healthy", |s| {
+        s.iter()
+            .all(|e| (e.address == slow.addr) == (e.state == EndpointState::Healthy))
+    })
+    .await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    for _ in 0..5 {
+        assert_eq!(app_call(&mut client).await.unwrap(), "slow");
+    }
+    assert!(
+        !endpoint(&lb, slow.addr).slow,
+        "no other healthy endpoint to compare with: {:#?}",
+        lb.snapshot()
+    );
+}
+
+#[tokio::test]
+async fn slow_endpoint_detection_can_be_turned_off() {
+    init_tracing();
+    let fast1 = Replica::start("fast1");
+    let fast2 = Replica::start("fast2");
+    let slow = Replica::start("slow");
+    slow.knobs.health_delay_ms.store(25, Ordering::SeqCst);
+    let lb = Balancer::builder()
+        .probe_interval(Duration::from_millis(50))
+        .set("slow_endpoint_detection", "false")
+        .unwrap()
+        .policy(Policy::RoundRobin)
+        .addresses(&format!("{},{},{}", fast1.addr, fast2.addr, slow.addr))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        lb.wait_for_probe_round().await;
+    }
+    assert!(
+        lb.snapshot()
+            .iter()
+            .all(|e| e.state == EndpointState::Healthy && !e.slow)
+    );
+    let served = load(&lb, 1, 30).await;
+    assert_eq!(served.get("slow"), Some(&10), "{served:?}");
+}
+
+/// A `grpc-timeout` header value (`TimeoutValue TimeoutUnit`) as a duration.
+fn grpc_timeout(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().unwrap();
+    match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => panic!("bad grpc-timeout {value}"),
+    }
+}
+
+/// A retry tells the server the time left, not the call's whole timeout.
+#[tokio::test]
+async fn a_retry_sends_the_time_left_as_grpc_timeout() {
+    init_tracing();
+    let b = Replica::start("b");
+    let c = Replica::start("c");
+    let lb = grpc_builder()
+        .policy(Policy::PickFirst) // b first: the call starts there
+        .addresses(&format!("{},{}", b.addr, c.addr))
+        .retry_safe(RetrySafe::All)
+        .per_try_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    wait_until(&lb, LIMIT, "both healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    b.knobs.delay_ms.store(2000, Ordering::SeqCst);
+    let mut client = ChatServiceClient::new(lb.clone());
+    let mut request = tonic::Request::new(ListAccountsRequest::default());
+    request.set_timeout(Duration::from_secs(3));
+    let reply = client.list_accounts(request).await.unwrap().into_inner();
+    assert_eq!(reply.usernames, ["c"]);
+
+    let first = b.knobs.last_grpc_timeout.lock().unwrap().clone().unwrap();
+    assert_eq!(grpc_timeout(&first), Duration::from_secs(3), "{first}");
+    let retry = c.knobs.last_grpc_timeout.lock().unwrap().clone().unwrap();
+    let left = grpc_timeout(&retry);
+    // Sent after the 300ms per-try timeout.
+    assert!(
+        (Duration::from_millis(1500)..=Duration::from_millis(2700)).contains(&left),
+        "the retry sent grpc-timeout {retry} ({left:?})"
     );
 }

@@ -26,6 +26,7 @@ pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
                     "type": "server",
                     "address": endpoint.address.to_string(),
                     "health": endpoint.state.to_string(),
+                    "slow": endpoint.slow,
                     "latency_us": latency.map(|l| l.as_micros() as u64),
                     "outstanding": endpoint.outstanding,
                     "calls": endpoint.calls,
@@ -40,7 +41,7 @@ pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
             println!(
                 "{:<22} {:<12} {:>10} {:>11}  {}",
                 endpoint.address.to_string(),
-                endpoint.state.to_string(),
+                endpoint.state.to_string() + if endpoint.slow { " (slow)" } else { "" },
                 latency,
                 endpoint.outstanding,
                 crate::error::one_line(last_error)

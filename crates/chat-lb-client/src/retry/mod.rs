@@ -119,10 +119,13 @@ pub(crate) fn never_sent(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// A ready-made name: looking it up skips parsing and validating a string.
+pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The message of an `UNAVAILABLE` answer carried in the response headers
 /// (trailers-only), or of an HTTP 502/503/504 that gRPC maps to it.
 pub(crate) fn unavailable<B>(response: &http::Response<B>) -> Option<String> {
-    if let Some(status) = response.headers().get("grpc-status") {
+    if let Some(status) = response.headers().get(&GRPC_STATUS) {
         if status.as_bytes() != b"14" {
             return None;
         }

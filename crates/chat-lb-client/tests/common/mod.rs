@@ -34,6 +34,11 @@ pub struct Knobs {
     pub calls: AtomicUsize,
     /// Delay before answering `ListAccounts`, in milliseconds.
     pub delay_ms: AtomicU64,
+    /// Delay before answering the chat `HealthCheck` (the default probe), in
+    /// milliseconds.
+    pub health_delay_ms: AtomicU64,
+    /// The `grpc-timeout` header of the last `ListAccounts` call received.
+    pub last_grpc_timeout: std::sync::Mutex<Option<String>>,
     /// Answer `ListAccounts` with `UNAVAILABLE`.
     pub unavailable: AtomicBool,
     /// The chat `HealthCheck` answers `NOT_SERVING`.
@@ -53,6 +58,10 @@ impl pb::chat_service_server::ChatService for TestChat {
         &self,
         _: Request<pb::HealthCheckRequest>,
     ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        let delay = self.knobs.health_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let not_serving = self.knobs.chat_not_serving.load(Ordering::SeqCst);
         let status = if not_serving {
             ServingStatus::NotServing
@@ -73,8 +82,11 @@ impl pb::chat_service_server::ChatService for TestChat {
 
     async fn list_accounts(
         &self,
-        _: Request<pb::ListAccountsRequest>,
+        request: Request<pb::ListAccountsRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let timeout = request.metadata().get("grpc-timeout");
+        *self.knobs.last_grpc_timeout.lock().unwrap() =
+            timeout.and_then(|t| t.to_str().ok()).map(str::to_owned);
         let delay = self.knobs.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -330,6 +342,25 @@ pub async fn wait_for_state(
                 "{addr} did not become {state} within {limit:?}: {:#?}",
                 endpoint(lb, addr)
             );
+        }
+    }
+}
+
+/// Waits, without triggering probes, until `done` holds for the snapshot.
+pub async fn wait_for_change(
+    lb: &Balancer,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&[EndpointSnapshot]) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let changed = lb.changed();
+        if done(&lb.snapshot()) {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            panic!("timed out waiting until {what}: {:#?}", lb.snapshot());
         }
     }
 }
