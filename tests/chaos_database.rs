@@ -112,7 +112,7 @@ async fn the_database_going_away_under_load_turns_replicas_not_serving_and_every
 
     let lb = balancer(&replicas);
     let mut admin = ChatServiceClient::new(lb.clone());
-    let sink_token = common::sign_up_balanced(&mut admin, SINK, PASSWORD).await;
+    let sink_token = common::register_and_login(&mut admin, SINK, PASSWORD).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut seen = Vec::new();
     let mut load = Vec::new();
@@ -123,7 +123,7 @@ async fn the_database_going_away_under_load_turns_replicas_not_serving_and_every
         balancers.push(client_lb.clone());
         let mut client = ChatServiceClient::new(client_lb);
         let name = format!("user{i}");
-        let token = common::sign_up_balanced(&mut client, &name, PASSWORD).await;
+        let token = common::register_and_login(&mut client, &name, PASSWORD).await;
         let record = Arc::new(Mutex::new(Seen::default()));
         seen.push(record.clone());
         load.push(tokio::spawn(send_until_stopped(

@@ -108,7 +108,7 @@ async fn a_listed_address_where_nothing_listens_costs_no_failed_call() {
     // The dead address comes first, and calls start before any probe has run.
     let lb = balancer(&[dead, a.address, b.address]);
     let mut client = ChatServiceClient::new(lb.clone());
-    let token = common::sign_up_balanced(&mut client, "alice", PASSWORD).await;
+    let token = common::register_and_login(&mut client, "alice", PASSWORD).await;
     let mut tried_dead_early = 0;
     for i in 0..300 {
         client
@@ -139,7 +139,7 @@ async fn sigkill_under_concurrent_load_fails_no_retry_safe_call() {
     ];
     let lb = balancer(&addresses(&replicas.iter().collect::<Vec<_>>()));
     let mut client = ChatServiceClient::new(lb.clone());
-    let token = Arc::new(common::sign_up_balanced(&mut client, "bob", PASSWORD).await);
+    let token = Arc::new(common::register_and_login(&mut client, "bob", PASSWORD).await);
     let completed = Arc::new(AtomicU64::new(0));
 
     let workers: Vec<_> = (0..8)
@@ -176,7 +176,7 @@ async fn a_frozen_replica_is_marked_unhealthy_in_time_and_calls_still_succeed() 
     let (a, b) = (Replica::start(&store), Replica::start(&store));
     let lb = balancer(&[a.address, b.address]);
     let mut client = ChatServiceClient::new(lb.clone());
-    let token = common::sign_up_balanced(&mut client, "carol", PASSWORD).await;
+    let token = common::register_and_login(&mut client, "carol", PASSWORD).await;
     wait_for(&lb, Duration::from_secs(5), "both healthy", |s| {
         s.iter().all(|e| e.state == EndpointState::Healthy)
     })
@@ -242,7 +242,7 @@ async fn a_not_serving_replica_is_drained_then_readmitted() {
     let b = Replica::start(&store);
     let lb = balancer(&[a.address, b.address]);
     let mut client = ChatServiceClient::new(lb.clone());
-    let token = common::sign_up_balanced(&mut client, "dave", PASSWORD).await;
+    let token = common::register_and_login(&mut client, "dave", PASSWORD).await;
     wait_for(&lb, Duration::from_secs(5), "both healthy", |s| {
         s.iter().all(|e| e.state == EndpointState::Healthy)
     })

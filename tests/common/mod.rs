@@ -267,12 +267,19 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
     request
 }
 
-/// Creates an account and logs in; returns the session token.
-pub async fn register_and_login(
-    client: &mut ChatServiceClient<Channel>,
+/// Creates an account and logs in; returns the session token. Works over any
+/// transport: a plain `Channel` or the balancer.
+pub async fn register_and_login<T>(
+    client: &mut ChatServiceClient<T>,
     username: &str,
     password: &str,
-) -> String {
+) -> String
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     client
         .create_account(CreateAccountRequest {
             username: username.into(),
@@ -284,11 +291,13 @@ pub async fn register_and_login(
 }
 
 /// Logs in; returns the session token.
-pub async fn login(
-    client: &mut ChatServiceClient<Channel>,
-    username: &str,
-    password: &str,
-) -> String {
+pub async fn login<T>(client: &mut ChatServiceClient<T>, username: &str, password: &str) -> String
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     client
         .login(LoginRequest {
             username: username.into(),
@@ -367,28 +376,4 @@ pub fn send_request(
             idempotency_key: key.into(),
         },
     )
-}
-
-/// Creates an account and logs in through a balanced client; returns the token.
-pub async fn sign_up_balanced(
-    client: &mut ChatServiceClient<chat_lb_client::Balancer>,
-    username: &str,
-    password: &str,
-) -> String {
-    client
-        .create_account(CreateAccountRequest {
-            username: username.into(),
-            password: password.into(),
-        })
-        .await
-        .expect("create account");
-    client
-        .login(LoginRequest {
-            username: username.into(),
-            password: password.into(),
-        })
-        .await
-        .expect("login")
-        .into_inner()
-        .token
 }
