@@ -352,13 +352,7 @@ async fn run(
             Outcome::NotSent(error) => {
                 let text = describe(&*error);
                 if was_live {
-                    endpoint.on_failure(
-                        &call.shared,
-                        CallFailure::Transport,
-                        &text,
-                        Duration::ZERO,
-                    );
-                    call.tried.add(&endpoint);
+                    call.transport_failure(&endpoint, &text);
                 }
                 if live {
                     continue;
@@ -393,13 +387,7 @@ async fn run(
             Outcome::Failed(error) => {
                 let text = describe(&*error);
                 if was_live {
-                    endpoint.on_failure(
-                        &call.shared,
-                        CallFailure::Transport,
-                        &text,
-                        Duration::ZERO,
-                    );
-                    call.tried.add(&endpoint);
+                    call.transport_failure(&endpoint, &text);
                 }
                 if live {
                     continue;
@@ -458,6 +446,13 @@ async fn attempt(endpoint: &Endpoint, request: http::Request<Body>) -> Outcome {
 }
 
 impl Call {
+    /// Counts a transport failure against the endpoint of a live attempt (which
+    /// ejects it) and keeps the call from trying it again.
+    fn transport_failure(&mut self, endpoint: &Arc<Endpoint>, error: &str) {
+        endpoint.on_failure(&self.shared, CallFailure::Transport, error, Duration::ZERO);
+        self.tried.add(endpoint);
+    }
+
     fn pick(&self) -> Option<Arc<Endpoint>> {
         let tried = &self.tried;
         pick(

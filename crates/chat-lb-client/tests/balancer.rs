@@ -19,8 +19,8 @@ use chat_proto::v1::{
     ListAccountsRequest, SubscribeRequest, chat_service_client::ChatServiceClient,
 };
 use common::{
-    Frozen, Replica, app_call, dead_addr, endpoint, init_tracing, wait_for_change, wait_for_state,
-    wait_until,
+    Frozen, Replica, app_call, dead_addr, endpoint, init_tracing, wait_all_healthy,
+    wait_for_change, wait_for_state, wait_until,
 };
 use tokio::time::Instant;
 use tonic::Code;
@@ -74,10 +74,7 @@ async fn not_serving_is_seen_through_watch_and_readmitted() {
         .address(b.addr)
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
 
     b.set_serving(false).await;
@@ -117,10 +114,7 @@ async fn chat_probe_polls_not_serving_and_readmits() {
         .addresses(&format!("{},{}", a.addr, b.addr))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     b.knobs.chat_not_serving.store(true, Ordering::SeqCst);
     wait_until(&lb, LIMIT, "b not serving", |_| {
         endpoint(&lb, b.addr).state == EndpointState::NotServing
@@ -155,10 +149,7 @@ async fn a_replica_killed_under_load_fails_no_retry_safe_call() {
         .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "all healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let quarter = Arc::new(tokio::sync::Notify::new());
@@ -209,10 +200,7 @@ async fn all_down_answers_unavailable_fast_then_recovers() {
         .addresses(&format!("{},{}", a.addr, b.addr))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
     app_call(&mut client).await.unwrap();
 
@@ -312,10 +300,7 @@ async fn a_slow_replica_gets_less_traffic_under_p2c() {
         .addresses(&format!("{},{},{}", fast1.addr, fast2.addr, slow.addr))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "all healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let mut client = ChatServiceClient::new(lb.clone());
@@ -352,10 +337,7 @@ async fn round_robin_spreads_calls_evenly() {
         .addresses(&format!("{},{}", a.addr, b.addr))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
     let first = app_call(&mut client).await.unwrap();
     for i in 1..20 {
@@ -428,13 +410,10 @@ async fn unavailable_answers_are_retried_only_for_retry_safe_calls() {
             .build()
             .unwrap()
     };
-    let healthy = |s: &[chat_lb_client::EndpointSnapshot]| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    };
 
     // Not retry-safe: the caller sees the UNAVAILABLE, and b is ejected.
     let lb = build();
-    wait_until(&lb, LIMIT, "both healthy", healthy).await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
     let status = app_call(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
@@ -457,7 +436,7 @@ async fn unavailable_answers_are_retried_only_for_retry_safe_calls() {
 
     // Marked safe per call: retried on a.
     let lb = build();
-    wait_until(&lb, LIMIT, "both healthy", healthy).await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
     let mut request = tonic::Request::new(ListAccountsRequest::default());
     request.extensions_mut().insert(SafeToRetry(true));
@@ -519,10 +498,7 @@ async fn a_stream_breaks_with_its_replica_and_resumes_elsewhere() {
         .addresses(&format!("{},{}", a.addr, b.addr))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
 
     let mut stream = client
@@ -603,10 +579,7 @@ async fn a_retry_safe_call_waits_for_its_timed_out_attempt_when_nothing_else_is_
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
     b.knobs.delay_ms.store(1000, Ordering::SeqCst);
     c.knobs.unavailable.store(true, Ordering::SeqCst);
@@ -646,10 +619,7 @@ async fn a_timed_out_attempt_that_answers_first_answers_the_call() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     let mut client = ChatServiceClient::new(lb.clone());
     b.knobs.delay_ms.store(500, Ordering::SeqCst);
     c.knobs.delay_ms.store(2000, Ordering::SeqCst);
@@ -693,10 +663,7 @@ async fn a_retry_safe_call_does_not_fail_while_attempts_time_and_endpoints_remai
         .build()
         .unwrap();
     let mut client = ChatServiceClient::new(lb.clone());
-    wait_until(&lb, LIMIT, "all healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     a.knobs.unavailable.store(true, Ordering::SeqCst);
     assert_eq!(app_call(&mut client).await.unwrap(), "b");
     assert_eq!(endpoint(&lb, a.addr).state, EndpointState::Ejected);
@@ -731,10 +698,7 @@ async fn an_ejected_endpoint_whose_probes_pass_is_a_last_resort() {
         .build()
         .unwrap();
     let mut client = ChatServiceClient::new(lb.clone());
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     // One failed call ejects a (for 30s); a is fine again at once.
     a.knobs.unavailable.store(true, Ordering::SeqCst);
     while endpoint(&lb, a.addr).state != EndpointState::Ejected {
@@ -957,10 +921,7 @@ async fn a_retry_sends_the_time_left_as_grpc_timeout() {
         .per_try_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    wait_until(&lb, LIMIT, "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    wait_all_healthy(&lb, LIMIT).await;
     b.knobs.delay_ms.store(2000, Ordering::SeqCst);
     let mut client = ChatServiceClient::new(lb.clone());
     let mut request = tonic::Request::new(ListAccountsRequest::default());

@@ -324,6 +324,15 @@ pub async fn wait_until(
     }
 }
 
+/// Probe rounds until every endpoint is healthy, at most `limit`.
+pub async fn wait_all_healthy(lb: &Balancer, limit: Duration) {
+    wait_until(lb, limit, "every endpoint healthy", |s| {
+        s.iter()
+            .all(|e| e.state == chat_lb_client::EndpointState::Healthy)
+    })
+    .await;
+}
+
 /// Waits, without triggering probes, until the endpoint at `addr` is in `state`.
 pub async fn wait_for_state(
     lb: &Balancer,
