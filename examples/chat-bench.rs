@@ -3,14 +3,14 @@
 //!
 //! ```sh
 //! cargo run --release --example chat-bench -- [--json FILE] [--seed N] [--duration 3s]
-//!     [--rounds 6] [--concurrency 1,8,32] [--send-percent 20] [--quick] [--markdown]
+//!     [--rounds 6] [--concurrency 1,8,32] [--send-percent 20] [--placement split]
+//!     [--quick] [--markdown]
 //! ```
 //!
-//! A default run takes about two minutes, `--quick` (1s per measurement, concurrency
-//! 1 and 32) about 30s. `--help` lists the flags for experiments: `--scenarios`,
+//! A default run takes about three minutes, `--quick` (1s per measurement, concurrency
+//! 1 and 32) about 45s. `--help` lists the flags for experiments: `--scenarios`,
 //! `--contenders`, `--lb-set KEY=VALUE` (any `chat_lb_client::Builder::set` key, e.g.
-//! `policy=pick_first` to send everything to `A` through the balancer and so measure
-//! its own overhead apart from the cost of spreading calls).
+//! `policy=round_robin`).
 //!
 //! # What runs
 //!
@@ -18,17 +18,26 @@
 //! runs `chat_server::run` (see `support/replica.rs`), so nothing but `cargo run` is
 //! needed. Every replica listens on a free port of 127.0.0.1 and they share one
 //! temporary SQLite store (in `/dev/shm` when it exists, so that fsync costs do not
-//! drown the balancers' differences; `--store-dir` to change). Four replicas: `A`, `B`
-//! and `C` are healthy; `S` runs with `--inject-delay 20ms`. One sender account logs in
-//! once per caller slot (one session per concurrent caller) before anything is
-//! measured.
+//! drown the balancers' differences; `--store-dir` to change). Four replica processes:
+//! `A`, `B` and `C` are healthy; `S` runs with `--inject-delay 20ms`; and, for
+//! `steady-one-process`, a fifth process serving three healthy servers `P1`, `P2`, `P3`
+//! (each on its own port). One sender account logs in once per caller slot (one
+//! session per concurrent caller) before anything is measured.
 //!
-//! Three **contenders** carry the same calls:
-//! - `direct`: one tonic `Channel` to replica `A`, which is never dead, slowed or
-//!   killed — the reference, and the limit a balancer can only approach;
+//! `--placement split` pins the benchmark (the client) to the first CPU it may use and
+//! the replicas to the others — a client host and a server host, as far as one machine
+//! allows; the default, `shared`, lets the OS put every process on every CPU.
+//!
+//! The **contenders** carry the same calls:
+//! - `direct`: one tonic `Channel` to replica `A` (`P1` in `steady-one-process`), which
+//!   is never dead, slowed or killed — the reference;
 //! - `tonic-balance`: `Channel::balance_list` over the scenario's address list;
 //! - `chat-lb`: `chat_lb_client::Balancer` over the same list, with its defaults plus
-//!   retry-safety for `/chat.v1.ChatService/` (every chat RPC is safe to retry).
+//!   retry-safety for `/chat.v1.ChatService/` (every chat RPC is safe to retry);
+//! - `chat-lb-single` (steady scenarios only): the same balancer given `direct`'s one
+//!   replica. Same replica, same single connection as `direct`: the difference between
+//!   the two is the balancer's own cost per call, apart from the cost of spreading
+//!   calls over several connections and processes.
 //!
 //! The tonic endpoints get the balancer's connection settings (1s connect timeout,
 //! `TCP_NODELAY`, HTTP/2 keepalive 10s/5s), and every call carries a 5s deadline.
@@ -38,7 +47,10 @@
 //! probability `--send-percent`, else a `HealthCheck`.
 //!
 //! **Scenarios** (the address list the balancers get):
-//! - `steady`: `A, B, C`, all healthy;
+//! - `steady`: `A, B, C`, all healthy, three processes;
+//! - `steady-one-process`: `P1, P2, P3`, all healthy, in one process: spreading calls
+//!   costs the server side no extra processes (only extra connections), so the
+//!   comparison with `direct` holds the replicas' CPU equal;
 //! - `dead-address`: `A, B, C` and an address where nothing listens;
 //! - `slow-replica`: `A, B, S` — `S` delays every RPC by 20ms;
 //! - `killed-replica`: `A, B, C`; `C` is SIGKILLed a third of the way into every
@@ -56,7 +68,10 @@
 //! the latency percentiles (nearest rank over every successful call, in µs) come
 //! from all its rounds; **failed** counts calls that ended in an error, by gRPC code.
 //! **ratio_to_direct** is a contender's calls/s divided by `direct`'s in the same
-//! scenario and concurrency level.
+//! scenario and concurrency level. **client CPU µs/call** is the CPU time (user +
+//! system, `getrusage`) the benchmark process used during a contender's rounds divided
+//! by its successful calls: what the transport costs the calling machine, however
+//! busy the replicas are.
 //!
 //! The output also gives, from the balancer's own counters, the share of chat-lb's
 //! attempts each replica got, and the machine's load average before and after.
@@ -65,9 +80,12 @@
 //! each contender, scenario and concurrency level, with the per-RPC figures, the seed
 //! and the settings.
 //!
-//! Everything runs on one machine: the client and all replicas share its CPUs, so a
-//! balancer that spreads calls over three processes pays for it in CPU and wake-ups
-//! that replicas on separate hosts would not cost; `direct` never pays it.
+//! Everything runs on one machine: the replicas share its CPUs (with the client, unless
+//! `--placement split`), so a balancer that spreads calls over three processes pays
+//! for it in CPU and wake-ups that replicas on separate hosts would not cost, and even
+//! over three connections to one process the server reads and writes fewer calls per
+//! system call; `direct` pays neither. `steady-one-process` removes the first cost,
+//! `chat-lb-single` both.
 
 mod support;
 
@@ -91,7 +109,7 @@ use clap::{Parser, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde_json::{Value, json};
-use support::replica::Replica;
+use support::replica::{Placement, Replica};
 use tokio::time::Instant;
 use tonic::{
     Code, Request,
@@ -144,6 +162,11 @@ struct Options {
     /// Also print the results as a Markdown table.
     #[arg(long)]
     markdown: bool,
+    /// Where the processes run: `shared` (wherever the OS puts them) or `split` (this
+    /// client pinned to one CPU, the replicas to the others, like a client host and a
+    /// server host; Linux, 2+ CPUs).
+    #[arg(long, value_enum, default_value_t = CpuPlacement::Shared)]
+    placement: CpuPlacement,
     /// Overrides a chat-lb setting, as `chat_lb_client::Builder::set` takes it (for
     /// experiments, e.g. `--lb-set policy=pick_first`, `--lb-set ewma_decay=1s`);
     /// repeatable.
@@ -180,6 +203,8 @@ struct Plan {
     warmup: Duration,
     /// `Builder::set` overrides of the balancer's settings.
     lb_settings: Vec<(String, String)>,
+    /// Where the processes run, for the output.
+    placement: String,
 }
 
 impl Plan {
@@ -213,6 +238,7 @@ impl Plan {
                 Duration::from_millis(200)
             },
             lb_settings: options.lb_set.clone(),
+            placement: String::new(),
         }
     }
 
@@ -222,10 +248,17 @@ impl Plan {
 
     /// A rough total, for the progress display.
     fn estimate(&self) -> Duration {
-        let cells = (self.scenarios.len() * self.concurrency.len() * self.contenders.len()) as u32;
+        let contenders_in = |scenario: Scenario| {
+            let n = self
+                .contenders
+                .iter()
+                .filter(|c| c.runs_in(scenario))
+                .count();
+            (n * self.concurrency.len()) as u32
+        };
+        let cells: u32 = self.scenarios.iter().map(|&s| contenders_in(s)).sum();
         let restarts = if self.scenarios.contains(&Scenario::KilledReplica) {
-            let rounds = self.rounds * (self.concurrency.len() * self.contenders.len()) as u32;
-            Duration::from_millis(100) * rounds
+            Duration::from_millis(100) * self.rounds * contenders_in(Scenario::KilledReplica)
         } else {
             Duration::ZERO
         };
@@ -269,18 +302,33 @@ const CHAT_LB_SETTINGS: &str = "defaults (p2c on peak EWMA, ChatHealthProbe ever
 
 // ---- scenarios and contenders ---------------------------------------------------------
 
+/// Where the client and the replicas run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CpuPlacement {
+    /// Anywhere: the OS schedules every process on every CPU.
+    Shared,
+    /// The client on the first CPU it may use, the replicas on the others.
+    Split,
+}
+
 /// What the replicas behind the address list do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum Scenario {
     Steady,
+    SteadyOneProcess,
     DeadAddress,
     SlowReplica,
     KilledReplica,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    fn is_steady(self) -> bool {
+        matches!(self, Scenario::Steady | Scenario::SteadyOneProcess)
+    }
+
+    const ALL: [Scenario; 5] = [
         Scenario::Steady,
+        Scenario::SteadyOneProcess,
         Scenario::DeadAddress,
         Scenario::SlowReplica,
         Scenario::KilledReplica,
@@ -289,6 +337,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Steady => "steady",
+            Scenario::SteadyOneProcess => "steady-one-process",
             Scenario::DeadAddress => "dead-address",
             Scenario::SlowReplica => "slow-replica",
             Scenario::KilledReplica => "killed-replica",
@@ -302,13 +351,15 @@ enum Contender {
     Direct,
     TonicBalance,
     ChatLb,
+    ChatLbSingle,
 }
 
 impl Contender {
-    const ALL: [Contender; 3] = [
+    const ALL: [Contender; 4] = [
         Contender::Direct,
         Contender::TonicBalance,
         Contender::ChatLb,
+        Contender::ChatLbSingle,
     ];
 
     fn name(self) -> &'static str {
@@ -316,7 +367,14 @@ impl Contender {
             Contender::Direct => "direct",
             Contender::TonicBalance => "tonic-balance",
             Contender::ChatLb => "chat-lb",
+            Contender::ChatLbSingle => "chat-lb-single",
         }
+    }
+
+    /// Whether it runs in `scenario`: `chat-lb-single` only in the steady ones,
+    /// where it measures the balancer's own cost.
+    fn runs_in(self, scenario: Scenario) -> bool {
+        self != Contender::ChatLbSingle || scenario.is_steady()
     }
 }
 
@@ -333,6 +391,9 @@ struct Cluster {
     healthy: [Replica; 3],
     /// `S`: every RPC delayed.
     slow: Replica,
+    /// `P1`, `P2`, `P3`: three servers in one process (only when
+    /// `steady-one-process` is planned).
+    one_process: Option<Replica>,
     /// An address where nothing listens.
     dead: SocketAddr,
     /// Kept for its `Drop` (removes the store).
@@ -340,26 +401,41 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the replicas one after the other (the first creates the schema).
-    async fn start(plan: &Plan, store_dir: Option<&Path>) -> anyhow::Result<Self> {
+    /// Starts the replicas one after the other (the first creates the schema), on
+    /// `cpus` (empty: anywhere).
+    async fn start(plan: &Plan, store_dir: Option<&Path>, cpus: &[usize]) -> anyhow::Result<Self> {
         let dir = temp_store_dir(store_dir)?;
         let store = format!("sqlite:{}", dir.path().join("chat.db").display());
-        let a = Replica::start(&store, &[]).await?;
-        let b = Replica::start(&store, &[]).await?;
-        let c = Replica::start(&store, &[]).await?;
+        let one = Placement {
+            servers: 1,
+            cpus: cpus.to_vec(),
+        };
+        let a = Replica::start_placed(&store, &[], &one).await?;
+        let b = Replica::start_placed(&store, &[], &one).await?;
+        let c = Replica::start_placed(&store, &[], &one).await?;
         let delay = format!("{}us", plan.slow_delay.as_micros());
-        let slow = Replica::start(&store, &["--inject-delay", &delay]).await?;
+        let slow = Replica::start_placed(&store, &["--inject-delay", &delay], &one).await?;
+        let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
+            let three = Placement { servers: 3, ..one };
+            Some(Replica::start_placed(&store, &[], &three).await?)
+        } else {
+            None
+        };
         Ok(Self {
             healthy: [a, b, c],
             slow,
+            one_process,
             dead: dead_address()?,
             _store_dir: dir,
         })
     }
 
-    /// The reference replica of `direct`.
-    fn reference(&self) -> SocketAddr {
-        self.healthy[0].address()
+    /// The replica `direct` calls in `scenario`: `A`, or `P1` in `steady-one-process`.
+    fn reference(&self, scenario: Scenario) -> SocketAddr {
+        match (&self.one_process, scenario) {
+            (Some(p), Scenario::SteadyOneProcess) => p.address(),
+            _ => self.healthy[0].address(),
+        }
     }
 
     /// The balancers' address list in `scenario`.
@@ -367,6 +443,12 @@ impl Cluster {
         let [a, b, c] = &self.healthy;
         let mut list = vec![a.address(), b.address()];
         match scenario {
+            Scenario::SteadyOneProcess => {
+                if let Some(p) = &self.one_process {
+                    return p.addresses().to_vec();
+                }
+                list.push(c.address());
+            }
             Scenario::Steady | Scenario::KilledReplica => list.push(c.address()),
             Scenario::DeadAddress => list.extend([c.address(), self.dead]),
             Scenario::SlowReplica => list.push(self.slow.address()),
@@ -374,8 +456,12 @@ impl Cluster {
         list
     }
 
-    /// The name of an address in the output (`A`, `B`, `C`, `S`, `dead`).
+    /// The name of an address in the output (`A`, `B`, `C`, `S`, `P1`.., `dead`).
     fn name(&self, address: SocketAddr) -> String {
+        let mut in_one_process = self.one_process.iter().flat_map(|p| p.addresses());
+        if let Some(i) = in_one_process.position(|a| *a == address) {
+            return format!("P{}", i + 1);
+        }
         let named = ["A", "B", "C"]
             .into_iter()
             .zip(&self.healthy)
@@ -394,7 +480,7 @@ impl Cluster {
 
     async fn stop(self) {
         let [a, b, c] = self.healthy;
-        for replica in [a, b, c, self.slow] {
+        for replica in [a, b, c, self.slow].into_iter().chain(self.one_process) {
             replica.stop(Duration::from_secs(2)).await;
         }
     }
@@ -451,7 +537,7 @@ async fn connect(
     let addresses = cluster.addresses(scenario);
     Ok(match contender {
         Contender::Direct => Transport::Channel(
-            endpoint(cluster.reference())?
+            endpoint(cluster.reference(scenario))?
                 .connect()
                 .await
                 .context("cannot connect to the reference replica")?,
@@ -463,7 +549,12 @@ async fn connect(
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Transport::Channel(Channel::balance_list(endpoints.into_iter()))
         }
-        Contender::ChatLb => {
+        Contender::ChatLb | Contender::ChatLbSingle => {
+            let addresses = if contender == Contender::ChatLbSingle {
+                vec![cluster.reference(scenario)]
+            } else {
+                addresses
+            };
             let mut builder =
                 Balancer::builder().retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"));
             for address in addresses {
@@ -681,6 +772,8 @@ impl RoundId {
 struct Measured {
     samples: Samples,
     seconds: f64,
+    /// CPU time this (the client's) process used during the rounds.
+    cpu_seconds: f64,
     /// chat-lb only: attempts per replica (named as in the header), from the
     /// balancer's own counters.
     attempts: Vec<(String, u64)>,
@@ -701,6 +794,9 @@ impl Runner {
         for scenario in self.plan.scenarios.clone() {
             let mut transports = Vec::new();
             for &contender in &self.plan.contenders {
+                if !contender.runs_in(scenario) {
+                    continue;
+                }
                 let transport = connect(contender, &self.cluster, scenario, &self.plan)
                     .await
                     .with_context(|| {
@@ -747,6 +843,7 @@ impl Runner {
                 let step = format!("round {}/{}", round + 1, self.plan.rounds);
                 self.progress.show(&id, &step, contender);
                 let kill = scenario == Scenario::KilledReplica;
+                let cpu_before = process_cpu_seconds();
                 let (samples, elapsed) = self
                     .run_round(transport, contender, id, self.plan.round(), kill)
                     .await?;
@@ -756,6 +853,7 @@ impl Runner {
                 if let Some((_, m)) = measured.iter_mut().find(|(c, _)| *c == contender) {
                     m.samples.merge(samples);
                     m.seconds += elapsed.as_secs_f64();
+                    m.cpu_seconds += process_cpu_seconds() - cpu_before;
                 }
             }
         }
@@ -832,6 +930,9 @@ struct Row {
     calls: u64,
     seconds: f64,
     calls_per_sec: f64,
+    /// The client's CPU time per successful call, in µs: what the transport costs
+    /// the caller's machine, whatever the replicas' CPUs do.
+    client_cpu_us_per_call: f64,
     latency: Percentiles,
     health: Percentiles,
     send: Percentiles,
@@ -903,6 +1004,7 @@ fn summarize(
                 } else {
                     0.0
                 },
+                client_cpu_us_per_call: m.cpu_seconds * 1e6 / calls.max(1) as f64,
                 latency: Percentiles::of(all),
                 health: Percentiles::of(health_us),
                 send: Percentiles::of(send_us),
@@ -956,9 +1058,10 @@ fn table(rows: &[Row]) -> String {
         "p50 µs",
         "p99 µs",
         "p999 µs",
+        "cpu µs/call",
         "failed",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -971,6 +1074,7 @@ fn table(rows: &[Row]) -> String {
                 micros_text(r.latency.p50),
                 micros_text(r.latency.p99),
                 micros_text(r.latency.p999),
+                format!("{:.1}", r.client_cpu_us_per_call),
                 failures_text(r),
             ]
         })
@@ -986,8 +1090,9 @@ fn table(rows: &[Row]) -> String {
         for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
             let pad = width.saturating_sub(cell.chars().count());
             // Text columns left-aligned, numbers right-aligned; no trailing blanks.
-            let text = if i < 3 || i == 8 {
-                format!("{cell}{}", " ".repeat(if i == 8 { 0 } else { pad }))
+            let last = cells.len() - 1;
+            let text = if i < 3 || i == last {
+                format!("{cell}{}", " ".repeat(if i == last { 0 } else { pad }))
             } else {
                 format!("{}{cell}", " ".repeat(pad))
             };
@@ -1018,7 +1123,10 @@ fn table(rows: &[Row]) -> String {
 /// Where chat-lb sent its attempts, per scenario and concurrency level.
 fn attempt_shares(rows: &[Row]) -> String {
     let mut out = String::new();
-    for row in rows.iter().filter(|r| !r.attempts.is_empty()) {
+    for row in rows
+        .iter()
+        .filter(|r| r.contender == Contender::ChatLb && !r.attempts.is_empty())
+    {
         let total: u64 = row.attempts.iter().map(|(_, n)| n).sum();
         let shares: Vec<String> = row
             .attempts
@@ -1039,13 +1147,13 @@ fn attempt_shares(rows: &[Row]) -> String {
 /// The results as a Markdown table.
 fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| scenario | concurrency | contender | calls/s | vs direct | p50 µs | p99 µs | p999 µs | failed |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---|\n",
+        "| scenario | concurrency | contender | calls/s | vs direct | p50 µs | p99 µs | p999 µs | client CPU µs/call | failed |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {} |",
             r.scenario.name(),
             r.concurrency,
             r.contender.name(),
@@ -1055,6 +1163,7 @@ fn markdown(rows: &[Row]) -> String {
             micros_text(r.latency.p50),
             micros_text(r.latency.p99),
             micros_text(r.latency.p999),
+            r.client_cpu_us_per_call,
             failures_text(r),
         );
     }
@@ -1086,6 +1195,7 @@ fn json_line(row: &Row, plan: &Plan, machine: &Machine) -> Value {
         "ratio_to_direct": row.ratio_to_direct,
         "calls": row.calls,
         "measured_s": row.seconds,
+        "client_cpu_us_per_call": row.client_cpu_us_per_call,
         "rpc": { "HealthCheck": row.health.json(), "SendMessage": row.send.json() },
         "attempts_by_replica": attempts,
         "seed": plan.seed,
@@ -1100,6 +1210,7 @@ fn json_line(row: &Row, plan: &Plan, machine: &Machine) -> Value {
             "slow_delay_ms": plan.slow_delay.as_secs_f64() * 1e3,
             "kill_at_fraction": KILL_AT,
             "chat_lb": plan.chat_lb(),
+            "placement": plan.placement,
         },
         "machine": {
             "cpus": machine.cpus,
@@ -1122,25 +1233,32 @@ fn write_json(path: &Path, rows: &[Row], plan: &Plan, machine: &Machine) -> anyh
 
 /// One of the balancer's targets, checked.
 struct Verdict {
-    target: &'static str,
+    target: String,
     /// `None` when the run did not measure it.
     met: Option<bool>,
     details: String,
 }
 
-/// Checks `ok` for chat-lb at every concurrency level; `describe` gives the numbers.
+/// Judges `contender`'s rows in `scenario` at every concurrency level (`judge`
+/// gives whether the target is met and the numbers); measured only when every
+/// scenario in `needs` ran.
 fn check(
     rows: &[Row],
     plan: &Plan,
-    target: &'static str,
-    scenarios: &[Scenario],
+    target: String,
+    (contender, scenario): (Contender, Scenario),
+    needs: &[Scenario],
     judge: impl Fn(&Row, u32) -> Option<(bool, String)>,
 ) -> Verdict {
     let mut met = None;
     let mut details = Vec::new();
-    if scenarios.iter().all(|s| plan.scenarios.contains(s)) {
+    if needs
+        .iter()
+        .chain([&scenario])
+        .all(|s| plan.scenarios.contains(s))
+    {
         for &c in &plan.concurrency {
-            let Some(row) = find(rows, Contender::ChatLb, scenarios[0], c) else {
+            let Some(row) = find(rows, contender, scenario, c) else {
                 continue;
             };
             if let Some((ok, text)) = judge(row, c) {
@@ -1156,41 +1274,50 @@ fn check(
     }
 }
 
+/// The issue's targets, for chat-lb in each steady scenario, and the same two
+/// "close to direct" targets for `chat-lb-single` (the balancer's own cost).
 fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
-    let steady = Scenario::Steady;
     let other = |contender, scenario, c| find(rows, contender, scenario, c);
-    vec![
-        check(
+    let mut verdicts = Vec::new();
+    for scenario in [Scenario::Steady, Scenario::SteadyOneProcess] {
+        let name = scenario.name();
+        for contender in [Contender::ChatLb, Contender::ChatLbSingle] {
+            let who = contender.name();
+            verdicts.push(check(
+                rows,
+                plan,
+                format!("{name}: {who} throughput within 5% of direct"),
+                (contender, scenario),
+                &[],
+                |r, _| {
+                    let ratio = r.ratio_to_direct?;
+                    Some((ratio >= 0.95, format!("{:.1}% of direct", ratio * 100.0)))
+                },
+            ));
+            verdicts.push(check(
+                rows,
+                plan,
+                format!("{name}: {who} p50 within 50µs of direct"),
+                (contender, scenario),
+                &[],
+                |r, c| {
+                    let (own, direct) = (
+                        r.latency.p50?,
+                        other(Contender::Direct, scenario, c)?.latency.p50?,
+                    );
+                    let diff = i64::from(own) - i64::from(direct);
+                    Some((diff <= 50, format!("{diff:+}µs ({own} vs {direct})")))
+                },
+            ));
+        }
+        verdicts.push(check(
             rows,
             plan,
-            "steady throughput within 5% of direct",
-            &[steady],
-            |r, _| {
-                let ratio = r.ratio_to_direct?;
-                Some((ratio >= 0.95, format!("{:.1}% of direct", ratio * 100.0)))
-            },
-        ),
-        check(
-            rows,
-            plan,
-            "steady p50 within 50µs of direct",
-            &[steady],
+            format!("{name}: chat-lb throughput at least tonic balance_list's"),
+            (Contender::ChatLb, scenario),
+            &[],
             |r, c| {
-                let (own, direct) = (
-                    r.latency.p50?,
-                    other(Contender::Direct, steady, c)?.latency.p50?,
-                );
-                let diff = i64::from(own) - i64::from(direct);
-                Some((diff <= 50, format!("{diff:+}µs ({own} vs {direct})")))
-            },
-        ),
-        check(
-            rows,
-            plan,
-            "steady throughput at least tonic balance_list's",
-            &[steady],
-            |r, c| {
-                let tonic = other(Contender::TonicBalance, steady, c)?.calls_per_sec;
+                let tonic = other(Contender::TonicBalance, scenario, c)?.calls_per_sec;
                 Some((
                     r.calls_per_sec >= tonic,
                     format!(
@@ -1200,43 +1327,49 @@ fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
                     ),
                 ))
             },
-        ),
-        check(
-            rows,
-            plan,
-            "no failed call with a dead address",
-            &[Scenario::DeadAddress],
-            |r, _| Some((r.failed == 0, failures_text(r))),
-        ),
-        check(
-            rows,
-            plan,
-            "no failed call with a killed replica",
-            &[Scenario::KilledReplica],
-            |r, _| Some((r.failed == 0, failures_text(r))),
-        ),
-        check(
-            rows,
-            plan,
-            "p99 with a slowed replica at most 1.5x steady p99",
-            &[Scenario::SlowReplica, steady],
-            |r, c| {
-                let (slow, base) = (
-                    r.latency.p99?,
-                    other(Contender::ChatLb, steady, c)?.latency.p99?,
-                );
-                let factor = f64::from(slow) / f64::from(base.max(1));
-                Some((
-                    factor <= 1.5,
-                    format!("{slow}µs vs {base}µs ({factor:.2}x)"),
-                ))
-            },
-        ),
-    ]
+        ));
+    }
+    let no_failures = |r: &Row, _| Some((r.failed == 0, failures_text(r)));
+    verdicts.push(check(
+        rows,
+        plan,
+        "chat-lb: no failed call with a dead address".to_owned(),
+        (Contender::ChatLb, Scenario::DeadAddress),
+        &[],
+        no_failures,
+    ));
+    verdicts.push(check(
+        rows,
+        plan,
+        "chat-lb: no failed call with a killed replica".to_owned(),
+        (Contender::ChatLb, Scenario::KilledReplica),
+        &[],
+        no_failures,
+    ));
+    verdicts.push(check(
+        rows,
+        plan,
+        "chat-lb: p99 with a slowed replica at most 1.5x steady p99".to_owned(),
+        (Contender::ChatLb, Scenario::SlowReplica),
+        &[Scenario::Steady],
+        |r, c| {
+            let (slow, base) = (
+                r.latency.p99?,
+                other(Contender::ChatLb, Scenario::Steady, c)?.latency.p99?,
+            );
+            let factor = f64::from(slow) / f64::from(base.max(1));
+            Some((
+                factor <= 1.5,
+                format!("{slow}µs vs {base}µs ({factor:.2}x)"),
+            ))
+        },
+    ));
+    verdicts.retain(|v| v.met.is_some());
+    verdicts
 }
 
 fn print_verdicts(verdicts: &[Verdict]) {
-    println!("Targets (chat-lb):");
+    println!("Targets (issue 6), for what this run measured:");
     for v in verdicts {
         let status = match v.met {
             Some(true) => "met",
@@ -1269,11 +1402,22 @@ impl Machine {
             })
             .unwrap_or_else(|| "unknown".to_owned());
         Self {
-            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            cpus: online_cpus(),
             cpu_model,
             load_before: load_average(),
         }
     }
+}
+
+/// The machine's online CPUs (not only those this process may use: with
+/// `--placement split` it is pinned to one).
+fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a system setting.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// The 1, 5 and 15 minute load averages, as text (other work on the machine skews
@@ -1374,7 +1518,16 @@ fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
         plan.slow_delay,
         cluster.dead
     );
-    println!("direct      one Channel to A");
+    if let Some(p) = &cluster.one_process {
+        let servers: Vec<String> = p.addresses().iter().map(SocketAddr::to_string).collect();
+        println!(
+            "one process P1, P2, P3 = {} (pid {}): three servers sharing one process",
+            servers.join(", "),
+            p.pid().unwrap_or(0)
+        );
+    }
+    println!("placement   {}", plan.placement);
+    println!("direct      one Channel to A (to P1 in steady-one-process)");
     println!("chat-lb     {}", plan.chat_lb());
     println!();
 }
@@ -1386,12 +1539,16 @@ fn main() -> ExitCode {
         return code;
     }
     let options = Options::parse();
-    let outcome = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
+    // Pinning comes first: the runtime sizes its worker pool on the CPUs it may use.
+    let outcome = place(options.placement)
+        .and_then(|cpus| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            Ok((runtime, cpus))
+        })
         // The replicas are spawned from this (the main) thread, which outlives them.
-        .and_then(|runtime| runtime.block_on(run(options)));
+        .and_then(|(runtime, cpus)| runtime.block_on(run(options, cpus)));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -1401,17 +1558,45 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(options: Options) -> anyhow::Result<()> {
-    let plan = Plan::from_options(&options);
+/// Applies `placement` to this process; returns the CPUs for the replicas (empty:
+/// anywhere).
+fn place(placement: CpuPlacement) -> anyhow::Result<Vec<usize>> {
+    match placement {
+        CpuPlacement::Shared => Ok(Vec::new()),
+        CpuPlacement::Split => {
+            let cpus = support::replica::allowed_cpus()?;
+            let Some((client, replicas)) = cpus.split_first().filter(|(_, r)| !r.is_empty()) else {
+                bail!("--placement split needs at least 2 CPUs, this process may use {cpus:?}");
+            };
+            support::replica::pin_to_cpus(&[*client])?;
+            Ok(replicas.to_vec())
+        }
+    }
+}
+
+fn describe_placement(placement: CpuPlacement, replica_cpus: &[usize]) -> String {
+    match placement {
+        CpuPlacement::Shared => "shared (the client and the replicas on any CPU)".to_owned(),
+        CpuPlacement::Split => {
+            let client = support::replica::allowed_cpus().unwrap_or_default();
+            format!("split (the client on CPUs {client:?}, the replicas on CPUs {replica_cpus:?})")
+        }
+    }
+}
+
+async fn run(options: Options, replica_cpus: Vec<usize>) -> anyhow::Result<()> {
+    let mut plan = Plan::from_options(&options);
+    plan.placement = describe_placement(options.placement, &replica_cpus);
     if plan.concurrency.is_empty() || plan.scenarios.is_empty() {
         bail!("nothing to run: give at least one concurrency level and scenario");
     }
     let machine = Machine::read();
-    let cluster = Cluster::start(&plan, options.store_dir.as_deref())
+    let cluster = Cluster::start(&plan, options.store_dir.as_deref(), &replica_cpus)
         .await
         .context("cannot start the replicas")?;
     print_header(&plan, &machine, &cluster);
-    let workload = Arc::new(Workload::prepare(&plan, cluster.reference()).await?);
+    let reference = cluster.reference(Scenario::Steady);
+    let workload = Arc::new(Workload::prepare(&plan, reference).await?);
     let progress = Progress::new(plan.estimate());
     let mut runner = Runner {
         plan,
@@ -1451,6 +1636,20 @@ async fn run(options: Options) -> anyhow::Result<()> {
         return Err(anyhow!("no call succeeded"));
     }
     Ok(())
+}
+
+/// CPU time (user + system) this process has used so far, in seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Mixes numbers into one seed (splitmix64 steps), stable across Rust versions.

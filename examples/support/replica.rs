@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
+use futures::FutureExt;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -25,6 +26,11 @@ use tokio::{
 
 /// The first argument that makes the example a replica.
 pub const REPLICA_FLAG: &str = "--replica";
+/// Launcher flag (before the `chat-server` flags): run this many servers in the one
+/// process, each on its own free port, sharing its runtime and CPUs.
+const SERVERS_FLAG: &str = "--servers";
+/// Launcher flag: pin the replica process to these CPUs (Linux).
+const CPUS_FLAG: &str = "--cpus";
 
 /// How long a replica may take to print its readiness line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,28 +50,7 @@ pub fn run_if_replica() -> Option<ExitCode> {
             .with_writer(std::io::stderr)
             .init();
     }
-    let config = match <chat_server::ServerConfig as clap::Parser>::try_parse_from(
-        std::iter::once("chat-server".to_owned()).chain(args),
-    ) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{program} {REPLICA_FLAG}: {error}");
-            return Some(ExitCode::FAILURE);
-        }
-    };
-    let outcome = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime
-                .block_on(chat_server::run(
-                    config,
-                    async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    },
-                    |address| println!("chat-server listening on {address}"),
-                ))
-                .map_err(anyhow::Error::from)
-        });
+    let outcome = Launch::parse(args).and_then(Launch::run);
     Some(match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -73,6 +58,139 @@ pub fn run_if_replica() -> Option<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// What a replica process was asked to run: the launcher's own flags (`--servers`,
+/// `--cpus`), then ordinary `chat-server` flags.
+struct Launch {
+    config: chat_server::ServerConfig,
+    servers: usize,
+    cpus: Vec<usize>,
+}
+
+impl Launch {
+    fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
+        let mut args = args.peekable();
+        let (mut servers, mut cpus) = (1, Vec::new());
+        loop {
+            match args.peek().map(String::as_str) {
+                Some(SERVERS_FLAG) => {
+                    args.next();
+                    servers = args
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| anyhow!("{SERVERS_FLAG} needs a count of at least 1"))?;
+                }
+                Some(CPUS_FLAG) => {
+                    args.next();
+                    cpus = parse_cpus(&args.next().unwrap_or_default())?;
+                }
+                _ => break,
+            }
+        }
+        let config = <chat_server::ServerConfig as clap::Parser>::try_parse_from(
+            std::iter::once("chat-server".to_owned()).chain(args),
+        )?;
+        if servers > 1 && config.port != 0 {
+            bail!("{SERVERS_FLAG} {servers} needs --port 0 (each server takes a free port)");
+        }
+        Ok(Self {
+            config,
+            servers,
+            cpus,
+        })
+    }
+
+    /// Pins the process (before the runtime sizes its worker pool on the CPUs it may
+    /// use), then runs every server until SIGINT.
+    fn run(self) -> anyhow::Result<()> {
+        if !self.cpus.is_empty() {
+            pin_to_cpus(&self.cpus)?;
+        }
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            .boxed()
+            .shared();
+            let servers = (0..self.servers).map(|_| {
+                chat_server::run(self.config.clone(), stop.clone(), |address| {
+                    println!("chat-server listening on {address}")
+                })
+            });
+            futures::future::try_join_all(servers).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Parses a CPU list such as `1`, `0,2` or `1-3`.
+pub fn parse_cpus(text: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let parsed = match part.split_once('-') {
+            Some((first, last)) => first
+                .parse::<usize>()
+                .and_then(|f| last.parse::<usize>().map(|l| (f..=l).collect::<Vec<_>>())),
+            None => part.parse::<usize>().map(|cpu| vec![cpu]),
+        };
+        match parsed {
+            Ok(list) if !list.is_empty() => cpus.extend(list),
+            _ => bail!("not a CPU list (like 1, 0,2 or 1-3): {text:?}"),
+        }
+    }
+    Ok(cpus)
+}
+
+/// The CPUs this process may run on.
+#[cfg(target_os = "linux")]
+pub fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: sched_getaffinity fills the zeroed set we own; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect())
+    }
+}
+
+/// Restricts the calling thread (and the threads and processes it starts from now
+/// on) to `cpus`.
+#[cfg(target_os = "linux")]
+pub fn pin_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: CPU_SET writes into the zeroed set we own (indexes are checked first);
+    // sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            if cpu >= libc::CPU_SETSIZE as usize {
+                bail!("CPU {cpu} is out of range");
+            }
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "cannot pin to CPUs {cpus:?}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    bail!("CPU pinning is only supported on Linux")
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn pin_to_cpus(_cpus: &[usize]) -> anyhow::Result<()> {
+    bail!("CPU pinning is only supported on Linux")
 }
 
 /// Asks Linux to SIGKILL this replica when the process that started it dies.
@@ -91,12 +209,25 @@ fn die_with_parent() {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent() {}
 
-/// A replica process started from this executable, on 127.0.0.1.
+/// A replica process started from this executable, on 127.0.0.1: usually one
+/// `chat-server`, or several in one process (see [`Placement`]).
 pub struct Replica {
     child: Option<Child>,
-    address: SocketAddr,
+    addresses: Vec<SocketAddr>,
     store: String,
-    extra_args: Vec<String>,
+    /// Launcher flags, then `chat-server` flags (without `--port`).
+    args: Vec<String>,
+}
+
+/// Where a replica process runs, beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Servers in the one process, each on its own free port, sharing its runtime
+    /// (0 or 1: one). The benchmark uses this to offer several endpoints while
+    /// holding the server side's processes and CPU equal.
+    pub servers: usize,
+    /// CPUs to pin the process to (Linux); empty: wherever the parent may run.
+    pub cpus: Vec<usize>,
 }
 
 impl Replica {
@@ -112,19 +243,52 @@ impl Replica {
         port: u16,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let extra_args: Vec<String> = extra_args.iter().map(|&a| a.to_owned()).collect();
-        let (child, address) = spawn(store, port, &extra_args).await?;
+        Self::launch(store, port, extra_args, &Placement::default()).await
+    }
+
+    /// Like [`Replica::start`], placed as `placement` says.
+    pub async fn start_placed(
+        store: &str,
+        extra_args: &[&str],
+        placement: &Placement,
+    ) -> anyhow::Result<Self> {
+        Self::launch(store, 0, extra_args, placement).await
+    }
+
+    async fn launch(
+        store: &str,
+        port: u16,
+        extra_args: &[&str],
+        placement: &Placement,
+    ) -> anyhow::Result<Self> {
+        let servers = placement.servers.max(1);
+        let mut args = Vec::new();
+        if servers > 1 {
+            args.extend([SERVERS_FLAG.to_owned(), servers.to_string()]);
+        }
+        if !placement.cpus.is_empty() {
+            let cpus: Vec<String> = placement.cpus.iter().map(usize::to_string).collect();
+            args.extend([CPUS_FLAG.to_owned(), cpus.join(",")]);
+        }
+        args.extend(extra_args.iter().map(|&a| a.to_owned()));
+        let (child, addresses) = spawn(store, port, &args, servers).await?;
         Ok(Self {
             child: Some(child),
-            address,
+            addresses,
             store: store.to_owned(),
-            extra_args,
+            args,
         })
     }
 
-    /// Where it listens (the same across restarts).
+    /// Where it listens (the same across restarts); the first server's address
+    /// when the process runs several.
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.addresses[0]
+    }
+
+    /// Where each of its servers listens.
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.addresses
     }
 
     /// Its process id, while it runs.
@@ -138,7 +302,7 @@ impl Replica {
             child
                 .kill()
                 .await
-                .with_context(|| format!("cannot kill the replica on {}", self.address))?;
+                .with_context(|| format!("cannot kill the replica on {}", self.address()))?;
         }
         Ok(())
     }
@@ -148,11 +312,14 @@ impl Replica {
     /// tries a few times.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
-            bail!("the replica on {} is still running", self.address);
+            bail!("the replica on {} is still running", self.address());
+        }
+        if self.addresses.len() > 1 {
+            bail!("a process of several servers cannot be restarted on the same ports");
         }
         let mut last_error = None;
         for _ in 0..5 {
-            match spawn(&self.store, self.address.port(), &self.extra_args).await {
+            match spawn(&self.store, self.address().port(), &self.args, 1).await {
                 Ok((child, _)) => {
                     self.child = Some(child);
                     return Ok(());
@@ -162,7 +329,7 @@ impl Replica {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(last_error.unwrap_or_else(|| anyhow!("no attempt made")))
-            .with_context(|| format!("cannot restart the replica on {}", self.address))
+            .with_context(|| format!("cannot restart the replica on {}", self.address()))
     }
 
     /// SIGINT (the replica drains and exits), SIGKILL if it is still running after
@@ -191,15 +358,18 @@ impl Drop for Replica {
     }
 }
 
-/// Starts `this-executable --replica ...` and waits for its readiness line.
+/// Starts `this-executable --replica ARGS --port PORT --store STORE` and waits for
+/// the readiness line of each of its `servers`.
 async fn spawn(
     store: &str,
     port: u16,
-    extra_args: &[String],
-) -> anyhow::Result<(Child, SocketAddr)> {
+    args: &[String],
+    servers: usize,
+) -> anyhow::Result<(Child, Vec<SocketAddr>)> {
     let exe = std::env::current_exe().context("cannot find this executable to re-run it")?;
     let mut child = Command::new(exe)
         .arg(REPLICA_FLAG)
+        .args(args)
         .args([
             "--host",
             "127.0.0.1",
@@ -208,7 +378,6 @@ async fn spawn(
             "--store",
             store,
         ])
-        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -220,17 +389,21 @@ async fn spawn(
         .take()
         .ok_or_else(|| anyhow!("the replica's stdout is not piped"))?;
     let mut lines = BufReader::new(stdout).lines();
-    let line = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
-        Ok(Ok(Some(line))) => line,
-        Ok(Ok(None)) => bail!("the replica (port {port}) exited before it was ready"),
-        Ok(Err(error)) => bail!("cannot read the replica's stdout: {error}"),
-        Err(_) => bail!("the replica (port {port}) was not ready within {START_TIMEOUT:?}"),
-    };
-    let address = line
-        .strip_prefix("chat-server listening on ")
-        .and_then(|a| a.trim().parse().ok())
-        .ok_or_else(|| anyhow!("unexpected readiness line from a replica: {line:?}"))?;
+    let mut addresses = Vec::with_capacity(servers);
+    while addresses.len() < servers {
+        let line = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => bail!("the replica (port {port}) exited before it was ready"),
+            Ok(Err(error)) => bail!("cannot read the replica's stdout: {error}"),
+            Err(_) => bail!("the replica (port {port}) was not ready within {START_TIMEOUT:?}"),
+        };
+        let address = line
+            .strip_prefix("chat-server listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| anyhow!("unexpected readiness line from a replica: {line:?}"))?;
+        addresses.push(address);
+    }
     // Keep draining, so the replica can never block on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, address))
+    Ok((child, addresses))
 }

@@ -56,6 +56,8 @@ pub(crate) struct Endpoint {
     epoch: AtomicU64,
     outstanding: AtomicUsize,
     calls: AtomicU64,
+    /// `calls` when the previous probe check ended.
+    calls_at_last_probe: AtomicU64,
     errors: AtomicU64,
     call_failures: AtomicU32,
     ewma: PeakEwma,
@@ -146,6 +148,7 @@ impl Endpoint {
             epoch: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
+            calls_at_last_probe: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             call_failures: AtomicU32::new(0),
             ewma: PeakEwma::new(default_rtt, decay, Instant::now()),
@@ -190,6 +193,22 @@ impl Endpoint {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         InFlight(self)
+    }
+
+    /// After a probe check: an endpoint that took no call since the previous
+    /// check and answered this one gets its probe latency as its latency
+    /// estimate. Without it, under light (e.g. sequential) load, power of two
+    /// choices would keep avoiding an endpoint whose estimate is high from one
+    /// slow call long ago — nothing but the slow decay would bring it back.
+    fn refresh_idle_estimate(&self, verdict: Verdict, latency: Duration, now: Instant) {
+        let calls = self.calls.load(Ordering::Acquire);
+        let previous = self.calls_at_last_probe.swap(calls, Ordering::AcqRel);
+        if verdict == Verdict::Serving
+            && calls == previous
+            && self.outstanding.load(Ordering::Acquire) == 0
+        {
+            self.ewma.reset(latency, now);
+        }
     }
 
     /// An attempt got response headers that do not count against the endpoint.
@@ -256,6 +275,9 @@ impl Endpoint {
             }
             Err(error) => (Verdict::Failed, ProbeOutcome::Failed { error }),
         };
+        if !pushed {
+            self.refresh_idle_estimate(verdict, latency, now);
+        }
         let mut record = self.lock();
         if !pushed && verdict == Verdict::Serving {
             record.probe_window.push(latency);

@@ -3,7 +3,9 @@
 //! A new observation above the estimate replaces it at once (the *peak*); one
 //! below it is blended in with a weight that grows with the time since the last
 //! update. Reading the estimate decays it towards zero, so an endpoint that was
-//! slow once and then got no traffic is tried again after a while.
+//! slow once and then got no traffic is tried again after a while; sooner when
+//! its health probes, answering quickly, [`PeakEwma::reset`] it (see
+//! `Endpoint::on_probe`).
 
 use std::{
     sync::{Mutex, PoisonError},
@@ -57,6 +59,14 @@ impl PeakEwma {
             let decay = (-elapsed / self.decay_ns).exp();
             state.estimate_ns = state.estimate_ns * decay + rtt * (1.0 - decay);
         }
+        state.updated = now;
+    }
+
+    /// Replaces the estimate with `rtt`, as if nothing had been observed before
+    /// (for an endpoint that got no calls lately, whose old estimate says little).
+    pub fn reset(&self, rtt: Duration, now: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.estimate_ns = nanos(rtt);
         state.updated = now;
     }
 

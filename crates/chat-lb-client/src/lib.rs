@@ -65,8 +65,11 @@
 //!    never reached the server (connection refused or failed, stream refused
 //!    unprocessed); another transport error; no headers within the per-try
 //!    timeout.
-//! 5. **Update**: the latency feeds the endpoint's peak-EWMA; every failure
-//!    kind above ejects the endpoint at once (outlier detection). An answered
+//! 5. **Update**: the latency feeds the endpoint's peak-EWMA (an endpoint
+//!    that took no call between two probe checks gets the latest check's
+//!    latency as its estimate, so one slow call long ago does not keep it
+//!    unused under light load); every failure kind above ejects the endpoint
+//!    at once (outlier detection). An answered
 //!    call's response body stays watched: a connection that breaks mid-stream,
 //!    or a stream ended `UNAVAILABLE`, ejects the endpoint too.
 //! 6. **Maybe retry** on another endpoint: always when the request never

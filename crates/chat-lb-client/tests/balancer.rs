@@ -328,6 +328,51 @@ async fn a_slow_replica_gets_less_traffic_under_p2c() {
     assert!(slow_ep.latency_estimate > endpoint(&lb, fast1.addr).latency_estimate);
 }
 
+/// Under sequential calls p2c sees no outstanding calls anywhere and picks by
+/// latency estimate alone. One slow call must not keep a replica out of
+/// rotation until its estimate decays (time constant 10 s): once it is idle and
+/// answers its probes quickly, the probe latency becomes its estimate.
+#[tokio::test]
+async fn a_replica_slow_once_is_used_again_under_sequential_calls() {
+    init_tracing();
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    let lb = grpc_builder()
+        .policy(Policy::PowerOfTwoChoices)
+        .addresses(&format!("{},{}", a.addr, b.addr))
+        .build()
+        .unwrap();
+    wait_all_healthy(&lb, LIMIT).await;
+    let mut client = ChatServiceClient::new(lb.clone());
+
+    // One slow call on b (a drained, so that the call cannot go elsewhere).
+    a.set_serving(false).await;
+    wait_for_state(&lb, a.addr, EndpointState::NotServing, LIMIT).await;
+    b.knobs.delay_ms.store(60, Ordering::SeqCst);
+    assert_eq!(app_call(&mut client).await.unwrap(), "b");
+    b.knobs.delay_ms.store(0, Ordering::SeqCst);
+    let estimate = endpoint(&lb, b.addr).latency_estimate;
+    assert!(
+        estimate >= Duration::from_millis(50),
+        "the slow call sets b's estimate (peak): {estimate:?}"
+    );
+    a.set_serving(true).await;
+    wait_for_state(&lb, a.addr, EndpointState::Healthy, LIMIT).await;
+
+    // Sequential calls: b gets some within a few probe intervals (100 ms each),
+    // where the decay alone would keep its estimate above a's for half a minute.
+    let before = b.calls();
+    let started = Instant::now();
+    while b.calls() == before && started.elapsed() < Duration::from_secs(3) {
+        app_call(&mut client).await.unwrap();
+    }
+    assert!(
+        b.calls() > before,
+        "b got no call in 3 s of sequential calls: {:#?}",
+        lb.snapshot()
+    );
+}
+
 #[tokio::test]
 async fn round_robin_spreads_calls_evenly() {
     let a = Replica::start("a");
