@@ -1590,6 +1590,10 @@ async fn run(options: Options, replica_cpus: Vec<usize>) -> anyhow::Result<()> {
     if plan.concurrency.is_empty() || plan.scenarios.is_empty() {
         bail!("nothing to run: give at least one concurrency level and scenario");
     }
+    let runs = |s: Scenario| plan.contenders.iter().any(|c| c.runs_in(s));
+    if !plan.scenarios.iter().copied().any(runs) {
+        bail!("nothing to run: chat-lb-single runs only in the steady scenarios");
+    }
     let machine = Machine::read();
     let cluster = Cluster::start(&plan, options.store_dir.as_deref(), &replica_cpus)
         .await

@@ -21,7 +21,8 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The path of a binary built from this workspace (next to the test executable's
-/// `deps/` directory). `scripts/test` builds every workspace binary first.
+/// `deps/` directory), e.g. `chat-server` or `examples/chat-bench`. `scripts/test`
+/// builds every workspace binary and example first.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let test_exe = std::env::current_exe().expect("test executable path");
     let profile_dir = test_exe
@@ -31,7 +32,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with scripts/test (or `cargo build --workspace --bins` first)",
+        "{} is missing: run the tests with scripts/test (or `cargo build --workspace --bins --examples` first)",
         path.display()
     );
     path
