@@ -60,7 +60,7 @@
 //!
 //! For each scenario and concurrency level, each contender first runs an unmeasured
 //! warm-up, then `--rounds` rounds of `--duration / --rounds` each. Contenders
-//! **alternate round by round** (a seeded shuffle of the three per round), so load
+//! **alternate round by round** (a seeded shuffle of them per round), so load
 //! from other processes on the machine falls on all of them alike. Within a round
 //! every contender's callers draw the same seeded sequence of calls. A contender's
 //! rounds are then pooled: **calls/s** is its successful calls divided by the wall
