@@ -268,6 +268,16 @@ async fn errors_are_one_readable_line_with_distinct_exit_codes() {
         6,
         "taken",
     );
+    // Password guesses are throttled: after five wrong ones, even the right one waits.
+    let guess = ["inbox", "--user", "alice", "--password", "wrong password"];
+    for _ in 0..5 {
+        assert_error(&run(cli(&servers).args(guess)), 3, "wrong password");
+    }
+    assert_error(
+        &run(as_user(cli(&servers).arg("inbox"), "alice")),
+        7,
+        "try again in",
+    );
 
     let (dead1, dead2) = (
         common::dead_address().to_string(),

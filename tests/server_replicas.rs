@@ -113,6 +113,79 @@ async fn accounts_login_logout_and_auth_failures() {
         .expect("logging out again is harmless");
 }
 
+/// Password guesses are throttled per account in the shared store: five in a row, then
+/// waits, whichever replica each guess reaches and whichever RPC checks the password.
+#[tokio::test]
+async fn password_guesses_are_throttled_across_replicas() {
+    let store = SharedStore::new();
+    let (a, b) = (Replica::start(&store), Replica::start(&store));
+    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let token = register_and_login(&mut on_a, "Carol", PASSWORD).await;
+    let attempt = |password: &str| LoginRequest {
+        username: "carol".into(),
+        password: password.into(),
+    };
+
+    // Five free attempts, alternating replicas.
+    for i in 0..5 {
+        let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+        let wrong = on.login(attempt("guess number one")).await.unwrap_err();
+        assert_eq!(
+            wrong.code(),
+            Code::Unauthenticated,
+            "attempt {i}: {wrong:?}"
+        );
+    }
+    let fifth_failure = Instant::now();
+
+    // Now even the right password waits, on either replica, and the other RPCs that
+    // check a password are no way around it.
+    let locked = on_b.login(attempt(PASSWORD)).await.unwrap_err();
+    assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
+    assert!(locked.message().contains("try again in 1s"), "{locked:?}");
+    let create = on_a
+        .create_account(CreateAccountRequest {
+            username: "Carol".into(),
+            password: "another guess".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(create.code(), Code::ResourceExhausted, "{create:?}");
+    let delete = on_a
+        .delete_account(authed(
+            &token,
+            DeleteAccountRequest {
+                password: "yet another guess".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(delete.code(), Code::ResourceExhausted, "{delete:?}");
+
+    // Refused attempts do not count: once the second is over, the right password
+    // works, no earlier.
+    let logged_in = loop {
+        match on_a.login(attempt(PASSWORD)).await {
+            Ok(reply) => break reply.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    fifth_failure.elapsed() < Duration::from_secs(5),
+                    "{status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(fifth_failure.elapsed() >= Duration::from_millis(900));
+    assert_eq!(logged_in.username, "Carol");
+
+    // A successful login forgets the failures: a wrong guess is just wrong again.
+    let wrong = on_b.login(attempt("guess number two")).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    login(&mut on_b, "carol", PASSWORD).await;
+}
+
 #[tokio::test]
 async fn wildcard_listing_is_literal_paginated_and_injection_proof() {
     let store = SharedStore::new();

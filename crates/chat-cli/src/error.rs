@@ -29,6 +29,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The name is taken or a key was reused (6).
     Conflict,
+    /// Too many failed password attempts: the account waits before the next (7).
+    Throttled,
 }
 
 impl ErrorKind {
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 4,
             ErrorKind::Unavailable => 5,
             ErrorKind::Conflict => 6,
+            ErrorKind::Throttled => 7,
         })
     }
 }
@@ -68,6 +71,7 @@ impl From<tonic::Status> for CliError {
             Code::NotFound => ErrorKind::NotFound,
             Code::Unavailable | Code::DeadlineExceeded => ErrorKind::Unavailable,
             Code::AlreadyExists => ErrorKind::Conflict,
+            Code::ResourceExhausted => ErrorKind::Throttled,
             _ => ErrorKind::Other,
         };
         let message = one_line(status.message());
@@ -102,5 +106,10 @@ mod tests {
         let unavailable = CliError::from(tonic::Status::unavailable("a: refused; b: timeout"));
         assert_eq!(unavailable.kind, ErrorKind::Unavailable);
         assert!(unavailable.message.starts_with("cluster unavailable: "));
+        let throttled = CliError::from(tonic::Status::resource_exhausted(
+            "too many failed logins for \"bob\"; try again in 2s",
+        ));
+        assert_eq!(throttled.kind, ErrorKind::Throttled);
+        assert_eq!(throttled.kind.exit_code(), ExitCode::from(7));
     }
 }

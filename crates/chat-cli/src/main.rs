@@ -1,6 +1,6 @@
 //! `chat-cli`: see `chat-cli --help`. Errors are one line on stderr with a non-zero
 //! exit code (2 usage, 3 authentication, 4 not found, 5 cluster unavailable,
-//! 6 conflict, 1 anything else).
+//! 6 conflict, 7 too many password attempts, 1 anything else).
 
 use std::process::ExitCode;
 

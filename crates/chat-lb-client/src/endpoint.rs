@@ -196,10 +196,12 @@ impl Endpoint {
     }
 
     /// After a probe check: an endpoint that took no call since the previous
-    /// check and answered this one gets its probe latency as its latency
-    /// estimate. Without it, under light (e.g. sequential) load, power of two
-    /// choices would keep avoiding an endpoint whose estimate is high from one
-    /// slow call long ago — nothing but the slow decay would bring it back.
+    /// check and answered this one more quickly than its latency estimate gets
+    /// the probe latency as its estimate (a slower answer changes nothing: probe
+    /// latencies are noisy, and slowness shows in calls and in the slow tier).
+    /// Without it, under light (e.g. sequential) load, power of two choices would
+    /// keep avoiding an endpoint whose estimate is high from one slow call long
+    /// ago — nothing but the slow decay would bring it back.
     fn refresh_idle_estimate(&self, verdict: Verdict, latency: Duration, now: Instant) {
         let calls = self.calls.load(Ordering::Acquire);
         let previous = self.calls_at_last_probe.swap(calls, Ordering::AcqRel);
@@ -207,7 +209,7 @@ impl Endpoint {
             && calls == previous
             && self.outstanding.load(Ordering::Acquire) == 0
         {
-            self.ewma.reset(latency, now);
+            self.ewma.lower_to(latency, now);
         }
     }
 

@@ -4,7 +4,7 @@
 //! below it is blended in with a weight that grows with the time since the last
 //! update. Reading the estimate decays it towards zero, so an endpoint that was
 //! slow once and then got no traffic is tried again after a while; sooner when
-//! its health probes, answering quickly, [`PeakEwma::reset`] it (see
+//! its health probes, answering quickly, lower it ([`PeakEwma::lower_to`], see
 //! `Endpoint::on_probe`).
 
 use std::{
@@ -62,11 +62,14 @@ impl PeakEwma {
         state.updated = now;
     }
 
-    /// Replaces the estimate with `rtt`, as if nothing had been observed before
-    /// (for an endpoint that got no calls lately, whose old estimate says little).
-    pub fn reset(&self, rtt: Duration, now: Instant) {
+    /// Lowers the (decayed) estimate to `rtt` when that is lower; never raises it.
+    /// For an endpoint that got no calls lately, whose old estimate says little: a
+    /// fresh quick answer brings it back into play, a slow one changes nothing.
+    pub fn lower_to(&self, rtt: Duration, now: Instant) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.estimate_ns = nanos(rtt);
+        let elapsed = nanos(now.saturating_duration_since(state.updated));
+        let decayed = state.estimate_ns * (-elapsed / self.decay_ns).exp();
+        state.estimate_ns = decayed.min(nanos(rtt));
         state.updated = now;
     }
 
@@ -106,5 +109,12 @@ mod tests {
         let idle = later + Duration::from_secs(30);
         assert!(ewma.estimate(idle) < e / 10.0);
         assert_eq!(ewma.cost(3, idle), ewma.estimate(idle) * 4.0);
+
+        // A quick probe answer lowers an estimate; a slow one never raises it.
+        let probed = idle + Duration::from_secs(1);
+        ewma.lower_to(Duration::from_micros(300), probed);
+        assert_eq!(ewma.estimate(probed), 300e3);
+        ewma.lower_to(Duration::from_millis(50), probed);
+        assert_eq!(ewma.estimate(probed), 300e3);
     }
 }

@@ -65,13 +65,13 @@
 //!    never reached the server (connection refused or failed, stream refused
 //!    unprocessed); another transport error; no headers within the per-try
 //!    timeout.
-//! 5. **Update**: the latency feeds the endpoint's peak-EWMA (an endpoint
-//!    that took no call between two probe checks gets the latest check's
-//!    latency as its estimate, so one slow call long ago does not keep it
-//!    unused under light load); every failure kind above ejects the endpoint
-//!    at once (outlier detection). An answered
-//!    call's response body stays watched: a connection that breaks mid-stream,
-//!    or a stream ended `UNAVAILABLE`, ejects the endpoint too.
+//! 5. **Update**: the latency feeds the endpoint's peak-EWMA (the estimate of
+//!    an endpoint that took no call between two probe checks drops to the
+//!    latest check's latency if that is lower, so one slow call long ago does
+//!    not keep it unused under light load); every failure kind above ejects the
+//!    endpoint at once (outlier detection). An answered call's response body
+//!    stays watched: a connection that breaks mid-stream, or a stream ended
+//!    `UNAVAILABLE`, ejects the endpoint too.
 //! 6. **Maybe retry** on another endpoint: always when the request never
 //!    reached a server; for retry-safe calls also on `UNAVAILABLE`, transport
 //!    errors and per-try timeouts, within `max_attempts` and the retry budget.

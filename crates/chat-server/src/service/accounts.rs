@@ -51,9 +51,7 @@ impl ChatService {
     async fn is_retry_of_create(&self, username: &str, password: &str) -> Result<bool, Status> {
         match self.store.find_account(username).await? {
             Some(existing) if existing.username == username => {
-                self.passwords
-                    .verify(password, &existing.password_hash)
-                    .await
+                self.check_password(&existing, password).await
             }
             _ => Ok(false),
         }
@@ -121,10 +119,7 @@ impl ChatService {
         };
         let password = request.into_inner().password;
         if password.len() > *limits::PASSWORD_LEN.end()
-            || !self
-                .passwords
-                .verify(&password, &account.password_hash)
-                .await?
+            || !self.check_password(&account, &password).await?
         {
             return Err(Status::unauthenticated(format!(
                 "wrong password for {:?}; the account was not deleted",

@@ -4,7 +4,16 @@ use chat_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::ChatService;
-use crate::{auth, validate};
+use crate::{
+    auth,
+    store::Account,
+    throttle::{self, Decision},
+    validate,
+};
+
+/// How often a login retries its compare-and-set when concurrent attempts on the same
+/// account keep winning, before it gives up with `RESOURCE_EXHAUSTED`.
+const CLAIM_TRIES: usize = 4;
 
 impl ChatService {
     pub(super) async fn login(
@@ -19,11 +28,7 @@ impl ChatService {
             .find_account(&username)
             .await?
             .ok_or_else(|| Status::not_found(format!("no account named {username:?}")))?;
-        if !self
-            .passwords
-            .verify(&password, &account.password_hash)
-            .await?
-        {
+        if !self.check_password(&account, &password).await? {
             return Err(Status::unauthenticated(format!(
                 "wrong password for {:?}",
                 account.username
@@ -42,6 +47,58 @@ impl ChatService {
             expires_at_unix_ms: expires_at,
             username: account.username,
         }))
+    }
+
+    /// Whether `password` is the account's. Every check counts as a login attempt
+    /// (see [`crate::throttle`]): it is refused with `RESOURCE_EXHAUSTED` while the
+    /// account must wait, and a match forgets the account's failures. `Login`,
+    /// `DeleteAccount` and the retry check of `CreateAccount` all go through here, so
+    /// none of them is a way around the throttle.
+    pub(super) async fn check_password(
+        &self,
+        account: &Account,
+        password: &str,
+    ) -> Result<bool, Status> {
+        self.count_login_attempt(account).await?;
+        let matches = self
+            .passwords
+            .verify(password, &account.password_hash)
+            .await?;
+        if matches {
+            self.store.clear_login_failures(account.id).await?;
+        }
+        Ok(matches)
+    }
+
+    /// Counts a login attempt against the account before its password is checked, or
+    /// refuses it with `RESOURCE_EXHAUSTED` while the account must wait.
+    async fn count_login_attempt(&self, account: &Account) -> Result<(), Status> {
+        for _ in 0..CLAIM_TRIES {
+            let seen = self.store.login_failures(account.id).await?;
+            match throttle::decide(seen, crate::now_unix_ms()) {
+                Decision::Wait(wait) => {
+                    tracing::info!(user = %account.username, ?wait, "login refused: too many failed attempts");
+                    let seconds = wait.as_millis().div_ceil(1000);
+                    return Err(Status::resource_exhausted(format!(
+                        "too many failed logins for {:?}; try again in {seconds}s",
+                        account.username
+                    )));
+                }
+                Decision::Count(next) => {
+                    if self
+                        .store
+                        .claim_login_attempt(account.id, seen, next)
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(Status::resource_exhausted(format!(
+            "too many concurrent logins for {:?}; try again",
+            account.username
+        )))
     }
 
     /// Ends the session. A token that is already gone (logged out, expired or of a

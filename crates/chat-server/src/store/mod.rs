@@ -38,6 +38,17 @@ pub struct Account {
     pub password_hash: String,
 }
 
+/// An account's failed login attempts in a row, as the store keeps them for login
+/// throttling (see `crate::throttle`). The default (no failures, not locked) is what an
+/// account without a record has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoginFailures {
+    /// Login attempts counted against the account since its last successful login.
+    pub count: u32,
+    /// No login attempt is taken before this time (milliseconds since the Unix epoch).
+    pub locked_until_unix_ms: i64,
+}
+
 /// What a session token resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionLookup {
@@ -170,6 +181,25 @@ pub trait Store: Send + Sync + 'static {
     /// they resolve to [`SessionLookup::AccountDeleted`] until they expire; messages it
     /// sent stay. Deleting an account that no longer exists succeeds.
     async fn delete_account(&self, id: AccountId) -> Result<(), StoreError>;
+
+    /// The failed-login record of an account ([`LoginFailures::default`] when it has
+    /// none, or does not exist).
+    async fn login_failures(&self, account: AccountId) -> Result<LoginFailures, StoreError>;
+
+    /// Compare-and-set of an account's failed-login record: when it still is `seen`,
+    /// replaces it with `next` and returns true; when anything changed it since (another
+    /// replica counted an attempt first), changes nothing and returns false. So two
+    /// concurrent attempts, on any replicas, never both pass on one count.
+    async fn claim_login_attempt(
+        &self,
+        account: AccountId,
+        seen: LoginFailures,
+        next: LoginFailures,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets an account's failed logins (after a successful one); succeeds when there
+    /// are none. Deleting an account forgets them too.
+    async fn clear_login_failures(&self, account: AccountId) -> Result<(), StoreError>;
 
     /// Records a session that expires at the given time.
     async fn create_session(

@@ -23,6 +23,7 @@
 //! | `sessions` | hex SHA-256 of the token | account id, `expires_at` (ms), `gc_at` (a Date for the TTL index) |
 //! | `messages` | message id = feed position (i64) | recipient id, `seq`, sender id, idempotency key, names, text, send time; or a *filler* (see the feed) |
 //! | `counters` | counter name | the last id handed out, for account ids and message ids |
+//! | `login_failures` | account id | `count` and `locked_until` (ms) of an account with failed logins since its last successful one (login throttling); none for the others |
 //! | `meta` | `"schema"` | the schema version |
 //!
 //! Indexes (created at start-up; creating an existing index is a no-op): `username_key`
@@ -155,13 +156,31 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::Deserialize;
 
 use super::{
-    Account, AccountId, AccountQuery, FeedPage, InboxPage, NewMessage, SendOutcome, SessionLookup,
-    Store, StoreError, StoredMessage, TokenHash,
+    Account, AccountId, AccountQuery, FeedPage, InboxPage, LoginFailures, NewMessage, SendOutcome,
+    SessionLookup, Store, StoreError, StoredMessage, TokenHash,
 };
 
 /// The schema version this build creates and understands (in `meta`, `_id: "schema"`).
 /// A database with a higher version was written by a newer release and is refused.
 pub const SCHEMA_VERSION: i64 = 1;
+
+/// A document of the `login_failures` collection (integers in any BSON width).
+#[derive(Debug, Deserialize)]
+struct LoginFailuresDoc {
+    count: i64,
+    locked_until: i64,
+}
+
+impl LoginFailuresDoc {
+    fn record(&self) -> Result<LoginFailures, StoreError> {
+        Ok(LoginFailures {
+            count: u32::try_from(self.count).map_err(|_| {
+                StoreError::Internal(format!("malformed login_failures record {self:?}"))
+            })?,
+            locked_until_unix_ms: self.locked_until,
+        })
+    }
+}
 
 /// The database used when the connection string names none.
 pub const DEFAULT_DATABASE: &str = "chat";
@@ -376,6 +395,7 @@ struct Inner {
     sessions: Collection<Document>,
     messages: Collection<Document>,
     counters: Collection<Document>,
+    login_failures: Collection<Document>,
     options: MongoOptions,
     server_selection_timeout: Duration,
     /// The feed hole this store's poller is waiting for, and since when.
@@ -531,6 +551,7 @@ impl MongoStore {
                 sessions: db.collection("sessions"),
                 messages: db.collection("messages"),
                 counters: db.collection("counters"),
+                login_failures: db.collection("login_failures"),
                 client,
                 db,
                 options,
@@ -802,6 +823,11 @@ impl MongoStore {
                     },
                 },
             )
+            .await
+            .map_err(|e| self.error(e))?;
+        self.inner
+            .login_failures
+            .delete_one(doc! { "_id": id })
             .await
             .map_err(|e| self.error(e))?;
         self.inner
@@ -1337,6 +1363,88 @@ impl Store for MongoStore {
 
     async fn delete_account(&self, id: AccountId) -> Result<(), StoreError> {
         self.bounded("delete_account", self.delete(id)).await
+    }
+
+    async fn login_failures(&self, account: AccountId) -> Result<LoginFailures, StoreError> {
+        self.bounded("login_failures", async {
+            let found = self
+                .inner
+                .login_failures
+                .clone_with_type::<LoginFailuresDoc>()
+                .find_one(doc! { "_id": account })
+                .await
+                .map_err(|e| self.error(e))?;
+            found.map_or(Ok(LoginFailures::default()), |record| record.record())
+        })
+        .await
+    }
+
+    /// A record of count 0 is the absence of a document; the filters match the whole
+    /// record `seen`, so the write happens only when nobody changed it first.
+    async fn claim_login_attempt(
+        &self,
+        account: AccountId,
+        seen: LoginFailures,
+        next: LoginFailures,
+    ) -> Result<bool, StoreError> {
+        self.bounded("claim_login_attempt", async {
+            let records = &self.inner.login_failures;
+            let seen_filter = doc! {
+                "_id": account,
+                "count": i64::from(seen.count),
+                "locked_until": seen.locked_until_unix_ms,
+            };
+            let next_fields = doc! {
+                "count": i64::from(next.count),
+                "locked_until": next.locked_until_unix_ms,
+            };
+            let claimed = match (seen.count, next.count) {
+                (0, 0) => records
+                    .find_one(doc! { "_id": account })
+                    .await
+                    .map_err(|e| self.error(e))?
+                    .is_none(),
+                (0, _) => {
+                    let mut record = next_fields;
+                    record.insert("_id", account);
+                    match records.insert_one(record).await {
+                        Ok(_) => true,
+                        Err(error) if is_duplicate_key(&error) => false,
+                        Err(error) => return Err(self.error(error)),
+                    }
+                }
+                (_, 0) => {
+                    records
+                        .delete_one(seen_filter)
+                        .await
+                        .map_err(|e| self.error(e))?
+                        .deleted_count
+                        == 1
+                }
+                (_, _) => {
+                    records
+                        .update_one(seen_filter, doc! { "$set": next_fields })
+                        .await
+                        .map_err(|e| self.error(e))?
+                        .matched_count
+                        == 1
+                }
+            };
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn clear_login_failures(&self, account: AccountId) -> Result<(), StoreError> {
+        self.bounded("clear_login_failures", async {
+            self.inner
+                .login_failures
+                .delete_one(doc! { "_id": account })
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn create_session(

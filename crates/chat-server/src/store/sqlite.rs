@@ -44,13 +44,14 @@ use rusqlite::{
 use tokio::sync::Semaphore;
 
 use super::{
-    Account, AccountId, AccountQuery, FeedPage, InboxPage, NewMessage, SendOutcome, SessionLookup,
-    Store, StoreError, StoredMessage, TokenHash,
+    Account, AccountId, AccountQuery, FeedPage, InboxPage, LoginFailures, NewMessage, SendOutcome,
+    SessionLookup, Store, StoreError, StoredMessage, TokenHash,
 };
 
 /// The schema version this build creates and understands (kept in `PRAGMA user_version`).
-/// A database with a higher version was written by a newer release and is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+/// A database with a higher version was written by a newer release and is refused; one
+/// with a lower version is upgraded in place (version 2 only added `login_failures`).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Marks the file as a chat-server database (`PRAGMA application_id`, ASCII "CHAT"), so
 /// that a database belonging to something else is refused rather than written into.
@@ -70,6 +71,8 @@ const STATEMENT_CACHE_CAPACITY: usize = 32;
 ///   "account deleted" from "no such session".
 /// - Messages name their recipient by foreign key (an inbox cannot outlive its account)
 ///   but their sender only by id, because sent messages outlive the sender's account.
+/// - `login_failures` has a row only for an account with failed logins since its last
+///   successful one (login throttling); deleting the account deletes it.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,6 +101,11 @@ CREATE TABLE IF NOT EXISTS messages (
     idempotency_key TEXT    NOT NULL,
     UNIQUE (recipient_id, seq),
     UNIQUE (sender_id, idempotency_key)
+);
+CREATE TABLE IF NOT EXISTS login_failures (
+    account_id   INTEGER NOT NULL PRIMARY KEY,
+    count        INTEGER NOT NULL CHECK (count > 0),
+    locked_until INTEGER NOT NULL
 );
 ";
 
@@ -656,6 +664,74 @@ fn delete_account(connection: &mut Connection, id: AccountId) -> Outcome<()> {
             .execute([id])?;
         tx.prepare_cached("DELETE FROM accounts WHERE id = ?1")?
             .execute([id])?;
+        tx.prepare_cached("DELETE FROM login_failures WHERE account_id = ?1")?
+            .execute([id])?;
+        Ok(())
+    })
+}
+
+fn login_failures(connection: &mut Connection, account: AccountId) -> Outcome<LoginFailures> {
+    let found = connection
+        .prepare_cached("SELECT count, locked_until FROM login_failures WHERE account_id = ?1")?
+        .query_row([account], |row| {
+            Ok(LoginFailures {
+                count: row.get(0)?,
+                locked_until_unix_ms: row.get(1)?,
+            })
+        })
+        .optional()?;
+    Ok(found.unwrap_or_default())
+}
+
+/// See [`Store::claim_login_attempt`]: a record of count 0 is the absence of a row.
+fn claim_login_attempt(
+    connection: &mut Connection,
+    account: AccountId,
+    seen: LoginFailures,
+    next: LoginFailures,
+) -> Outcome<bool> {
+    write(connection, |tx| {
+        let changed = match (seen.count, next.count) {
+            (0, 0) => {
+                let exists: Option<i64> = tx
+                    .prepare_cached("SELECT 1 FROM login_failures WHERE account_id = ?1")?
+                    .query_row([account], |row| row.get(0))
+                    .optional()?;
+                usize::from(exists.is_none())
+            }
+            (0, _) => tx
+                .prepare_cached(
+                    "INSERT INTO login_failures (account_id, count, locked_until)
+                     VALUES (?1, ?2, ?3) ON CONFLICT (account_id) DO NOTHING",
+                )?
+                .execute(params![account, next.count, next.locked_until_unix_ms])?,
+            (_, 0) => tx
+                .prepare_cached(
+                    "DELETE FROM login_failures
+                     WHERE account_id = ?1 AND count = ?2 AND locked_until = ?3",
+                )?
+                .execute(params![account, seen.count, seen.locked_until_unix_ms])?,
+            (_, _) => tx
+                .prepare_cached(
+                    "UPDATE login_failures SET count = ?4, locked_until = ?5
+                     WHERE account_id = ?1 AND count = ?2 AND locked_until = ?3",
+                )?
+                .execute(params![
+                    account,
+                    seen.count,
+                    seen.locked_until_unix_ms,
+                    next.count,
+                    next.locked_until_unix_ms
+                ])?,
+        };
+        Ok(changed == 1)
+    })
+}
+
+fn clear_login_failures(connection: &mut Connection, account: AccountId) -> Outcome<()> {
+    write(connection, |tx| {
+        tx.prepare_cached("DELETE FROM login_failures WHERE account_id = ?1")?
+            .execute([account])?;
         Ok(())
     })
 }
@@ -985,6 +1061,26 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn login_failures(&self, account: AccountId) -> Result<LoginFailures, StoreError> {
+        self.run(move |connection| login_failures(connection, account))
+            .await
+    }
+
+    async fn claim_login_attempt(
+        &self,
+        account: AccountId,
+        seen: LoginFailures,
+        next: LoginFailures,
+    ) -> Result<bool, StoreError> {
+        self.run(move |connection| claim_login_attempt(connection, account, seen, next))
+            .await
+    }
+
+    async fn clear_login_failures(&self, account: AccountId) -> Result<(), StoreError> {
+        self.run(move |connection| clear_login_failures(connection, account))
+            .await
+    }
+
     async fn create_session(
         &self,
         token_hash: &TokenHash,
@@ -1196,6 +1292,52 @@ mod tests {
                 .expect("count tables");
             assert_eq!(tables, 3);
         }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chat.db");
+        {
+            // A version-1 file with an account in it: the schema without
+            // `login_failures`.
+            let raw = Connection::open(&path).expect("raw open");
+            let v1 = &SCHEMA[..SCHEMA
+                .find("CREATE TABLE IF NOT EXISTS login_failures")
+                .expect("v2 table")];
+            raw.execute_batch(v1).expect("v1 schema");
+            raw.pragma_update(None, "application_id", APPLICATION_ID)
+                .expect("application id");
+            raw.pragma_update(None, "user_version", 1).expect("version");
+            raw.execute(
+                "INSERT INTO accounts (username, username_key, password_hash, created_at)
+                 VALUES ('Ann', 'ann', 'hash', 0)",
+                [],
+            )
+            .expect("account");
+        }
+        let store = open(&path);
+        let account = store
+            .find_account("ann")
+            .await
+            .expect("find")
+            .expect("the account survives the upgrade");
+        let next = LoginFailures {
+            count: 1,
+            locked_until_unix_ms: 5,
+        };
+        assert!(
+            store
+                .claim_login_attempt(account.id, LoginFailures::default(), next)
+                .await
+                .expect("claim")
+        );
+        assert_eq!(store.login_failures(account.id).await.expect("read"), next);
+        let raw = Connection::open(&path).expect("raw open");
+        assert_eq!(
+            header(&raw).expect("header"),
+            (APPLICATION_ID, SCHEMA_VERSION)
+        );
     }
 
     #[test]

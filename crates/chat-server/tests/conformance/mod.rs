@@ -34,8 +34,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chat_server::store::{
-    Account, AccountId, AccountQuery, NewMessage, SendOutcome, SessionLookup, Store, StoreError,
-    StoredMessage, TokenHash,
+    Account, AccountId, AccountQuery, LoginFailures, NewMessage, SendOutcome, SessionLookup, Store,
+    StoreError, StoredMessage, TokenHash,
 };
 use chat_server::wildcard::Pattern;
 
@@ -72,6 +72,9 @@ macro_rules! with_conformance_checks {
             delete_session_is_idempotent,
             purge_expired_sessions_counts_and_deletes,
             session_of_deleted_account_is_account_deleted,
+            login_failures_are_a_compare_and_set_record,
+            login_failures_are_per_account_and_go_with_it,
+            concurrent_login_claims_have_one_winner,
             send_returns_the_stored_message,
             sequences_are_per_recipient_and_ids_increase,
             duplicate_key_returns_first_message_and_stores_nothing,
@@ -353,6 +356,155 @@ pub async fn concurrent_creation_of_one_name_has_one_winner(store: SharedStore) 
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
     let found = store.find_account("RACE").await.expect("find");
     assert_eq!(found.as_ref(), Some(&winners[0]));
+}
+
+// ---------------------------------------------------------------------------------
+// Login failures (throttling)
+
+fn failures(count: u32, locked_until_unix_ms: i64) -> LoginFailures {
+    LoginFailures {
+        count,
+        locked_until_unix_ms,
+    }
+}
+
+/// An account starts with no failures; a claim replaces the record only when it is
+/// still the one the caller saw; clearing forgets it (and is idempotent).
+pub async fn login_failures_are_a_compare_and_set_record(store: SharedStore) {
+    let ann = create(&*store, "ann").await;
+    let none = LoginFailures::default();
+    assert_eq!(store.login_failures(ann.id).await.expect("read"), none);
+
+    let one = failures(1, T0);
+    assert!(
+        store
+            .claim_login_attempt(ann.id, none, one)
+            .await
+            .expect("claim")
+    );
+    assert_eq!(store.login_failures(ann.id).await.expect("read"), one);
+    // A claim from a stale view changes nothing.
+    assert!(
+        !store
+            .claim_login_attempt(ann.id, none, failures(1, T0 + 1))
+            .await
+            .expect("stale claim")
+    );
+    let two = failures(2, T0 + 5);
+    assert!(
+        store
+            .claim_login_attempt(ann.id, one, two)
+            .await
+            .expect("claim")
+    );
+    assert!(
+        !store
+            .claim_login_attempt(ann.id, one, failures(2, T0 + 9))
+            .await
+            .expect("stale claim")
+    );
+    // Same count, other lock time: still stale.
+    assert!(
+        !store
+            .claim_login_attempt(ann.id, failures(2, T0), failures(3, T0))
+            .await
+            .expect("stale claim")
+    );
+    assert_eq!(store.login_failures(ann.id).await.expect("read"), two);
+
+    store.clear_login_failures(ann.id).await.expect("clear");
+    assert_eq!(store.login_failures(ann.id).await.expect("read"), none);
+    store
+        .clear_login_failures(ann.id)
+        .await
+        .expect("clear again");
+    assert!(
+        !store
+            .claim_login_attempt(ann.id, two, failures(3, T0))
+            .await
+            .expect("stale claim"),
+        "a cleared record is not the one seen before"
+    );
+    assert!(
+        store
+            .claim_login_attempt(ann.id, none, one)
+            .await
+            .expect("claim after clear")
+    );
+    // A claim back to no failures works like clearing, from the record seen only.
+    assert!(
+        !store
+            .claim_login_attempt(ann.id, two, none)
+            .await
+            .expect("stale")
+    );
+    assert!(
+        store
+            .claim_login_attempt(ann.id, one, none)
+            .await
+            .expect("claim to none")
+    );
+    assert_eq!(store.login_failures(ann.id).await.expect("read"), none);
+}
+
+/// Records belong to one account, and go when it is deleted: a new account with the
+/// same name starts with none.
+pub async fn login_failures_are_per_account_and_go_with_it(store: SharedStore) {
+    let ann = create(&*store, "ann").await;
+    let bob = create(&*store, "bob").await;
+    let none = LoginFailures::default();
+    assert!(
+        store
+            .claim_login_attempt(ann.id, none, failures(7, T0 + 100))
+            .await
+            .expect("claim")
+    );
+    assert_eq!(store.login_failures(bob.id).await.expect("read"), none);
+
+    store.delete_account(ann.id).await.expect("delete");
+    assert_eq!(store.login_failures(ann.id).await.expect("read"), none);
+    let again = create(&*store, "ann").await;
+    assert_ne!(again.id, ann.id);
+    assert_eq!(store.login_failures(again.id).await.expect("read"), none);
+}
+
+/// Of several concurrent claims from the same record, exactly one wins, both from no
+/// record and from an existing one.
+pub async fn concurrent_login_claims_have_one_winner(store: SharedStore) {
+    let ann = create(&*store, "ann").await;
+    for (seen, count) in [(LoginFailures::default(), 1u32), (failures(1, T0 + 1), 2)] {
+        let tasks: Vec<_> = (0..8i64)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let next = failures(count, T0 + 10 * i64::from(count) + i);
+                tokio::spawn(async move {
+                    let won = store.claim_login_attempt(ann.id, seen, next).await;
+                    (won.expect("claim"), next)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            let (won, next) = task.await.expect("task");
+            if won {
+                winners.push(next);
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners from {seen:?}: {winners:?}");
+        assert_eq!(
+            store.login_failures(ann.id).await.expect("read"),
+            winners[0]
+        );
+        if count == 1 {
+            // Set up the second round's starting record.
+            assert!(
+                store
+                    .claim_login_attempt(ann.id, winners[0], failures(1, T0 + 1))
+                    .await
+                    .expect("claim")
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
