@@ -186,6 +186,42 @@ async fn password_guesses_are_throttled_across_replicas() {
     login(&mut on_b, "carol", PASSWORD).await;
 }
 
+/// Concurrent guesses gain nothing: each password check claims its count in the store
+/// first, so of many guesses sent at once through two replicas only the five free ones
+/// are checked.
+#[tokio::test]
+async fn concurrent_password_guesses_get_no_more_than_the_free_attempts() {
+    let store = SharedStore::new();
+    let (a, b) = (Replica::start(&store), Replica::start(&store));
+    let (mut on_a, on_b) = (client(&a).await, client(&b).await);
+    register_and_login(&mut on_a, "Dave", PASSWORD).await;
+    let guesses = (0..20).map(|i| {
+        let mut on = if i % 2 == 0 {
+            on_a.clone()
+        } else {
+            on_b.clone()
+        };
+        async move {
+            on.login(LoginRequest {
+                username: "dave".into(),
+                password: format!("guess number {i}"),
+            })
+            .await
+            .unwrap_err()
+        }
+    });
+    let refusals = futures::future::join_all(guesses).await;
+    let checked = refusals
+        .iter()
+        .filter(|s| s.code() == Code::Unauthenticated)
+        .count();
+    let throttled = refusals
+        .iter()
+        .filter(|s| s.code() == Code::ResourceExhausted)
+        .count();
+    assert_eq!((checked, throttled), (5, 15), "{refusals:#?}");
+}
+
 #[tokio::test]
 async fn wildcard_listing_is_literal_paginated_and_injection_proof() {
     let store = SharedStore::new();
