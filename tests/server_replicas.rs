@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chat_proto::v1::{
     AckMessagesRequest, CreateAccountRequest, DeleteAccountRequest, FetchMessagesRequest,
     HealthCheckRequest, ListAccountsRequest, LoginRequest, LogoutRequest, SubscribeRequest,
-    health_check_response::ServingStatus,
+    chat_service_client::ChatServiceClient, health_check_response::ServingStatus,
 };
 use common::{Replica, SharedStore, authed, client, login, register_and_login, send_request};
 use futures::StreamExt;
@@ -220,6 +220,58 @@ async fn concurrent_password_guesses_get_no_more_than_the_free_attempts() {
         .filter(|s| s.code() == Code::ResourceExhausted)
         .count();
     assert_eq!((checked, throttled), (5, 15), "{refusals:#?}");
+}
+
+/// With `--history-retention`, the replica's periodic purge deletes acknowledged
+/// messages once they are older than the retention; unacknowledged ones stay.
+#[tokio::test]
+async fn history_retention_deletes_old_acknowledged_messages() {
+    let store = SharedStore::new();
+    let a = Replica::start_with(
+        &store,
+        &["--history-retention", "1s", "--purge-interval", "100ms"],
+    );
+    let mut on_a = client(&a).await;
+    let ann = register_and_login(&mut on_a, "ann", PASSWORD).await;
+    let bob = register_and_login(&mut on_a, "bob", PASSWORD).await;
+    for i in 1..=5 {
+        let key = format!("m{i}");
+        on_a.send_message(send_request(&ann, "bob", &key, &key))
+            .await
+            .expect("send");
+    }
+    // Nothing is acknowledged yet: nothing may go, however old.
+    assert_eq!(history(&mut on_a, &bob).await, [1, 2, 3, 4, 5]);
+    on_a.ack_messages(authed(&bob, AckMessagesRequest { up_to_sequence: 3 }))
+        .await
+        .expect("ack");
+
+    let started = Instant::now();
+    loop {
+        let left = history(&mut on_a, &bob).await;
+        if left == [4, 5] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "acknowledged messages were not purged: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sequence numbers of every message in the caller's inbox, acknowledged or not.
+async fn history(client: &mut ChatServiceClient<Channel>, token: &str) -> Vec<u64> {
+    let request = FetchMessagesRequest {
+        after_sequence: Some(0),
+        page_size: 100,
+    };
+    let page = client
+        .fetch_messages(authed(token, request))
+        .await
+        .expect("fetch history")
+        .into_inner();
+    page.messages.iter().map(|m| m.sequence).collect()
 }
 
 #[tokio::test]

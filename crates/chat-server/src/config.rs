@@ -53,6 +53,18 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_FEED_POLL_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration)]
     pub feed_poll_interval: Duration,
 
+    /// History retention: acknowledged messages sent longer ago than this are deleted
+    /// (all but each inbox's latest). Unacknowledged messages are always kept. Default:
+    /// keep history for as long as the account exists. Keep it far longer than any
+    /// client retries a send: a message's idempotency key is forgotten with it.
+    #[arg(long, env = "CHAT_HISTORY_RETENTION", value_parser = parse_positive_duration)]
+    pub history_retention: Option<Duration>,
+
+    /// How often each replica purges expired sessions (and, with `--history-retention`,
+    /// old history). Every replica does it; the purges are idempotent.
+    #[arg(long, env = "CHAT_PURGE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    pub purge_interval: Duration,
+
     /// Operational drain: while this file exists, the replica reports NOT_SERVING (so
     /// balancers send it no new calls) but still answers calls that reach it. Checked
     /// every store check interval. `touch` it before maintenance, remove it after.
@@ -66,6 +78,15 @@ pub struct ServerConfig {
     /// FAULT INJECTION, for tests and benchmarks only: delay every chat RPC by this long.
     #[arg(long, env = "CHAT_INJECT_DELAY", value_parser = humantime::parse_duration)]
     pub inject_delay: Option<Duration>,
+}
+
+/// A humantime duration above zero.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 impl ServerConfig {
@@ -95,4 +116,31 @@ pub mod limits {
     pub const MAX_TOKEN_LEN: usize = 128;
     /// How many password hashes may be computed at once (each takes ~19 MiB).
     pub const CONCURRENT_PASSWORD_HASHES: usize = 8;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_and_purge_interval_must_be_positive_durations() {
+        let parse = |args: &[&str]| {
+            ServerConfig::try_parse_from(std::iter::once("chat-server").chain(args.iter().copied()))
+        };
+        let config = parse(&["--history-retention", "30days"]).expect("valid");
+        assert_eq!(
+            config.history_retention,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        assert_eq!(config.purge_interval, Duration::from_secs(600));
+        assert_eq!(parse(&[]).expect("defaults").history_retention, None);
+        for bad in [
+            ["--history-retention", "0s"],
+            ["--purge-interval", "0ms"],
+            ["--history-retention", "soon"],
+        ] {
+            let error = parse(&bad).expect_err("refused").to_string();
+            assert!(error.contains(bad[0]), "{error}");
+        }
+    }
 }

@@ -96,7 +96,12 @@ pub async fn run(
             config.drain_file.clone(),
             stop.clone(),
         )),
-        tokio::spawn(purge_sessions_periodically(store.clone(), stop.clone())),
+        tokio::spawn(purge_periodically(
+            store.clone(),
+            config.purge_interval,
+            config.history_retention,
+            stop.clone(),
+        )),
     ];
 
     let chat = ChatService::new(
@@ -160,19 +165,35 @@ pub async fn run(
     Ok(result?)
 }
 
-/// Deletes expired sessions now and then. Every replica does it; the deletes are
-/// idempotent, so overlapping purges are harmless.
-async fn purge_sessions_periodically(store: Arc<dyn store::Store>, stop: CancellationToken) {
-    const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+/// Deletes expired sessions, and with a history retention old acknowledged messages,
+/// every `interval`. Every replica does it; the deletes are idempotent, so overlapping
+/// purges are harmless.
+async fn purge_periodically(
+    store: Arc<dyn store::Store>,
+    interval: std::time::Duration,
+    history_retention: Option<std::time::Duration>,
+    stop: CancellationToken,
+) {
     loop {
-        match store.purge_expired_sessions(crate::now_unix_ms()).await {
+        let now = crate::now_unix_ms();
+        match store.purge_expired_sessions(now).await {
             Ok(0) => {}
             Ok(purged) => tracing::debug!(purged, "expired sessions purged"),
             Err(error) => tracing::warn!(%error, "cannot purge expired sessions"),
         }
+        if let Some(retention) = history_retention {
+            let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            match store.purge_history(now.saturating_sub(retention_ms)).await {
+                Ok(0) => {}
+                Ok(purged) => {
+                    tracing::info!(purged, "acknowledged messages past retention deleted")
+                }
+                Err(error) => tracing::warn!(%error, "cannot purge old history"),
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -253,6 +253,12 @@ pub trait Store: Send + Sync + 'static {
         up_to_sequence: u64,
     ) -> Result<u64, StoreError>;
 
+    /// History retention: deletes acknowledged messages sent before
+    /// `sent_before_unix_ms`, except each inbox's latest message (which carries the
+    /// inbox's numbering on); returns how many. Unacknowledged messages are never
+    /// deleted. The idempotency keys of deleted messages are forgotten with them.
+    async fn purge_history(&self, sent_before_unix_ms: i64) -> Result<u64, StoreError>;
+
     /// The feed that live delivery is built on: up to `limit` messages (for any
     /// recipient) with an id above `after_id`, in id order. Ids must become visible in
     /// increasing order, so that a reader polling with the highest id it has seen never

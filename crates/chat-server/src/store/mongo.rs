@@ -91,7 +91,9 @@
 //!   filler itself. The filler and the message compete for one `_id`, so exactly one
 //!   wins: a sender that was merely slow gets a duplicate-key error and retries with a
 //!   new id, so its message is never skipped;
-//! - deleting an account turns its inbox into fillers instead of removing documents.
+//! - deleting an account turns its inbox into fillers instead of removing documents, and
+//!   so does history retention ([`Store::purge_history`]) with old acknowledged
+//!   messages (all but each inbox's latest, whose number the next send builds on).
 //!
 //! A new reader (no cursor) starts at the highest stored id, or just below the lowest
 //! hole among the latest ids if there is one, so that a message in flight when the
@@ -813,16 +815,7 @@ impl MongoStore {
     async fn finish_deletion(&self, id: AccountId) -> Result<(), StoreError> {
         self.inner
             .messages
-            .update_many(
-                doc! { "recipient_id": id },
-                doc! {
-                    "$set": { "filler": "deleted", "expire_at": filler_expiry() },
-                    "$unset": {
-                        "recipient_id": "", "seq": "", "sender_id": "", "idempotency_key": "",
-                        "sender": "", "recipient": "", "text": "", "sent_at": "",
-                    },
-                },
-            )
+            .update_many(doc! { "recipient_id": id }, into_filler("deleted"))
             .await
             .map_err(|e| self.error(e))?;
         self.inner
@@ -1365,6 +1358,43 @@ impl Store for MongoStore {
         self.bounded("delete_account", self.delete(id)).await
     }
 
+    /// Per active account with acknowledged messages: its old acknowledged messages
+    /// below the `last_seq` hint become fillers. The hint only ever holds a stored
+    /// number, so the inbox's latest message stays and no sequence number is ever
+    /// proposed again (see the module documentation).
+    async fn purge_history(&self, sent_before_unix_ms: i64) -> Result<u64, StoreError> {
+        self.bounded("purge_history", async {
+            let mut accounts = self
+                .inner
+                .accounts
+                .clone_with_type::<AccountDoc>()
+                .find(doc! { "state": ACTIVE, "acked_seq": { "$gt": 0_i64 } })
+                .await
+                .map_err(|e| self.error(e))?;
+            let mut purged = 0;
+            while let Some(account) = accounts.try_next().await.map_err(|e| self.error(e))? {
+                let keep_from = account.last_seq.min(account.acked_seq.saturating_add(1));
+                if keep_from <= 1 {
+                    continue;
+                }
+                let filter = doc! {
+                    "recipient_id": account.id,
+                    "seq": { "$lt": keep_from },
+                    "sent_at": { "$lt": sent_before_unix_ms },
+                };
+                purged += self
+                    .inner
+                    .messages
+                    .update_many(filter, into_filler("purged"))
+                    .await
+                    .map_err(|e| self.error(e))?
+                    .modified_count;
+            }
+            Ok(purged)
+        })
+        .await
+    }
+
     async fn login_failures(&self, account: AccountId) -> Result<LoginFailures, StoreError> {
         self.bounded("login_failures", async {
             let found = self
@@ -1582,6 +1612,18 @@ fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
 }
 
 /// When a filler written now may be garbage-collected.
+/// The update that turns messages into fillers (their feed ids stay accounted for; the
+/// message, its sequence number and its idempotency key are gone).
+fn into_filler(reason: &str) -> Document {
+    doc! {
+        "$set": { "filler": reason, "expire_at": filler_expiry() },
+        "$unset": {
+            "recipient_id": "", "seq": "", "sender_id": "", "idempotency_key": "",
+            "sender": "", "recipient": "", "text": "", "sent_at": "",
+        },
+    }
+}
+
 fn filler_expiry() -> DateTime {
     DateTime::from_millis(crate::now_unix_ms().saturating_add(millis(FILLER_RETENTION)))
 }

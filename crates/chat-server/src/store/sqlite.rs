@@ -24,7 +24,8 @@
 //!
 //! Acknowledging messages only moves the recipient's acknowledged sequence number; the
 //! messages stay in the database (a fetch with an explicit `after_sequence` returns them
-//! again) until their recipient's account is deleted. Nothing prunes them.
+//! again) until their recipient's account is deleted, or until history retention
+//! (`chat-server --history-retention`, [`Store::purge_history`]) deletes them.
 //!
 //! # Blocking
 //!
@@ -50,7 +51,8 @@ use super::{
 
 /// The schema version this build creates and understands (kept in `PRAGMA user_version`).
 /// A database with a higher version was written by a newer release and is refused; one
-/// with a lower version is upgraded in place (version 2 only added `login_failures`).
+/// with a lower version is upgraded in place (version 2 only added `login_failures` and
+/// the `messages_by_time` index).
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// Marks the file as a chat-server database (`PRAGMA application_id`, ASCII "CHAT"), so
@@ -73,6 +75,7 @@ const STATEMENT_CACHE_CAPACITY: usize = 32;
 ///   but their sender only by id, because sent messages outlive the sender's account.
 /// - `login_failures` has a row only for an account with failed logins since its last
 ///   successful one (login throttling); deleting the account deletes it.
+/// - `messages_by_time` serves history retention (`purge_history`).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,6 +105,7 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (recipient_id, seq),
     UNIQUE (sender_id, idempotency_key)
 );
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (sent_at);
 CREATE TABLE IF NOT EXISTS login_failures (
     account_id   INTEGER NOT NULL PRIMARY KEY,
     count        INTEGER NOT NULL CHECK (count > 0),
@@ -728,6 +732,24 @@ fn claim_login_attempt(
     })
 }
 
+/// How many messages one retention transaction deletes at most, so that the write lock
+/// is never held for long.
+const PURGE_BATCH: i64 = 1000;
+
+fn purge_history_batch(connection: &mut Connection, sent_before: i64) -> Outcome<u64> {
+    write(connection, |tx| {
+        let deleted = tx
+            .prepare_cached(
+                "DELETE FROM messages WHERE id IN (
+                     SELECT m.id FROM messages AS m JOIN accounts AS a ON a.id = m.recipient_id
+                     WHERE m.sent_at < ?1 AND m.seq <= a.acked_seq AND m.seq < a.last_seq
+                     LIMIT ?2)",
+            )?
+            .execute(params![sent_before, PURGE_BATCH])?;
+        Ok(deleted as u64)
+    })
+}
+
 fn clear_login_failures(connection: &mut Connection, account: AccountId) -> Outcome<()> {
     write(connection, |tx| {
         tx.prepare_cached("DELETE FROM login_failures WHERE account_id = ?1")?
@@ -1079,6 +1101,19 @@ impl Store for SqliteStore {
     async fn clear_login_failures(&self, account: AccountId) -> Result<(), StoreError> {
         self.run(move |connection| clear_login_failures(connection, account))
             .await
+    }
+
+    async fn purge_history(&self, sent_before_unix_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .run(move |connection| purge_history_batch(connection, sent_before_unix_ms))
+                .await?;
+            total += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn create_session(

@@ -98,6 +98,8 @@ macro_rules! with_conformance_checks {
             message_feed_polls_see_each_message_once_in_id_order,
             concurrent_sends_get_gap_free_sequences,
             concurrent_duplicate_sends_store_one_message,
+            purge_history_keeps_undelivered_and_each_latest,
+            purge_history_leaves_numbering_and_feed_going,
         }
     };
 }
@@ -1441,4 +1443,75 @@ pub async fn concurrent_duplicate_sends_store_one_message(store: SharedStore) {
         );
     }
     assert_eq!(sequences(&inbox(&*store, bob.id).await), [1, 2, 3, 4, 5]);
+}
+
+// ---------------------------------------------------------------------------------
+// History retention
+
+/// Sends a message with a chosen send time.
+async fn send_at(store: &dyn Store, sender: AccountId, recipient: &str, key: &str, at: i64) {
+    store
+        .send_message(NewMessage {
+            sender_id: sender,
+            recipient,
+            text: "old news",
+            idempotency_key: key,
+            sent_at_unix_ms: at,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("send_message({key}): {e}"));
+}
+
+/// Retention deletes acknowledged messages sent before the cutoff, and nothing else:
+/// not an unacknowledged message, not a newer one, not an inbox's latest message.
+pub async fn purge_history_keeps_undelivered_and_each_latest(store: SharedStore) {
+    let ann = create(&*store, "ann").await;
+    let bob = create(&*store, "bob").await;
+    let cat = create(&*store, "cat").await;
+    for (i, at) in [T0, T0 + 1, T0 + 2, T0 + 3].into_iter().enumerate() {
+        send_at(&*store, ann.id, "bob", &format!("b{i}"), at).await;
+    }
+    send_at(&*store, ann.id, "cat", "c0", T0).await;
+    send_at(&*store, ann.id, "cat", "c1", T0).await;
+    store.ack_messages(bob.id, 2).await.expect("ack bob");
+    store.ack_messages(cat.id, 2).await.expect("ack cat");
+
+    // bob 1 and 2 (acknowledged), cat 1 (cat 2 is its latest).
+    assert_eq!(store.purge_history(T0 + 10).await.expect("purge"), 3);
+    assert_eq!(sequences(&inbox(&*store, bob.id).await), [3, 4]);
+    assert_eq!(sequences(&inbox(&*store, cat.id).await), [2]);
+    assert_eq!(sequences(&inbox(&*store, ann.id).await), Vec::<u64>::new());
+    assert_eq!(store.purge_history(T0 + 10).await.expect("purge again"), 0);
+
+    // Only messages sent before the cutoff go: bob 3 (sent T0 + 2) but not bob 4, the
+    // latest, even when acknowledged.
+    store.ack_messages(bob.id, 4).await.expect("ack bob");
+    assert_eq!(store.purge_history(T0 + 3).await.expect("purge"), 1);
+    assert_eq!(sequences(&inbox(&*store, bob.id).await), [4]);
+    // The acknowledged sequence is untouched.
+    assert_eq!(fetch(&*store, bob.id, None, ALL).await, (vec![], false, 4));
+}
+
+/// After a purge the inbox numbering goes on where it was (no number handed out
+/// twice), acknowledgements still work, and the feed still delivers new messages.
+pub async fn purge_history_leaves_numbering_and_feed_going(store: SharedStore) {
+    let ann = create(&*store, "ann").await;
+    let bob = create(&*store, "bob").await;
+    for i in 0..3 {
+        send_at(&*store, ann.id, "bob", &format!("k{i}"), T0).await;
+    }
+    store.ack_messages(bob.id, 3).await.expect("ack");
+    let cursor = store.message_feed(None, 10).await.expect("feed").cursor;
+    assert_eq!(store.purge_history(T0 + 1).await.expect("purge"), 2);
+
+    let next = send(&*store, ann.id, "bob", "fresh", "k3").await;
+    assert_eq!(next.message.sequence, 4);
+    assert!(!next.duplicate);
+    assert_eq!(sequences(&inbox(&*store, bob.id).await), [3, 4]);
+    assert_eq!(store.ack_messages(bob.id, 4).await.expect("ack"), 4);
+    let fed = store.message_feed(Some(cursor), 10).await.expect("feed");
+    assert_eq!(
+        fed.messages.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+        [4]
+    );
 }
