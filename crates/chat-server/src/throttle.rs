@@ -12,9 +12,12 @@
 //!
 //! Because the count lives in the store, spreading guesses over replicas gains nothing;
 //! because it is claimed before the check, concurrent guesses cannot all slip through
-//! on one count. The price is the usual one of account lock-outs: someone who knows a
-//! username can make its owner wait too (at most [`MAX_DELAY`] per attempt). Unknown
-//! usernames are answered `NOT_FOUND` at once (they have nothing to guess).
+//! on one count. The prices: as with any lock-out, someone who knows a username can
+//! make its owner wait too (at most [`MAX_DELAY`] per attempt); and since an attempt
+//! counts from before its password is checked, more than [`FREE_ATTEMPTS`] checks of
+//! one account at the very same moment meet the wait even when every password is right
+//! (the first success forgets the count, so a retry after the second named passes).
+//! Unknown usernames are answered `NOT_FOUND` at once (they have nothing to guess).
 //!
 //! [`Store::claim_login_attempt`]: crate::store::Store::claim_login_attempt
 

@@ -11,9 +11,10 @@ use crate::{
     validate,
 };
 
-/// How often a login retries its compare-and-set when concurrent attempts on the same
-/// account keep winning, before it gives up with `RESOURCE_EXHAUSTED`.
-const CLAIM_TRIES: usize = 4;
+/// How often a password check retries its compare-and-set when concurrent attempts on
+/// the same account keep winning (each loss means another attempt was counted), before
+/// it gives up with `RESOURCE_EXHAUSTED`.
+const CLAIM_TRIES: usize = 8;
 
 impl ChatService {
     pub(super) async fn login(
@@ -92,6 +93,7 @@ impl ChatService {
                     {
                         return Ok(());
                     }
+                    tokio::task::yield_now().await;
                 }
             }
         }
