@@ -10,8 +10,8 @@
 //!
 //! How a call flows: tonic decodes the request (bounded by
 //! [`config::limits::MAX_REQUEST_BYTES`]), the RPC's module in [`service`] validates every
-//! field ([`validate`]), resolves the bearer token to an account ([`auth`]) or counts a
-//! password check against it ([`throttle`]), and makes one atomic store call. Live messages reach subscribers through the replica's [`hub`].
+//! field ([`validate`]), resolves the bearer token to an account ([`auth`]) or checks a
+//! password under throttling ([`throttle`]), and makes one atomic store call. Live messages reach subscribers through the replica's [`hub`].
 //!
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 

@@ -1,78 +1,95 @@
 //! Login throttling: a guessed password costs the guesser time, on every replica.
 //!
-//! Each login attempt on an existing account is counted *before* its password is
-//! checked, in the shared store ([`Store::claim_login_attempt`], a compare-and-set), and
-//! a successful login forgets the count. The first [`FREE_ATTEMPTS`] attempts in a row
-//! may come as fast as the caller likes; after that, each failed attempt makes the
-//! account wait before taking the next one: [`FIRST_DELAY`], doubling with every further
-//! failure, at most [`MAX_DELAY`]. An attempt that comes too early is refused with
-//! `RESOURCE_EXHAUSTED` naming the wait, without hashing anything, so guessing costs the
-//! server nothing either. Failures are forgotten a [`FORGET_AFTER`] after the last
-//! attempt, so occasional typos over months never add up.
+//! Every failed password check of an existing account is counted in the shared store
+//! (a compare-and-set, [`Store::replace_login_failures`], so concurrent failures on
+//! several replicas are all counted), and a successful check forgets the count. The
+//! first [`FREE_ATTEMPTS`] failures in a row cost nothing; from then on the account
+//! takes its next check only after a wait: [`FIRST_DELAY`], doubling with every further
+//! failure, at most [`MAX_DELAY`]. A check that comes too early is refused with
+//! `RESOURCE_EXHAUSTED` naming the wait, without hashing anything, so guessing costs
+//! the server nothing either. Failures are forgotten a [`FORGET_AFTER`] after the last
+//! one, so occasional typos over months never add up.
 //!
-//! Because the count lives in the store, spreading guesses over replicas gains nothing;
-//! because it is claimed before the check, concurrent guesses cannot all slip through
-//! on one count. The prices: as with any lock-out, someone who knows a username can
-//! make its owner wait too (at most [`MAX_DELAY`] per attempt); and since an attempt
-//! counts from before its password is checked, more than [`FREE_ATTEMPTS`] checks of
-//! one account at the very same moment meet the wait even when every password is right
-//! (the first success forgets the count, so a retry after the second named passes).
-//! Unknown usernames are answered `NOT_FOUND` at once (they have nothing to guess).
+//! Within a replica the checks of one account take turns ([`CheckTurns`]): a check
+//! reads the account's record, and is counted, before the next one starts. So guesses
+//! sent at once gain at most one check per replica over the count (on its other
+//! replicas, a check may start just before a failure elsewhere is counted), while
+//! legitimate logins sent at once simply queue for a few milliseconds each. Because the
+//! count lives in the store, spreading guesses over replicas gains nothing more.
 //!
-//! [`Store::claim_login_attempt`]: crate::store::Store::claim_login_attempt
+//! The price, as with any lock-out: someone who knows a username can make its owner
+//! wait too (at most [`MAX_DELAY`] per attempt). Unknown usernames are answered
+//! `NOT_FOUND` at once (they have nothing to guess).
+//!
+//! [`Store::replace_login_failures`]: crate::store::Store::replace_login_failures
 
 use std::time::Duration;
 
-use crate::store::LoginFailures;
+use crate::store::{AccountId, LoginFailures};
 
-/// Attempts in a row that are never delayed.
+/// Failed checks in a row that cause no wait.
 pub const FREE_ATTEMPTS: u32 = 5;
 /// The wait after the first failure beyond the free ones.
 pub const FIRST_DELAY: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts.
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
-/// Failures are forgotten this long after the last attempt.
+/// Failures are forgotten this long after the last one.
 pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// How long an account waits after its `attempts`-th attempt in a row (counted from
-/// its last successful login) before it takes another.
-pub fn delay_after(attempts: u32) -> Duration {
-    if attempts < FREE_ATTEMPTS {
+/// How long an account waits after its `failures`-th failed check in a row (counted
+/// from its last successful one) before it takes another.
+pub fn delay_after(failures: u32) -> Duration {
+    if failures < FREE_ATTEMPTS {
         return Duration::ZERO;
     }
-    let doublings = attempts - FREE_ATTEMPTS;
+    let doublings = failures - FREE_ATTEMPTS;
     FIRST_DELAY
         .checked_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
         .unwrap_or(MAX_DELAY)
         .min(MAX_DELAY)
 }
 
-/// What to do with a login attempt arriving at `now_unix_ms`, given the account's
-/// record `seen`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Too early: refuse it, and say how long is left.
-    Wait(Duration),
-    /// Take it: first replace `seen` with this record (compare-and-set).
-    Count(LoginFailures),
+/// How long a password check arriving at `now_unix_ms` must wait, given the account's
+/// record `seen`; `None` when it may go ahead.
+pub fn wait_before_check(seen: LoginFailures, now_unix_ms: i64) -> Option<Duration> {
+    let left = seen.locked_until_unix_ms.saturating_sub(now_unix_ms);
+    (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(0)))
 }
 
-/// Decides on an attempt (see the [module documentation](self)).
-pub fn decide(seen: LoginFailures, now_unix_ms: i64) -> Decision {
-    if now_unix_ms < seen.locked_until_unix_ms {
-        let left = seen.locked_until_unix_ms.saturating_sub(now_unix_ms);
-        return Decision::Wait(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
-    }
-    let last_attempt = seen
+/// The record after one more failed check at `now_unix_ms`.
+pub fn after_failure(seen: LoginFailures, now_unix_ms: i64) -> LoginFailures {
+    let last_failure = seen
         .locked_until_unix_ms
         .saturating_sub(millis(delay_after(seen.count)));
-    let forgotten = now_unix_ms >= last_attempt.saturating_add(millis(FORGET_AFTER));
-    let before = if forgotten { 0 } else { seen.count };
-    let attempts = before.saturating_add(1);
-    Decision::Count(LoginFailures {
-        count: attempts,
-        locked_until_unix_ms: now_unix_ms.saturating_add(millis(delay_after(attempts))),
-    })
+    let forgotten = now_unix_ms >= last_failure.saturating_add(millis(FORGET_AFTER));
+    let failures = if forgotten { 0 } else { seen.count }.saturating_add(1);
+    LoginFailures {
+        count: failures,
+        locked_until_unix_ms: now_unix_ms.saturating_add(millis(delay_after(failures))),
+    }
+}
+
+/// Makes the password checks of one account take turns within this replica (striped:
+/// accounts whose ids share a stripe take turns too, which costs them little).
+#[derive(Debug)]
+pub struct CheckTurns {
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Default for CheckTurns {
+    fn default() -> Self {
+        Self {
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl CheckTurns {
+    /// Waits for the account's turn; the turn lasts as long as the guard.
+    pub async fn take(&self, account: AccountId) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = usize::try_from(account.rem_euclid(self.stripes.len() as i64)).unwrap_or(0);
+        self.stripes[stripe].lock().await
+    }
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -93,58 +110,68 @@ mod tests {
         assert_eq!(delay_after(u32::MAX), MAX_DELAY);
     }
 
-    /// Runs `n` attempts, each as early as allowed; returns the record and the time.
-    fn attempts(n: u32, start: i64) -> (LoginFailures, i64) {
+    /// Records `n` failures, each as early as allowed; returns the record and the
+    /// time of the last.
+    fn failures(n: u32, start: i64) -> (LoginFailures, i64) {
         let (mut record, mut now) = (LoginFailures::default(), start);
         for _ in 0..n {
-            match decide(record, now) {
-                Decision::Count(next) => record = next,
-                Decision::Wait(wait) => panic!("waited {wait:?} at {now}"),
-            }
             now = now.max(record.locked_until_unix_ms);
+            assert_eq!(wait_before_check(record, now), None, "at {now}");
+            record = after_failure(record, now);
         }
         (record, now)
     }
 
     #[test]
-    fn five_attempts_in_a_row_then_a_wait() {
-        let (record, now) = attempts(5, 1_000);
-        assert_eq!(record.count, 5);
+    fn five_failures_in_a_row_then_a_wait() {
+        let (record, last) = failures(5, 1_000);
+        assert_eq!((record.count, last), (5, 1_000));
         assert_eq!(
-            decide(record, 1_000),
-            Decision::Wait(Duration::from_secs(1))
+            wait_before_check(record, 1_000),
+            Some(Duration::from_secs(1))
         );
         assert_eq!(
-            decide(record, 1_400),
-            Decision::Wait(Duration::from_millis(600))
+            wait_before_check(record, 1_400),
+            Some(Duration::from_millis(600))
         );
-        assert_eq!(now, 2_000);
+        assert_eq!(wait_before_check(record, 2_000), None);
         assert_eq!(
-            decide(record, 2_000),
-            Decision::Count(LoginFailures {
+            after_failure(record, 2_000),
+            LoginFailures {
                 count: 6,
                 locked_until_unix_ms: 4_000,
-            })
+            }
         );
+        assert_eq!(wait_before_check(LoginFailures::default(), 0), None);
     }
 
     #[test]
-    fn failures_are_forgotten_a_day_after_the_last_attempt() {
-        let (record, now) = attempts(8, 0);
-        let last_attempt = now - i64::try_from(delay_after(8).as_millis()).unwrap();
+    fn failures_are_forgotten_a_day_after_the_last() {
+        let (record, last) = failures(8, 0);
         let day = i64::try_from(FORGET_AFTER.as_millis()).unwrap();
-        // Just before the day is over, the count goes on...
-        let Decision::Count(next) = decide(record, last_attempt + day - 1) else {
-            panic!("not locked any more");
-        };
-        assert_eq!(next.count, 9);
-        // ...from then on it starts again.
+        assert_eq!(after_failure(record, last + day - 1).count, 9);
         assert_eq!(
-            decide(record, last_attempt + day),
-            Decision::Count(LoginFailures {
+            after_failure(record, last + day),
+            LoginFailures {
                 count: 1,
-                locked_until_unix_ms: last_attempt + day,
-            })
+                locked_until_unix_ms: last + day,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn checks_of_one_account_take_turns() {
+        let turns = CheckTurns::default();
+        let first = turns.take(7).await;
+        let other_account = tokio::time::timeout(Duration::from_millis(50), turns.take(8)).await;
+        assert!(other_account.is_ok(), "another account goes ahead");
+        let same = tokio::time::timeout(Duration::from_millis(50), turns.take(7)).await;
+        assert!(same.is_err(), "the same account waits its turn");
+        drop(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), turns.take(7))
+                .await
+                .is_ok()
         );
     }
 }

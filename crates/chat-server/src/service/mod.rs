@@ -32,6 +32,8 @@ pub struct ServiceSettings {
 pub struct ChatService {
     store: Arc<dyn Store>,
     passwords: PasswordHasherPool,
+    /// Password checks of one account take turns within this replica (throttling).
+    password_checks: Arc<crate::throttle::CheckTurns>,
     hub: Hub,
     health: ReplicaHealth,
     settings: Arc<ServiceSettings>,
@@ -51,6 +53,7 @@ impl ChatService {
         Self {
             store,
             passwords: PasswordHasherPool::default(),
+            password_checks: Arc::default(),
             hub,
             health,
             settings: Arc::new(settings),

@@ -6,15 +6,14 @@ use tonic::{Request, Response, Status};
 use super::ChatService;
 use crate::{
     auth,
-    store::Account,
-    throttle::{self, Decision},
-    validate,
+    store::{Account, LoginFailures},
+    throttle, validate,
 };
 
-/// How often a password check retries its compare-and-set when concurrent attempts on
-/// the same account keep winning (each loss means another attempt was counted), before
-/// it gives up with `RESOURCE_EXHAUSTED`.
-const CLAIM_TRIES: usize = 8;
+/// How often a failed check retries counting itself when concurrent failures of the
+/// same account keep winning the compare-and-set (each loss means another failure was
+/// counted), before the check gives up with `RESOURCE_EXHAUSTED`.
+const COUNT_TRIES: usize = 16;
 
 impl ChatService {
     pub(super) async fn login(
@@ -50,52 +49,52 @@ impl ChatService {
         }))
     }
 
-    /// Whether `password` is the account's. Every check counts as a login attempt
-    /// (see [`crate::throttle`]): it is refused with `RESOURCE_EXHAUSTED` while the
-    /// account must wait, and a match forgets the account's failures. `Login`,
-    /// `DeleteAccount` and the retry check of `CreateAccount` all go through here, so
-    /// none of them is a way around the throttle.
+    /// Whether `password` is the account's, under login throttling (see
+    /// [`crate::throttle`]): refused with `RESOURCE_EXHAUSTED` while the account must
+    /// wait; a failure is counted before the next check of the account on this replica
+    /// starts; a success forgets the account's failures. `Login`, `DeleteAccount` and
+    /// the retry check of `CreateAccount` all go through here, so none of them is a way
+    /// around the throttle.
     pub(super) async fn check_password(
         &self,
         account: &Account,
         password: &str,
     ) -> Result<bool, Status> {
-        self.count_login_attempt(account).await?;
+        let _turn = self.password_checks.take(account.id).await;
+        let seen = self.store.login_failures(account.id).await?;
+        if let Some(wait) = throttle::wait_before_check(seen, crate::now_unix_ms()) {
+            tracing::info!(user = %account.username, ?wait, "password check refused: too many failures");
+            let seconds = wait.as_millis().div_ceil(1000);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed logins for {:?}; try again in {seconds}s",
+                account.username
+            )));
+        }
         let matches = self
             .passwords
             .verify(password, &account.password_hash)
             .await?;
-        if matches {
+        if !matches {
+            self.count_failure(account).await?;
+        } else if seen != LoginFailures::default() {
             self.store.clear_login_failures(account.id).await?;
         }
         Ok(matches)
     }
 
-    /// Counts a login attempt against the account before its password is checked, or
-    /// refuses it with `RESOURCE_EXHAUSTED` while the account must wait.
-    async fn count_login_attempt(&self, account: &Account) -> Result<(), Status> {
-        for _ in 0..CLAIM_TRIES {
+    /// Counts one failed password check against the account.
+    async fn count_failure(&self, account: &Account) -> Result<(), Status> {
+        for _ in 0..COUNT_TRIES {
             let seen = self.store.login_failures(account.id).await?;
-            match throttle::decide(seen, crate::now_unix_ms()) {
-                Decision::Wait(wait) => {
-                    tracing::info!(user = %account.username, ?wait, "login refused: too many failed attempts");
-                    let seconds = wait.as_millis().div_ceil(1000);
-                    return Err(Status::resource_exhausted(format!(
-                        "too many failed logins for {:?}; try again in {seconds}s",
-                        account.username
-                    )));
-                }
-                Decision::Count(next) => {
-                    if self
-                        .store
-                        .claim_login_attempt(account.id, seen, next)
-                        .await?
-                    {
-                        return Ok(());
-                    }
-                    tokio::task::yield_now().await;
-                }
+            let next = throttle::after_failure(seen, crate::now_unix_ms());
+            if self
+                .store
+                .replace_login_failures(account.id, seen, next)
+                .await?
+            {
+                return Ok(());
             }
+            tokio::task::yield_now().await;
         }
         Err(Status::resource_exhausted(format!(
             "too many concurrent logins for {:?}; try again",

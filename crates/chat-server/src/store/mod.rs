@@ -188,9 +188,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Compare-and-set of an account's failed-login record: when it still is `seen`,
     /// replaces it with `next` and returns true; when anything changed it since (another
-    /// replica counted an attempt first), changes nothing and returns false. So two
-    /// concurrent attempts, on any replicas, never both pass on one count.
-    async fn claim_login_attempt(
+    /// replica counted a failure first), changes nothing and returns false. So failures
+    /// counted at once, on any replicas, are all counted.
+    async fn replace_login_failures(
         &self,
         account: AccountId,
         seen: LoginFailures,

@@ -1411,13 +1411,13 @@ impl Store for MongoStore {
 
     /// A record of count 0 is the absence of a document; the filters match the whole
     /// record `seen`, so the write happens only when nobody changed it first.
-    async fn claim_login_attempt(
+    async fn replace_login_failures(
         &self,
         account: AccountId,
         seen: LoginFailures,
         next: LoginFailures,
     ) -> Result<bool, StoreError> {
-        self.bounded("claim_login_attempt", async {
+        self.bounded("replace_login_failures", async {
             let records = &self.inner.login_failures;
             let seen_filter = doc! {
                 "_id": account,

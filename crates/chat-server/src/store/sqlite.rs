@@ -687,8 +687,8 @@ fn login_failures(connection: &mut Connection, account: AccountId) -> Outcome<Lo
     Ok(found.unwrap_or_default())
 }
 
-/// See [`Store::claim_login_attempt`]: a record of count 0 is the absence of a row.
-fn claim_login_attempt(
+/// See [`Store::replace_login_failures`]: a record of count 0 is the absence of a row.
+fn replace_login_failures(
     connection: &mut Connection,
     account: AccountId,
     seen: LoginFailures,
@@ -1088,13 +1088,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn claim_login_attempt(
+    async fn replace_login_failures(
         &self,
         account: AccountId,
         seen: LoginFailures,
         next: LoginFailures,
     ) -> Result<bool, StoreError> {
-        self.run(move |connection| claim_login_attempt(connection, account, seen, next))
+        self.run(move |connection| replace_login_failures(connection, account, seen, next))
             .await
     }
 
@@ -1363,7 +1363,7 @@ mod tests {
         };
         assert!(
             store
-                .claim_login_attempt(account.id, LoginFailures::default(), next)
+                .replace_login_failures(account.id, LoginFailures::default(), next)
                 .await
                 .expect("claim")
         );

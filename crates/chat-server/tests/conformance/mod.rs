@@ -74,7 +74,7 @@ macro_rules! with_conformance_checks {
             session_of_deleted_account_is_account_deleted,
             login_failures_are_a_compare_and_set_record,
             login_failures_are_per_account_and_go_with_it,
-            concurrent_login_claims_have_one_winner,
+            concurrent_login_failure_updates_have_one_winner,
             send_returns_the_stored_message,
             sequences_are_per_recipient_and_ids_increase,
             duplicate_key_returns_first_message_and_stores_nothing,
@@ -380,7 +380,7 @@ pub async fn login_failures_are_a_compare_and_set_record(store: SharedStore) {
     let one = failures(1, T0);
     assert!(
         store
-            .claim_login_attempt(ann.id, none, one)
+            .replace_login_failures(ann.id, none, one)
             .await
             .expect("claim")
     );
@@ -388,27 +388,27 @@ pub async fn login_failures_are_a_compare_and_set_record(store: SharedStore) {
     // A claim from a stale view changes nothing.
     assert!(
         !store
-            .claim_login_attempt(ann.id, none, failures(1, T0 + 1))
+            .replace_login_failures(ann.id, none, failures(1, T0 + 1))
             .await
             .expect("stale claim")
     );
     let two = failures(2, T0 + 5);
     assert!(
         store
-            .claim_login_attempt(ann.id, one, two)
+            .replace_login_failures(ann.id, one, two)
             .await
             .expect("claim")
     );
     assert!(
         !store
-            .claim_login_attempt(ann.id, one, failures(2, T0 + 9))
+            .replace_login_failures(ann.id, one, failures(2, T0 + 9))
             .await
             .expect("stale claim")
     );
     // Same count, other lock time: still stale.
     assert!(
         !store
-            .claim_login_attempt(ann.id, failures(2, T0), failures(3, T0))
+            .replace_login_failures(ann.id, failures(2, T0), failures(3, T0))
             .await
             .expect("stale claim")
     );
@@ -422,27 +422,27 @@ pub async fn login_failures_are_a_compare_and_set_record(store: SharedStore) {
         .expect("clear again");
     assert!(
         !store
-            .claim_login_attempt(ann.id, two, failures(3, T0))
+            .replace_login_failures(ann.id, two, failures(3, T0))
             .await
             .expect("stale claim"),
         "a cleared record is not the one seen before"
     );
     assert!(
         store
-            .claim_login_attempt(ann.id, none, one)
+            .replace_login_failures(ann.id, none, one)
             .await
             .expect("claim after clear")
     );
     // A claim back to no failures works like clearing, from the record seen only.
     assert!(
         !store
-            .claim_login_attempt(ann.id, two, none)
+            .replace_login_failures(ann.id, two, none)
             .await
             .expect("stale")
     );
     assert!(
         store
-            .claim_login_attempt(ann.id, one, none)
+            .replace_login_failures(ann.id, one, none)
             .await
             .expect("claim to none")
     );
@@ -457,7 +457,7 @@ pub async fn login_failures_are_per_account_and_go_with_it(store: SharedStore) {
     let none = LoginFailures::default();
     assert!(
         store
-            .claim_login_attempt(ann.id, none, failures(7, T0 + 100))
+            .replace_login_failures(ann.id, none, failures(7, T0 + 100))
             .await
             .expect("claim")
     );
@@ -470,9 +470,9 @@ pub async fn login_failures_are_per_account_and_go_with_it(store: SharedStore) {
     assert_eq!(store.login_failures(again.id).await.expect("read"), none);
 }
 
-/// Of several concurrent claims from the same record, exactly one wins, both from no
+/// Of several concurrent replacements of the same record, exactly one wins, both from no
 /// record and from an existing one.
-pub async fn concurrent_login_claims_have_one_winner(store: SharedStore) {
+pub async fn concurrent_login_failure_updates_have_one_winner(store: SharedStore) {
     let ann = create(&*store, "ann").await;
     for (seen, count) in [(LoginFailures::default(), 1u32), (failures(1, T0 + 1), 2)] {
         let tasks: Vec<_> = (0..8i64)
@@ -480,7 +480,7 @@ pub async fn concurrent_login_claims_have_one_winner(store: SharedStore) {
                 let store = Arc::clone(&store);
                 let next = failures(count, T0 + 10 * i64::from(count) + i);
                 tokio::spawn(async move {
-                    let won = store.claim_login_attempt(ann.id, seen, next).await;
+                    let won = store.replace_login_failures(ann.id, seen, next).await;
                     (won.expect("claim"), next)
                 })
             })
@@ -501,7 +501,7 @@ pub async fn concurrent_login_claims_have_one_winner(store: SharedStore) {
             // Set up the second round's starting record.
             assert!(
                 store
-                    .claim_login_attempt(ann.id, winners[0], failures(1, T0 + 1))
+                    .replace_login_failures(ann.id, winners[0], failures(1, T0 + 1))
                     .await
                     .expect("claim")
             );
