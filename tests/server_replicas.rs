@@ -197,22 +197,14 @@ async fn concurrent_password_guesses_get_no_more_than_the_free_attempts() {
     let (a, b) = (Replica::start(&store), Replica::start(&store));
     let (mut on_a, on_b) = (client(&a).await, client(&b).await);
     register_and_login(&mut on_a, "Dave", PASSWORD).await;
-    let guesses = (0..20).map(|i| {
-        let mut on = if i % 2 == 0 {
-            on_a.clone()
-        } else {
-            on_b.clone()
-        };
-        async move {
-            on.login(LoginRequest {
-                username: "dave".into(),
-                password: format!("guess number {i}"),
-            })
-            .await
-            .unwrap_err()
-        }
-    });
-    let refusals = futures::future::join_all(guesses).await;
+    let clients = [on_a.clone(), on_b];
+    let guesses = logins_at_once(
+        &clients,
+        "dave",
+        (0..20).map(|i| format!("guess number {i}")),
+    )
+    .await;
+    let refusals: Vec<_> = guesses.into_iter().map(Result::unwrap_err).collect();
     let checked = refusals
         .iter()
         .filter(|s| s.code() == Code::Unauthenticated)
@@ -229,23 +221,27 @@ async fn concurrent_password_guesses_get_no_more_than_the_free_attempts() {
 
     // A fresh account: sixteen logins with the right password at once all succeed.
     register_and_login(&mut on_a, "Erin", PASSWORD).await;
-    let logins = (0..16).map(|i| {
-        let mut on = if i % 2 == 0 {
-            on_a.clone()
-        } else {
-            on_b.clone()
-        };
-        async move {
-            on.login(LoginRequest {
-                username: "erin".into(),
-                password: PASSWORD.into(),
-            })
-            .await
-        }
-    });
-    for outcome in futures::future::join_all(logins).await {
+    let passwords = std::iter::repeat_n(PASSWORD.to_owned(), 16);
+    for outcome in logins_at_once(&clients, "erin", passwords).await {
         assert!(outcome.is_ok(), "{outcome:?}");
     }
+}
+
+/// Sends one login per password at once, spread over `clients` in turn.
+async fn logins_at_once(
+    clients: &[ChatServiceClient<Channel>],
+    username: &str,
+    passwords: impl Iterator<Item = String>,
+) -> Vec<Result<tonic::Response<chat_proto::v1::LoginResponse>, tonic::Status>> {
+    let logins = passwords.enumerate().map(|(i, password)| {
+        let mut on = clients[i % clients.len()].clone();
+        let request = LoginRequest {
+            username: username.into(),
+            password,
+        };
+        async move { on.login(request).await }
+    });
+    futures::future::join_all(logins).await
 }
 
 /// With `--history-retention`, the replica's periodic purge deletes acknowledged
