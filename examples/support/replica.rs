@@ -10,6 +10,10 @@
 //! their [`Replica`] is dropped, and on Linux also when the example dies without
 //! cleaning up (`PR_SET_PDEATHSIG`; spawn replicas from a thread that lives as long as
 //! they should, such as the thread running `Runtime::block_on`).
+//!
+//! [`Placement`] runs several servers in one replica process, or pins the process to
+//! some CPUs (the benchmark uses both; [`pin_to_cpus`] and [`allowed_cpus`] serve the
+//! example itself).
 
 use std::{
     net::SocketAddr,
@@ -127,7 +131,7 @@ impl Launch {
 }
 
 /// Parses a CPU list such as `1`, `0,2` or `1-3`.
-pub fn parse_cpus(text: &str) -> anyhow::Result<Vec<usize>> {
+fn parse_cpus(text: &str) -> anyhow::Result<Vec<usize>> {
     let mut cpus = Vec::new();
     for part in text.split(',').map(str::trim) {
         let parsed = match part.split_once('-') {
