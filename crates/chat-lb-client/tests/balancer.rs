@@ -34,6 +34,17 @@ fn grpc_builder() -> chat_lb_client::Builder {
         .probe_timeout(Duration::from_millis(200))
 }
 
+/// Calls start on the first of `replicas` (pick-first), every call is retry-safe,
+/// and an attempt without response headers after 300 ms gets a retry beside it.
+fn retrying_in_order(replicas: &[&Replica]) -> chat_lb_client::Builder {
+    let addresses: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
+    grpc_builder()
+        .policy(Policy::PickFirst)
+        .addresses(&addresses.join(","))
+        .retry_safe(RetrySafe::All)
+        .per_try_timeout(Duration::from_millis(300))
+}
+
 #[tokio::test]
 async fn a_listed_address_where_nothing_listens_fails_no_call() {
     init_tracing();
@@ -616,11 +627,7 @@ async fn a_retry_safe_call_waits_for_its_timed_out_attempt_when_nothing_else_is_
     init_tracing();
     let b = Replica::start("b");
     let c = Replica::start("c");
-    let lb = grpc_builder()
-        .policy(Policy::PickFirst) // b first: the call starts there
-        .addresses(&format!("{},{}", b.addr, c.addr))
-        .retry_safe(RetrySafe::All)
-        .per_try_timeout(Duration::from_millis(300))
+    let lb = retrying_in_order(&[&b, &c])
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -656,11 +663,7 @@ async fn a_timed_out_attempt_that_answers_first_answers_the_call() {
     init_tracing();
     let b = Replica::start("b");
     let c = Replica::start("c");
-    let lb = grpc_builder()
-        .policy(Policy::PickFirst)
-        .addresses(&format!("{},{}", b.addr, c.addr))
-        .retry_safe(RetrySafe::All)
-        .per_try_timeout(Duration::from_millis(300))
+    let lb = retrying_in_order(&[&b, &c])
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -699,11 +702,7 @@ async fn a_retry_safe_call_does_not_fail_while_attempts_time_and_endpoints_remai
         Replica::start("b"),
         Replica::start("c"),
     );
-    let lb = grpc_builder()
-        .addresses(&format!("{},{},{}", a.addr, b.addr, c.addr))
-        .policy(Policy::PickFirst)
-        .retry_safe(RetrySafe::All)
-        .per_try_timeout(Duration::from_millis(300))
+    let lb = retrying_in_order(&[&a, &b, &c])
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -959,13 +958,7 @@ async fn a_retry_sends_the_time_left_as_grpc_timeout() {
     init_tracing();
     let b = Replica::start("b");
     let c = Replica::start("c");
-    let lb = grpc_builder()
-        .policy(Policy::PickFirst) // b first: the call starts there
-        .addresses(&format!("{},{}", b.addr, c.addr))
-        .retry_safe(RetrySafe::All)
-        .per_try_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let lb = retrying_in_order(&[&b, &c]).build().unwrap();
     wait_all_healthy(&lb, LIMIT).await;
     b.knobs.delay_ms.store(2000, Ordering::SeqCst);
     let mut client = ChatServiceClient::new(lb.clone());

@@ -340,19 +340,13 @@ pub async fn wait_for_state(
     state: chat_lb_client::EndpointState,
     limit: Duration,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let changed = lb.changed();
-        if endpoint(lb, addr).state == state {
-            return;
-        }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            panic!(
-                "{addr} did not become {state} within {limit:?}: {:#?}",
-                endpoint(lb, addr)
-            );
-        }
-    }
+    let what = format!("{addr} is {state}");
+    wait_for_change(lb, limit, &what, |snapshot| {
+        snapshot
+            .iter()
+            .any(|e| e.address == addr && e.state == state)
+    })
+    .await;
 }
 
 /// Waits, without triggering probes, until `done` holds for the snapshot.
