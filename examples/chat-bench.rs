@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release --example chat-bench -- [--json FILE] [--seed N] [--duration 3s]
 //!     [--rounds 6] [--concurrency 1,8,32] [--send-percent 20] [--placement split]
-//!     [--quick] [--markdown]
+//!     [--quick] [--markdown] [--tls]
 //! ```
 //!
 //! A default run takes about three minutes, `--quick` (1s per measurement, concurrency
@@ -114,7 +114,7 @@ use tokio::time::Instant;
 use tonic::{
     Code, Request,
     metadata::{Ascii, MetadataValue},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 // ---- settings ---------------------------------------------------------------------
@@ -172,6 +172,10 @@ struct Options {
     /// repeatable.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
     lb_set: Vec<(String, String)>,
+    /// Run every contender over TLS: the replicas serve certificates made at start
+    /// (as `chat-server gen-certs` makes them) and every client trusts their CA.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -205,6 +209,44 @@ struct Plan {
     lb_settings: Vec<(String, String)>,
     /// Where the processes run, for the output.
     placement: String,
+    /// The certificates, when every contender runs over TLS.
+    tls: Option<BenchTls>,
+}
+
+/// Certificates of a `--tls` run: made at start in a temporary folder.
+#[derive(Debug, Clone)]
+struct BenchTls {
+    /// The CA every client trusts, as PEM.
+    ca_pem: Vec<u8>,
+    /// `--tls-cert FILE --tls-key FILE` for the replicas.
+    server_args: Vec<String>,
+    /// Kept for its `Drop` (removes the files).
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl BenchTls {
+    fn make() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("chat-bench-certs-")
+            .tempdir()?;
+        let made = chat_server::certs::generate(&chat_server::certs::CertRequest {
+            out: dir.path().to_owned(),
+            hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            days: 1,
+            client_name: "chat-bench".into(),
+        })?;
+        let path = |p: &Path| p.display().to_string();
+        Ok(Self {
+            ca_pem: std::fs::read(&made.ca_cert)?,
+            server_args: vec![
+                "--tls-cert".into(),
+                path(&made.server_cert),
+                "--tls-key".into(),
+                path(&made.server_key),
+            ],
+            _dir: Arc::new(dir),
+        })
+    }
 }
 
 impl Plan {
@@ -239,6 +281,7 @@ impl Plan {
             },
             lb_settings: options.lb_set.clone(),
             placement: String::new(),
+            tls: None,
         }
     }
 
@@ -410,14 +453,23 @@ impl Cluster {
             servers: 1,
             cpus: cpus.to_vec(),
         };
-        let a = Replica::start_placed(&store, &[], &one).await?;
-        let b = Replica::start_placed(&store, &[], &one).await?;
-        let c = Replica::start_placed(&store, &[], &one).await?;
+        let tls_args: Vec<&str> = plan
+            .tls
+            .iter()
+            .flat_map(|tls| tls.server_args.iter().map(String::as_str))
+            .collect();
+        let a = Replica::start_placed(&store, &tls_args, &one).await?;
+        let b = Replica::start_placed(&store, &tls_args, &one).await?;
+        let c = Replica::start_placed(&store, &tls_args, &one).await?;
         let delay = format!("{}us", plan.slow_delay.as_micros());
-        let slow = Replica::start_placed(&store, &["--inject-delay", &delay], &one).await?;
+        let slow_args: Vec<&str> = ["--inject-delay", delay.as_str()]
+            .into_iter()
+            .chain(tls_args.iter().copied())
+            .collect();
+        let slow = Replica::start_placed(&store, &slow_args, &one).await?;
         let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
             let three = Placement { servers: 3, ..one };
-            Some(Replica::start_placed(&store, &[], &three).await?)
+            Some(Replica::start_placed(&store, &tls_args, &three).await?)
         } else {
             None
         };
@@ -505,14 +557,22 @@ fn dead_address() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// A tonic endpoint with the balancer's default connection settings.
-fn endpoint(address: SocketAddr) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
+/// A tonic endpoint with the balancer's default connection settings, over TLS when
+/// the run has certificates.
+fn endpoint(address: SocketAddr, tls: Option<&BenchTls>) -> anyhow::Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    Ok(match tls {
+        Some(tls) => endpoint.tls_config(
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem)),
+        )?,
+        None => endpoint,
+    })
 }
 
 /// Call attempts per endpoint so far (chat-lb only; empty for tonic channels).
@@ -537,7 +597,7 @@ async fn connect(
     let addresses = cluster.addresses(scenario);
     Ok(match contender {
         Contender::Direct => Transport::Channel(
-            endpoint(cluster.reference(scenario))?
+            endpoint(cluster.reference(scenario), plan.tls.as_ref())?
                 .connect()
                 .await
                 .context("cannot connect to the reference replica")?,
@@ -545,7 +605,7 @@ async fn connect(
         Contender::TonicBalance => {
             let endpoints = addresses
                 .iter()
-                .map(|&a| endpoint(a))
+                .map(|&a| endpoint(a, plan.tls.as_ref()))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Transport::Channel(Channel::balance_list(endpoints.into_iter()))
         }
@@ -562,6 +622,9 @@ async fn connect(
             }
             for (key, value) in &plan.lb_settings {
                 builder = builder.set(key, value)?;
+            }
+            if let Some(tls) = &plan.tls {
+                builder = builder.tls_ca_pem(tls.ca_pem.clone());
             }
             let balancer = builder.build()?;
             // Start from probed endpoints, as a long-running client would.
@@ -589,7 +652,8 @@ impl Workload {
     /// Creates the two accounts and logs in once per caller slot, over a direct
     /// channel to the reference replica (password hashing is slow on purpose).
     async fn prepare(plan: &Plan, reference: SocketAddr) -> anyhow::Result<Self> {
-        let mut client = ChatServiceClient::new(endpoint(reference)?.connect().await?);
+        let mut client =
+            ChatServiceClient::new(endpoint(reference, plan.tls.as_ref())?.connect().await?);
         for username in [SENDER, RECIPIENT] {
             client
                 .create_account(CreateAccountRequest {
@@ -1198,6 +1262,7 @@ fn json_line(row: &Row, plan: &Plan, machine: &Machine) -> Value {
         "client_cpu_us_per_call": row.client_cpu_us_per_call,
         "rpc": { "HealthCheck": row.health.json(), "SendMessage": row.send.json() },
         "attempts_by_replica": attempts,
+        "tls": plan.tls.is_some(),
         "seed": plan.seed,
         "settings": {
             "duration_s": plan.duration.as_secs_f64(),
@@ -1527,6 +1592,11 @@ fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
         );
     }
     println!("placement   {}", plan.placement);
+    let transport = match plan.tls {
+        Some(_) => "TLS for every contender (rustls, ECDSA P-256 certificates)",
+        None => "plaintext HTTP/2",
+    };
+    println!("transport   {transport}");
     println!("direct      one Channel to A (to P1 in steady-one-process)");
     println!("chat-lb     {}", plan.chat_lb());
     println!();
@@ -1587,6 +1657,9 @@ fn describe_placement(placement: CpuPlacement, replica_cpus: &[usize]) -> String
 async fn run(options: Options, replica_cpus: Vec<usize>) -> anyhow::Result<()> {
     let mut plan = Plan::from_options(&options);
     plan.placement = describe_placement(options.placement, &replica_cpus);
+    if options.tls {
+        plan.tls = Some(BenchTls::make().context("cannot make the TLS certificates")?);
+    }
     if plan.concurrency.is_empty() || plan.scenarios.is_empty() {
         bail!("nothing to run: give at least one concurrency level and scenario");
     }

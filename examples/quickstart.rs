@@ -10,12 +10,17 @@
 //! replicas' process ids: `kill -9` one (or `kill -STOP` it) from another terminal and
 //! keep chatting. Quitting the chat (Ctrl-D) stops the replicas.
 //!
+//! With `--tls`, the whole cluster runs over TLS: a CA and certificates for `localhost`
+//! and `127.0.0.1` are made (once) in `chat-data/quickstart-certs/`, as
+//! `chat-server gen-certs` makes them, the replicas serve only TLS, and every client
+//! (the chat, the bot, the `chat-cli` lines it prints) trusts that CA.
+//!
 //! Each replica is this same executable started again with `--replica` (see
 //! `examples/support/replica.rs`), so the example needs nothing but `cargo run`.
 
 mod support;
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use chat_cli::{
     Cli, CliError,
@@ -43,6 +48,12 @@ struct Options {
     /// The shared store.
     #[arg(long, default_value = "sqlite:chat-data/quickstart.db")]
     store: String,
+    /// Run the cluster over TLS, with certificates made in `--certs`.
+    #[arg(long)]
+    tls: bool,
+    /// Where `--tls` keeps its CA and certificates (made on first use, then reused).
+    #[arg(long, default_value = "chat-data/quickstart-certs")]
+    certs: PathBuf,
 }
 
 const BOT: &str = "echo-bot";
@@ -65,21 +76,71 @@ fn main() -> ExitCode {
     }
 }
 
+/// The TLS flags of the replicas and of the clients.
+struct TlsFlags {
+    server: Vec<String>,
+    client: Vec<String>,
+}
+
+/// Makes (or renews, under the same CA) certificates for the local cluster.
+fn make_certificates(dir: &std::path::Path) -> Result<TlsFlags, String> {
+    let made = chat_server::certs::generate(&chat_server::certs::CertRequest {
+        out: dir.to_owned(),
+        hosts: vec!["localhost".into(), "127.0.0.1".into()],
+        days: 30,
+        client_name: "quickstart".into(),
+    })
+    .map_err(|error| error.to_string())?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    Ok(TlsFlags {
+        server: vec![
+            "--tls-cert".into(),
+            path(&made.server_cert),
+            "--tls-key".into(),
+            path(&made.server_key),
+        ],
+        client: vec!["--ca-cert".into(), path(&made.ca_cert)],
+    })
+}
+
 async fn run_quickstart(options: Options) -> Result<(), String> {
+    let tls = match options.tls {
+        true => Some(make_certificates(&options.certs)?),
+        false => None,
+    };
+    let server_flags: Vec<&str> = tls
+        .iter()
+        .flat_map(|tls| tls.server.iter().map(String::as_str))
+        .collect();
+    if let Some(path) = options.store.strip_prefix("sqlite:") {
+        // The embedded store's folder must exist; making it here is the quickstart's
+        // deliberate choice (chat-server creates only its default store's folder).
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+        }
+    }
     let mut replicas = Vec::new();
     for port in options.base_port..options.base_port + 3 {
-        let replica = Replica::start_on_port(&options.store, port, &[])
+        let replica = Replica::start_on_port(&options.store, port, &server_flags)
             .await
             .map_err(|error| format!("{error:#} (is port {port} free? try --base-port)"))?;
         replicas.push(replica);
     }
+    let scheme = if tls.is_some() { "https://" } else { "" };
     let servers = replicas
         .iter()
-        .map(|replica| replica.address().to_string())
+        .map(|replica| format!("{scheme}{}", replica.address()))
         .collect::<Vec<_>>()
         .join(",");
+    let client_flags = tls.map(|tls| tls.client).unwrap_or_default();
+    let cli_flags = client_flags
+        .iter()
+        .map(|flag| format!("{flag} "))
+        .collect::<String>();
 
-    println!("A 3-replica chat cluster sharing {}:", options.store);
+    let over = if options.tls { " over TLS" } else { "" };
+    println!("A 3-replica chat cluster{over} sharing {}:", options.store);
     for replica in &replicas {
         let pid = replica.pid().map(|pid| pid.to_string()).unwrap_or_default();
         println!("  replica {}  pid {pid}", replica.address());
@@ -90,23 +151,27 @@ async fn run_quickstart(options: Options) -> Result<(), String> {
         "Try failover from another terminal:  kill -9 {first_pid}   (or kill -STOP {first_pid})"
     );
     println!(
-        "Chat as someone else:  chat-cli --servers {servers} --user bob --password quickstart register"
+        "Chat as someone else:  chat-cli --servers {servers} {cli_flags}--user bob --password quickstart register"
     );
     println!(
-        "                       chat-cli --servers {servers} --user bob --password quickstart"
+        "                       chat-cli --servers {servers} {cli_flags}--user bob --password quickstart"
     );
     println!("Say something to {BOT} (\"@{BOT} hello\") and it answers through the cluster.");
     println!();
 
-    let cli = Cli::parse_from([
-        "chat-cli",
-        "--servers",
-        &servers,
-        "--user",
-        &options.user,
-        "--password",
-        &options.password,
-    ]);
+    let cli = Cli::parse_from(
+        [
+            "chat-cli",
+            "--servers",
+            &servers,
+            "--user",
+            &options.user,
+            "--password",
+            &options.password,
+        ]
+        .into_iter()
+        .chain(client_flags.iter().map(String::as_str)),
+    );
     let balancer = connect::balancer(&cli.global).map_err(|e| e.to_string())?;
     let client = chat_proto::v1::chat_service_client::ChatServiceClient::new(balancer);
     let bot = start_echo_bot(client.clone())

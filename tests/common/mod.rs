@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -118,6 +118,8 @@ impl SharedStore {
     }
 }
 
+pub mod tls;
+
 /// A running `chat-server` process.
 pub struct Replica {
     child: Option<Child>,
@@ -125,6 +127,10 @@ pub struct Replica {
     pub address: SocketAddr,
     store_uri: String,
     extra_args: Vec<String>,
+    /// Its log lines (stderr, at `info`), when started with [`Replica::start_logged`].
+    log: Option<Arc<Mutex<Vec<String>>>>,
+    /// Its open-file limit (`ulimit -n`), when started with one.
+    fd_limit: Option<u64>,
 }
 
 impl Replica {
@@ -136,12 +142,67 @@ impl Replica {
     /// Starts a replica with extra command-line arguments.
     pub fn start_with(store: &impl StoreFixture, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, address) = spawn(&store.uri(), 0, &extra_args);
+        let (child, address) = spawn(&store.uri(), 0, &extra_args, None, None);
         Self {
             child: Some(child),
             address,
             store_uri: store.uri(),
             extra_args,
+            log: None,
+            fd_limit: None,
+        }
+    }
+
+    /// Like [`Replica::start_with`], keeping the replica's `info` log lines for
+    /// [`Replica::wait_for_log`] (they are echoed to the test's stderr too).
+    pub fn start_logged(store: &impl StoreFixture, extra_args: &[&str]) -> Self {
+        Self::start_logged_with_fd_limit(store, extra_args, None)
+    }
+
+    /// Like [`Replica::start_logged`], with the process's open-file limit (`ulimit -n`)
+    /// set to `fd_limit`.
+    pub fn start_logged_with_fd_limit(
+        store: &impl StoreFixture,
+        extra_args: &[&str],
+        fd_limit: Option<u64>,
+    ) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (child, address) = spawn(&store.uri(), 0, &extra_args, Some(log.clone()), fd_limit);
+        Self {
+            child: Some(child),
+            address,
+            store_uri: store.uri(),
+            extra_args,
+            log: Some(log),
+            fd_limit,
+        }
+    }
+
+    /// Waits (bounded) until the replica has logged `count` lines containing `needle`.
+    /// Only for replicas started with [`Replica::start_logged`].
+    pub async fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {
+        let log = self
+            .log
+            .as_ref()
+            .expect("start the replica with start_logged");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let seen = log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .filter(|line| line.contains(needle))
+                .count();
+            if seen >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {} logged {needle:?} {seen} times, not {count}, within {within:?}",
+                self.address
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -197,7 +258,13 @@ impl Replica {
             self.child.is_none(),
             "stop the replica before restarting it"
         );
-        let (child, address) = spawn(&self.store_uri, self.address.port(), &self.extra_args);
+        let (child, address) = spawn(
+            &self.store_uri,
+            self.address.port(),
+            &self.extra_args,
+            self.log.clone(),
+            self.fd_limit,
+        );
         assert_eq!(address, self.address);
         self.child = Some(child);
     }
@@ -210,8 +277,36 @@ impl Drop for Replica {
     }
 }
 
-fn spawn(store_uri: &str, port: u16, extra_args: &[String]) -> (Child, SocketAddr) {
-    let mut child = Command::new(workspace_binary("chat-server"))
+fn spawn(
+    store_uri: &str,
+    port: u16,
+    extra_args: &[String],
+    log: Option<Arc<Mutex<Vec<String>>>>,
+    fd_limit: Option<u64>,
+) -> (Child, SocketAddr) {
+    let level = match &log {
+        Some(_) => "info".to_owned(),
+        None => std::env::var("CHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    };
+    let mut command = Command::new(workspace_binary("chat-server"));
+    if let Some(limit) = fd_limit {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; the closure touches no shared memory.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = command
         .args([
             "--host",
             "127.0.0.1",
@@ -221,15 +316,24 @@ fn spawn(store_uri: &str, port: u16, extra_args: &[String]) -> (Child, SocketAdd
             store_uri,
         ])
         .args(extra_args)
-        .env(
-            "RUST_LOG",
-            std::env::var("CHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("RUST_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if log.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .expect("spawn chat-server");
+    if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                log.lock().expect("log lock").push(line);
+            }
+        });
+    }
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

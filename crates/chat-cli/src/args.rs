@@ -1,6 +1,6 @@
 //! Command-line arguments. Global flags work before or after the subcommand.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -20,7 +20,8 @@ pub struct Cli {
 /// Flags accepted before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// The replicas, as a comma-separated list of HOST:PORT.
+    /// The replicas, as a comma-separated list of HOST:PORT; `https://HOST:PORT`
+    /// turns TLS on (trusting the system's roots unless --ca-cert is given).
     #[arg(
         long,
         global = true,
@@ -44,6 +45,37 @@ pub struct GlobalArgs {
     /// Balancer settings.
     #[command(flatten)]
     pub balancer: BalancerArgs,
+
+    /// Transport security.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Transport security. Any of these flags, or `https://` in `--servers`, turns TLS
+/// on for every server; trusted are the `--ca-cert` CA, else (and with `--tls`
+/// also) the system's roots.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Use TLS, trusting the system's roots.
+    #[arg(long, global = true)]
+    pub tls: bool,
+
+    /// Use TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, global = true, env = "CHAT_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Mutual TLS: present this certificate (PEM); needs --client-key.
+    #[arg(long, global = true, env = "CHAT_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Mutual TLS: the private key (PEM) of --client-cert.
+    #[arg(long, global = true, env = "CHAT_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+
+    /// Verify every server's certificate against this name (and send it as SNI),
+    /// instead of the host written in --servers: for servers addressed by IP.
+    #[arg(long, global = true, env = "CHAT_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 /// How the client balances and health-checks (humantime durations: `500ms`, `5s`).

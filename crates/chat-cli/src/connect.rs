@@ -2,12 +2,14 @@
 
 use std::io::IsTerminal;
 
-use chat_lb_client::{Balancer, RetrySafe};
+use chat_lb_client::{
+    Balancer, BuildError, Builder, PemRole, RetrySafe, Scheme, TlsConfigError, parse_address_list,
+};
 use chat_proto::v1::{LoginRequest, chat_service_client::ChatServiceClient};
 use tonic::{Request, metadata::MetadataValue};
 
 use crate::{
-    args::GlobalArgs,
+    args::{GlobalArgs, TlsArgs},
     error::{CliError, ErrorKind},
 };
 
@@ -18,10 +20,11 @@ pub type ChatClient = ChatServiceClient<Balancer>;
 const CHAT_METHODS: &str = "/chat.v1.ChatService/";
 
 /// Builds the balancer from the global flags. A malformed `--servers` entry is
-/// reported naming the entry.
+/// reported naming the entry; a TLS file that cannot be used, naming the flag
+/// and the file.
 pub fn balancer(args: &GlobalArgs) -> Result<Balancer, CliError> {
     let settings = &args.balancer;
-    Balancer::builder()
+    let builder = Balancer::builder()
         .addresses(&args.servers)
         .retry_safe(RetrySafe::prefix(CHAT_METHODS))
         .timeout(settings.timeout)
@@ -30,14 +33,80 @@ pub fn balancer(args: &GlobalArgs) -> Result<Balancer, CliError> {
         .probe_timeout(settings.health_timeout)
         .unhealthy_threshold(settings.unhealthy_threshold)
         .connect_timeout(settings.connect_timeout)
-        .http2_keepalive(Some(settings.keepalive), settings.keepalive)
+        .http2_keepalive(Some(settings.keepalive), settings.keepalive);
+    with_tls(builder, &args.servers, &args.tls)?
         .build()
         .map_err(|error| match error {
-            chat_lb_client::BuildError::Address(error) => {
-                CliError::usage(format!("--servers: {error}"))
-            }
+            BuildError::Address(error) => CliError::usage(format!("--servers: {error}")),
+            BuildError::Tls(error) => tls_usage(&args.tls, error),
             other => CliError::usage(other.to_string()),
         })
+}
+
+/// Applies the TLS flags. TLS is on with any of them or with an `https://`
+/// server; trusted are the `--ca-cert` CA, else the system's roots (so
+/// `--servers https://...` alone works as a browser would), and the system's
+/// roots too with `--tls`.
+fn with_tls(mut builder: Builder, servers: &str, tls: &TlsArgs) -> Result<Builder, CliError> {
+    let identity = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(CliError::usage(
+                "--client-cert needs --client-key (mutual TLS needs the certificate's key)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CliError::usage(
+                "--client-key needs --client-cert (mutual TLS needs the certificate too)",
+            ));
+        }
+    };
+    // A malformed list is reported by `build`, naming the entry.
+    let https = parse_address_list(servers)
+        .is_ok_and(|targets| targets.iter().any(|t| t.scheme() == Some(Scheme::Https)));
+    let on = tls.tls
+        || https
+        || tls.ca_cert.is_some()
+        || identity.is_some()
+        || tls.tls_server_name.is_some();
+    if let Some(ca) = &tls.ca_cert {
+        builder = builder.tls_ca_file(ca);
+    }
+    if tls.tls || (on && tls.ca_cert.is_none()) {
+        builder = builder.tls_system_roots();
+    }
+    if let Some((cert, key)) = identity {
+        builder = builder.tls_identity_files(cert, key);
+    }
+    if let Some(name) = &tls.tls_server_name {
+        builder = builder.tls_server_name(name);
+    }
+    Ok(builder)
+}
+
+/// A TLS setting that cannot work, as a usage error naming the flag at fault.
+fn tls_usage(tls: &TlsArgs, error: TlsConfigError) -> CliError {
+    let role_flag = |role: PemRole| match role {
+        PemRole::Ca => "--ca-cert",
+        PemRole::ClientCert => "--client-cert",
+        PemRole::ClientKey => "--client-key",
+    };
+    let flag = match &error {
+        TlsConfigError::Unreadable { role, .. }
+        | TlsConfigError::NoPem { role, .. }
+        | TlsConfigError::Invalid { role, .. } => role_flag(*role),
+        TlsConfigError::KeyMismatch { .. } => "--client-key",
+        TlsConfigError::ServerName { .. } if tls.tls_server_name.is_some() => "--tls-server-name",
+        TlsConfigError::SystemRoots { .. } => {
+            return CliError::usage(format!("{error}: pass --ca-cert FILE"));
+        }
+        TlsConfigError::ServerName { .. }
+        | TlsConfigError::MixedSchemes { .. }
+        | TlsConfigError::PlaintextWithTls { .. } => "--servers",
+        _ => return CliError::usage(error.to_string()),
+    };
+    CliError::usage(format!("{flag}: {error}"))
 }
 
 /// A logged-in user: the client and the session token.

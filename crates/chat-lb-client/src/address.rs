@@ -1,4 +1,5 @@
-//! Endpoint addresses: `host:port`, `ip:port`, `[v6]:port`, and lists of them.
+//! Endpoint addresses: `host:port`, `ip:port`, `[v6]:port`, optionally with a
+//! scheme (`http://`, `https://`), and lists of them.
 
 use std::{
     fmt,
@@ -17,27 +18,82 @@ pub enum Host {
     Name(String),
 }
 
+/// The scheme an address was written with: how it asks to be reached.
+///
+/// An address without a scheme follows the balancer's TLS setting (TLS when
+/// any `tls_*` setting of the [`Builder`](crate::Builder) is made, or when
+/// another address says `https://`); one with a scheme insists on it, and
+/// [`Builder::build`](crate::Builder::build) refuses a list that contradicts
+/// itself (see the crate guide, "TLS").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// `http://`: plaintext HTTP/2.
+    Http,
+    /// `https://`: HTTP/2 over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// The scheme's name as written before `://`: `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One configured endpoint address, before resolution.
 ///
 /// Parsed from `host:port`, `ip:port` or `[ipv6]:port`, optionally prefixed with
-/// `http://` (a trailing `/` is tolerated). The port is required and non-zero.
+/// `http://` or `https://` (a trailing `/` is tolerated). The port is required
+/// and non-zero. The scheme, if any, is kept ([`Target::scheme`]); the display
+/// form is always `host:port`.
 ///
 /// ```
-/// use chat_lb_client::Target;
+/// use chat_lb_client::{Scheme, Target};
 /// let t: Target = "replica-1.lan:8500".parse().unwrap();
-/// assert_eq!(t.port(), 8500);
+/// assert_eq!((t.port(), t.scheme()), (8500, None));
+/// let tls: Target = "https://replica-1.lan:8500".parse().unwrap();
+/// assert_eq!(tls.scheme(), Some(Scheme::Https));
+/// assert_eq!(tls.to_string(), "replica-1.lan:8500");
 /// assert!("replica-1.lan".parse::<Target>().is_err());
+/// assert!("ftp://replica-1.lan:21".parse::<Target>().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     host: Host,
     port: u16,
+    scheme: Option<Scheme>,
 }
 
 impl Target {
-    /// A target for a literal socket address.
+    /// A target for a host and port, without a scheme (it follows the
+    /// balancer's TLS setting).
     pub fn new(host: Host, port: u16) -> Self {
-        Self { host, port }
+        Self {
+            host,
+            port,
+            scheme: None,
+        }
+    }
+
+    /// The same target, written with `scheme`.
+    pub fn with_scheme(mut self, scheme: Scheme) -> Self {
+        self.scheme = Some(scheme);
+        self
+    }
+
+    /// The scheme it was written with, if any (`None`: it follows the
+    /// balancer's TLS setting).
+    pub fn scheme(&self) -> Option<Scheme> {
+        self.scheme
     }
 
     /// The host part.
@@ -92,11 +148,22 @@ impl FromStr for Target {
         if entry.is_empty() {
             return Err(invalid("empty entry"));
         }
-        let rest = entry.strip_prefix("http://").unwrap_or(entry);
+        let (scheme, rest) = match entry.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => {
+                (Some(Scheme::Http), rest)
+            }
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => {
+                (Some(Scheme::Https), rest)
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "only `host:port`, `http://host:port` or `https://host:port` is supported",
+                ));
+            }
+            None => (None, entry),
+        };
         if rest.contains("://") {
-            return Err(invalid(
-                "only plain `host:port` or `http://host:port` is supported",
-            ));
+            return Err(invalid("more than one scheme"));
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
 
@@ -133,7 +200,7 @@ impl FromStr for Target {
         if port == 0 {
             return Err(invalid("the port must not be 0"));
         }
-        Ok(Self { host, port })
+        Ok(Self { host, port, scheme })
     }
 }
 
@@ -222,13 +289,23 @@ mod tests {
 
     #[test]
     fn parses_the_supported_forms() {
-        let list =
-            parse_address_list(" a.example:8500 ,127.0.0.1:1, [::1]:9 ,http://B:7/").unwrap();
+        let list = parse_address_list(
+            " a.example:8500 ,127.0.0.1:1, [::1]:9 ,http://B:7/, https://c:8, HTTPS://[::1]:10",
+        )
+        .unwrap();
         assert_eq!(list[0], Target::new(Host::Name("a.example".into()), 8500));
+        assert_eq!(list[0].scheme(), None);
         assert_eq!(list[1].socket_addr(), Some("127.0.0.1:1".parse().unwrap()));
         assert_eq!(list[2].socket_addr(), Some("[::1]:9".parse().unwrap()));
-        assert_eq!(list[3], Target::new(Host::Name("b".into()), 7));
+        assert_eq!(
+            list[3],
+            Target::new(Host::Name("b".into()), 7).with_scheme(Scheme::Http)
+        );
         assert_eq!(list[2].to_string(), "[::1]:9");
+        assert_eq!(list[4].scheme(), Some(Scheme::Https));
+        assert_eq!(list[4].to_string(), "c:8");
+        assert_eq!(list[5].scheme(), Some(Scheme::Https));
+        assert_eq!(list[5].to_string(), "[::1]:10");
     }
 
     #[test]
@@ -239,7 +316,9 @@ mod tests {
             ("a:0", "a:0"),
             ("a:70000", "a:70000"),
             ("::1:80", "::1:80"),
-            ("https://a:1", "https://a:1"),
+            ("ftp://a:1", "ftp://a:1"),
+            ("https://http://a:1", "https://http://a:1"),
+            ("https://", "https://"),
             ("bad host:1", "bad host:1"),
             ("-a:1", "-a:1"),
             ("[::1:80", "[::1:80"),

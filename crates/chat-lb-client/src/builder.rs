@@ -14,6 +14,7 @@ use crate::{
     picker::Policy,
     retry::RetrySafe,
     shared::Shared,
+    tls::TlsSettings,
 };
 
 type DiscoverTask = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send>;
@@ -44,6 +45,8 @@ pub struct Builder {
     error: Option<BuildError>,
     probe: Option<Arc<dyn HealthProbe>>,
     discover: Vec<DiscoverTask>,
+    /// The `tls_*` settings (their methods are in `tls.rs`).
+    pub(crate) tls: TlsSettings,
 }
 
 impl fmt::Debug for Builder {
@@ -55,6 +58,7 @@ impl fmt::Debug for Builder {
             .field("outlier", &self.cfg.outlier)
             .field("slow", &self.cfg.slow)
             .field("retry_safe", &self.cfg.retry.safe)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +78,7 @@ impl Builder {
             error: None,
             probe: None,
             discover: Vec::new(),
+            tls: TlsSettings::default(),
         }
     }
 
@@ -318,7 +323,8 @@ impl Builder {
 
     // ---- connections and resolution ---------------------------------------------
 
-    /// TCP connect timeout of each endpoint. Default 1s.
+    /// TCP connect timeout of each endpoint; with TLS, also the timeout of the
+    /// TLS handshake. Default 1s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.connect.connect_timeout = timeout;
         self
@@ -471,16 +477,22 @@ impl Builder {
     /// addresses are endpoints at once; host names are resolved in the
     /// background (calls wait for the first resolution, up to
     /// `resolve_timeout`). Connections are made lazily, by the first probe.
+    ///
+    /// The TLS settings are checked here, and their files read: see
+    /// [`crate::TlsConfigError`] for what fails.
     pub fn build(self) -> Result<Balancer, BuildError> {
         if let Some(error) = self.error {
             return Err(error);
         }
-        self.cfg.validate()?;
+        let mut cfg = self.cfg;
+        cfg.validate()?;
+        cfg.connect.tls =
+            crate::tls::resolve(&self.tls, &self.targets, cfg.connect.connect_timeout)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let probe = self
             .probe
             .unwrap_or_else(|| Arc::new(ChatHealthProbe::new()));
-        let shared = Arc::new(Shared::new(self.cfg, probe, runtime));
+        let shared = Arc::new(Shared::new(cfg, probe, runtime));
         // The guard inside the balancer stops every task spawned below.
         let balancer = Balancer::new(shared.clone());
         for target in self.targets {

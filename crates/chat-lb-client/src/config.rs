@@ -10,6 +10,7 @@ use crate::{
     error::{ConfigError, DurationError},
     picker::Policy,
     retry::RetrySafe,
+    tls::ClientTls,
 };
 
 /// Parses a human-readable duration such as `"250ms"`, `"2s"` or `"1m 30s"`
@@ -143,6 +144,8 @@ pub(crate) struct ConnectConfig {
     pub keepalive_interval: Option<Duration>,
     pub keepalive_timeout: Duration,
     pub hook: Option<EndpointHook>,
+    /// TLS for every endpoint (`None`: plaintext), set by `Builder::build`.
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl Default for ConnectConfig {
@@ -153,6 +156,7 @@ impl Default for ConnectConfig {
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(5),
             hook: None,
+            tls: None,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Each endpoint's channel: a lazily connected tonic `Channel` to one socket
-//! address, with the balancer's connection settings.
+//! address, with the balancer's connection settings (TLS included).
 
 use std::net::SocketAddr;
 
@@ -9,11 +9,21 @@ use crate::{config::ConnectConfig, error::BoxError};
 
 /// Builds the lazily connecting channel of one endpoint: connect timeout,
 /// `TCP_NODELAY`, HTTP/2 keepalive pings (also while idle, so a dead or frozen
-/// peer is noticed on an idle connection too), then the user's hook. Must run
-/// inside a tokio runtime context. Nothing connects until the first probe or
-/// call; connection failures reach the balancer as `tonic::ConnectError`.
-pub(crate) fn connect_lazy(addr: SocketAddr, cfg: &ConnectConfig) -> Result<Channel, BoxError> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+/// peer is noticed on an idle connection too), TLS when it is on, then the
+/// user's hook. Must run inside a tokio runtime context. Nothing connects until
+/// the first probe or call; connection failures (TLS handshakes included)
+/// reach the balancer as `tonic::ConnectError`.
+///
+/// `host_name` is the host name the address was resolved from, if any: with
+/// TLS it is the name the server's certificate is verified against (unless a
+/// server name is set), else the IP address is.
+pub(crate) fn connect_lazy(
+    addr: SocketAddr,
+    host_name: Option<&str>,
+    cfg: &ConnectConfig,
+) -> Result<Channel, BoxError> {
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(cfg.connect_timeout)
         .tcp_nodelay(cfg.tcp_nodelay);
     if let Some(interval) = cfg.keepalive_interval {
@@ -21,6 +31,9 @@ pub(crate) fn connect_lazy(addr: SocketAddr, cfg: &ConnectConfig) -> Result<Chan
             .http2_keep_alive_interval(interval)
             .keep_alive_timeout(cfg.keepalive_timeout)
             .keep_alive_while_idle(true);
+    }
+    if let Some(tls) = &cfg.tls {
+        endpoint = endpoint.tls_config(tls.for_endpoint(host_name))?;
     }
     if let Some(hook) = &cfg.hook {
         endpoint = hook(endpoint);

@@ -13,10 +13,11 @@
 //! Every change of state or tier is published to the tier atomic at once.
 
 use std::{
+    error::Error as StdError,
     net::SocketAddr,
     sync::{
         Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -29,9 +30,11 @@ use crate::{
     health::{Active, HealthTracker, ProbeStatus, Verdict},
     outlier::Ejection,
     picker::{Candidate, Tier},
+    retry::describe,
     shared::Shared,
     slow::ProbeWindow,
     snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
+    tls,
 };
 
 /// Why a call counted against an endpoint's health.
@@ -67,6 +70,8 @@ pub(crate) struct Endpoint {
     /// Probes started and completed (checks, not pushed updates).
     probes_started: AtomicU64,
     probes: AtomicU64,
+    /// Whether the server ever answered a call or a probe.
+    answered: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +108,18 @@ impl Record {
             EndpointState::Ejected | EndpointState::Unhealthy | EndpointState::NotServing => {
                 Tier::Excluded
             }
+        }
+    }
+
+    /// Records the last error; a guess at a TLS failure does not replace what
+    /// the server said of it.
+    fn note_error(&mut self, error: String) {
+        let exact_tls = self
+            .last_error
+            .as_deref()
+            .is_some_and(|last| tls::is_tls_text(last) && !tls::is_guess(last));
+        if !(exact_tls && tls::is_guess(&error)) {
+            self.last_error = Some(error);
         }
     }
 
@@ -156,7 +173,39 @@ impl Endpoint {
             probe_now: Notify::new(),
             probes_started: AtomicU64::new(0),
             probes: AtomicU64::new(0),
+            answered: AtomicBool::new(false),
         }
+    }
+
+    /// Notes that the server answered (once: the flag is then only read).
+    fn note_answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A one-line description of an error of a call or probe to this
+    /// endpoint, as recorded and reported: a TLS failure in words
+    /// (`TLS: ...`), else the error and its causes. A connection that a
+    /// server which never answered closed at once gets a likely reason: with
+    /// plaintext, that is how a TLS server treats a plaintext client; with TLS,
+    /// how a server treats a client certificate it refuses.
+    pub fn explain(&self, shared: &Shared, error: &(dyn StdError + 'static)) -> String {
+        let text = describe(error);
+        if tls::is_tls_text(&text) || self.answered.load(Ordering::Relaxed) {
+            return text;
+        }
+        match &shared.cfg.connect.tls {
+            _ if !tls::closed_at_once(error) => text,
+            None => format!("{text} ({})", tls::PLAINTEXT_HINT),
+            Some(tls) => tls.closed_after_handshake().to_owned(),
+        }
+    }
+
+    /// Whether the server, which never answered a call or probe, closed the
+    /// connection under this request (see `tls::closed_at_once`).
+    pub fn closed_unanswered(&self, error: &(dyn StdError + 'static)) -> bool {
+        !self.answered.load(Ordering::Relaxed) && tls::closed_at_once(error)
     }
 
     fn lock(&self) -> MutexGuard<'_, Record> {
@@ -215,6 +264,7 @@ impl Endpoint {
 
     /// An attempt got response headers that do not count against the endpoint.
     pub fn on_success(&self, rtt: Duration, now: Instant) {
+        self.note_answered();
         self.ewma.observe(rtt, now);
         if self.call_failures.load(Ordering::Relaxed) != 0 {
             self.call_failures.store(0, Ordering::Relaxed);
@@ -233,7 +283,7 @@ impl Endpoint {
         }
         let cfg = &shared.cfg.outlier;
         let mut record = self.lock();
-        record.last_error = Some(format!("{kind:?}: {error}"));
+        record.note_error(labelled(&format!("{kind:?}"), error));
         // Only a routable endpoint is ejected: not one ejected already (a last
         // resort that failed again), unhealthy or not serving.
         let before = record.state();
@@ -277,6 +327,9 @@ impl Endpoint {
             }
             Err(error) => (Verdict::Failed, ProbeOutcome::Failed { error }),
         };
+        if verdict != Verdict::Failed {
+            self.note_answered();
+        }
         if !pushed {
             self.refresh_idle_estimate(verdict, latency, now);
         }
@@ -287,7 +340,7 @@ impl Endpoint {
         let before = record.state();
         let before_tier = record.tier();
         match &outcome {
-            ProbeOutcome::Failed { error } => record.last_error = Some(format!("probe: {error}")),
+            ProbeOutcome::Failed { error } => record.note_error(labelled("probe", error)),
             ProbeOutcome::NotServing { detail } => {
                 record.last_error = Some(format!("not serving: {detail}"));
             }
@@ -419,10 +472,14 @@ impl Endpoint {
         self.tier.store(Tier::Excluded as u8, Ordering::Release);
     }
 
-    /// `address (state: last error)` for error messages.
+    /// `address (state: last error)` for error messages; `address (TLS: ...)`
+    /// when the last error is a TLS failure (whatever the state: until the
+    /// settings or the server's certificate change, that is all there is to
+    /// say).
     pub fn describe(&self) -> String {
         let record = self.lock();
         match &record.last_error {
+            Some(error) if tls::is_tls_text(error) => format!("{} ({error})", self.addr),
             Some(error) => format!("{} ({}: {error})", self.addr, record.state()),
             None => format!("{} ({})", self.addr, record.state()),
         }
@@ -450,6 +507,16 @@ impl Endpoint {
             errors: self.errors.load(Ordering::Relaxed),
             last_error: record.last_error.clone(),
         }
+    }
+}
+
+/// A last error as recorded: `label: error`, or a TLS failure as it is
+/// (`TLS: ...`, the same whether a call or a probe met it).
+fn labelled(label: &str, error: &str) -> String {
+    if tls::is_tls_text(error) {
+        error.to_owned()
+    } else {
+        format!("{label}: {error}")
     }
 }
 

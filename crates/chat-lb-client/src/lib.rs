@@ -88,7 +88,8 @@
 //!
 //! What a tonic client sees from the balancer itself is always a `Status`:
 //! `UNAVAILABLE` when no endpoint can take the call (the message lists every
-//! endpoint as `address (state: last error)`) or when the call failed on a
+//! endpoint as `address (state: last error)`, or `address (TLS: problem)`, see
+//! [TLS](#tls)) or when the call failed on a
 //! broken connection and could not be retried, `DEADLINE_EXCEEDED` when its
 //! deadline passed. A call with neither a deadline nor retry-safety that is stuck
 //! on a frozen replica ends when HTTP/2 keepalive gives up on the connection
@@ -153,6 +154,84 @@
 //! | overall timeout / wait for ready | none / none (fail fast) |
 //! | connect timeout, keepalive | 1s; HTTP/2 ping every 10s, 5s timeout |
 //! | DNS | re-resolved every 30s, 5s timeout |
+//! | TLS | off; on with any `tls_*` setting or an `https://` address ([TLS](#tls)) |
+//!
+//! # TLS
+//!
+//! Addresses may carry a scheme: `https://host:port` asks for TLS,
+//! `http://host:port` for plaintext, and a plain `host:port` follows the
+//! balancer's setting. TLS is on, for **every** endpoint (discovered ones
+//! included), when any `tls_*` setting is made or any address says
+//! `https://`:
+//!
+//! ```no_run
+//! use chat_lb_client::{Balancer, RetrySafe};
+//! use chat_proto::v1::{chat_service_client::ChatServiceClient, HealthCheckRequest};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let lb = Balancer::builder()
+//!     .addresses("https://10.0.0.1:8500,https://10.0.0.2:8500")
+//!     .tls_ca_file("/etc/chat/ca.pem") // trust the CA that signed the replicas
+//!     // The certificates name the service, not each replica's IP address:
+//!     .tls_server_name("chat.internal")
+//!     // Mutual TLS: the certificate this client presents, and its key.
+//!     .tls_identity_files("/etc/chat/client.pem", "/etc/chat/client.key")
+//!     .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
+//!     .build()?; // reads and checks the files: a bad one is a `BuildError::Tls`
+//! let mut client = ChatServiceClient::new(lb);
+//! client.health_check(HealthCheckRequest {}).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! | setting | does | default |
+//! |---|---|---|
+//! | [`Builder::tls_ca_pem`], [`Builder::tls_ca_file`] | trust these CA certificates (may be repeated) | none |
+//! | [`Builder::tls_system_roots`] | trust the operating system's roots | off |
+//! | [`Builder::tls_identity_pem`], [`Builder::tls_identity_files`] | present this client certificate (mutual TLS) | none |
+//! | [`Builder::tls_server_name`] | verify every server's certificate against this name (also sent as SNI) | the host as written in each address |
+//!
+//! Something must be trusted: TLS without a CA or the system's roots is a
+//! build error (`https:// needs trusted roots: ...`), and so is a list that
+//! mixes `https://` and `http://`, or `http://` with TLS settings.
+//! [`Builder::build`] reads every file and checks it holds PEM of the right
+//! kind, that the client key is the client certificate's, and that the names
+//! to verify are names: errors are one line naming the file
+//! ([`TlsConfigError`]).
+//!
+//! **The name verified** in a server's certificate is the tls_server_name if
+//! set; else the host as written: a host name (`https://chat-1.lan:8500`) for
+//! every address it resolves to, an IP address for itself (the certificate
+//! must then hold that IP address). Endpoints from [`Builder::discover`] are
+//! IP addresses: give them a tls_server_name.
+//!
+//! **Failures.** A failed handshake is a failed connection: the call never
+//! reached the server, so it is retried on another endpoint (whatever its
+//! retry-safety) and the endpoint is ejected; probes fail too, so it stays out
+//! until its certificate (or the settings) are fixed. That holds for a server
+//! that refuses the client's certificate too, although with TLS 1.3 the
+//! refusal only shows on the first request: the client has finished its half
+//! of the handshake by then. The failure is put into words
+//! ([`describe_tls_error`]) and is each endpoint's last error in the
+//! [snapshot](Balancer::snapshot), and `UNAVAILABLE` messages name each
+//! endpoint with it:
+//!
+//! ```text
+//! chat-lb-client: no healthy endpoint for this call after 2 attempt(s); endpoints:
+//! 10.0.0.1:8500 (TLS: certificate signed by an unknown authority); 10.0.0.2:8500
+//! (TLS: certificate is not valid for name "10.0.0.2" (it is valid for chat.internal))
+//! ```
+//!
+//! Other texts: `TLS: certificate has expired (not valid after ...)`, `TLS: the
+//! server requires a client certificate`, `TLS: the server rejected our client
+//! certificate (...)`, `TLS: the server does not speak TLS (plaintext
+//! server?)`, `TLS: the handshake timed out (...)` (the handshake must end
+//! within the connect timeout). A request that only saw its new connection
+//! close (another request on it met the server's refusal) reads `TLS: the
+//! server closed the connection after the handshake (does it require a client
+//! certificate?)` until a probe tells the exact reason. The reverse mistake, a
+//! plaintext client against a TLS server, fails at once too; the server just
+//! closes the connection, so the error says so and adds `if it expects TLS,
+//! use https:// addresses and trust its CA`.
 //!
 //! # Request bodies and retries of streaming calls
 //!
@@ -234,15 +313,20 @@ mod service;
 mod shared;
 mod slow;
 mod snapshot;
+mod tls;
 
-pub use address::{Host, IntoTarget, Target, parse_address_list};
+pub use address::{Host, IntoTarget, Scheme, Target, parse_address_list};
 pub use balancer::Balancer;
 pub use builder::Builder;
 pub use config::parse_duration;
 pub use discover::Change;
-pub use error::{AddressError, BoxError, BuildError, ConfigError, DurationError};
+pub use error::{
+    AddressError, BoxError, BuildError, ConfigError, DurationError, PemOrigin, PemRole,
+    TlsConfigError,
+};
 pub use health::{ChatHealthProbe, GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
 pub use picker::Policy;
 pub use retry::{RetrySafe, SafeToRetry};
 pub use service::ResponseFuture;
 pub use snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};
+pub use tls::describe_tls_error;

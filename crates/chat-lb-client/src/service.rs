@@ -38,7 +38,7 @@ use crate::{
     error::BoxError,
     observe::Observed,
     picker::pick,
-    retry::{SafeToRetry, describe, is_timeout, never_sent, unavailable},
+    retry::{SafeToRetry, is_timeout, never_sent, unavailable},
     shared::{EndpointList, Shared},
 };
 
@@ -254,7 +254,8 @@ async fn run(
                     deadline.saturating_duration_since(now),
                 );
             }
-            attempts.push(send(call.attempts, current.clone(), request));
+            let tls = call.shared.cfg.connect.tls.is_some();
+            attempts.push(send(call.attempts, current.clone(), request, tls));
             let limit = match (per_try_timeout.map(|t| now + t), call.deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -350,7 +351,7 @@ async fn run(
                 }
             },
             Outcome::NotSent(error) => {
-                let text = describe(&*error);
+                let text = endpoint.explain(&call.shared, &*error);
                 if was_live {
                     call.transport_failure(&endpoint, &text);
                 }
@@ -385,7 +386,7 @@ async fn run(
                 }
             }
             Outcome::Failed(error) => {
-                let text = describe(&*error);
+                let text = endpoint.explain(&call.shared, &*error);
                 if was_live {
                     call.transport_failure(&endpoint, &text);
                 }
@@ -414,8 +415,9 @@ async fn run(
 
 /// Sends one attempt; the endpoint's outstanding count covers it until the
 /// response headers (or the failure), including when the caller gives up on it.
-async fn send(n: u32, endpoint: Arc<Endpoint>, request: http::Request<Body>) -> Done {
-    let outcome = attempt(&endpoint, request).await;
+/// `tls`: whether the endpoint's connections use TLS.
+async fn send(n: u32, endpoint: Arc<Endpoint>, request: http::Request<Body>, tls: bool) -> Done {
+    let outcome = attempt(&endpoint, request, tls).await;
     Done {
         n,
         endpoint,
@@ -423,7 +425,7 @@ async fn send(n: u32, endpoint: Arc<Endpoint>, request: http::Request<Body>) -> 
     }
 }
 
-async fn attempt(endpoint: &Endpoint, request: http::Request<Body>) -> Outcome {
+async fn attempt(endpoint: &Endpoint, request: http::Request<Body>, tls: bool) -> Outcome {
     let _in_flight = endpoint.start();
     let sent = Instant::now();
     let mut channel = endpoint.channel.clone();
@@ -436,7 +438,11 @@ async fn attempt(endpoint: &Endpoint, request: http::Request<Body>) -> Outcome {
             let error: BoxError = error.into();
             if is_timeout(&*error) {
                 Outcome::Expired
-            } else if never_sent(&*error) {
+            } else if never_sent(&*error) || (tls && endpoint.closed_unanswered(&*error)) {
+                // With TLS, a server that never answered and closes a new
+                // connection under the first requests is refusing the
+                // handshake (TLS 1.3 lets the client finish its half first):
+                // those requests were never served.
                 Outcome::NotSent(error)
             } else {
                 Outcome::Failed(error)

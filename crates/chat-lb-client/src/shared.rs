@@ -20,7 +20,7 @@ use std::{
 use tokio::{runtime::Handle, sync::Notify, task::AbortHandle, time::Instant};
 
 use crate::{
-    address::Target,
+    address::{Host, Target},
     config::Config,
     connect::connect_lazy,
     endpoint::Endpoint,
@@ -309,12 +309,24 @@ impl Shared {
         self.runtime.spawn(future)
     }
 
-    /// Makes the endpoint set the union of the sources.
+    /// Makes the endpoint set the union of the sources. Each new endpoint's
+    /// channel learns the host name its address was resolved from, if any (the
+    /// name TLS verifies); an address that two names resolve to keeps the
+    /// first source's.
     fn reconcile(self: &Arc<Self>, registry: &mut Registry) {
-        let mut wanted: Vec<SocketAddr> = Vec::new();
-        for addr in registry.sources.iter().flat_map(|s| s.addrs.iter()) {
-            if !wanted.contains(addr) {
-                wanted.push(*addr);
+        let mut wanted: Vec<(SocketAddr, Option<&str>)> = Vec::new();
+        for source in &registry.sources {
+            let host_name = match &source.source {
+                Source::Target(target) => match target.host() {
+                    Host::Name(name) => Some(name.as_str()),
+                    Host::Ip(_) => None,
+                },
+                Source::Discovered { .. } => None,
+            };
+            for addr in &source.addrs {
+                if !wanted.iter().any(|(a, _)| a == addr) {
+                    wanted.push((*addr, host_name));
+                }
             }
         }
         let unchanged = wanted.len() == registry.members.len()
@@ -322,21 +334,21 @@ impl Shared {
                 .members
                 .iter()
                 .zip(&wanted)
-                .all(|(m, a)| m.endpoint.addr == *a);
+                .all(|(m, (a, _))| m.endpoint.addr == *a);
         if unchanged {
             return;
         }
 
         let mut members = Vec::with_capacity(wanted.len());
         let mut old = std::mem::take(&mut registry.members);
-        for addr in wanted {
+        for (addr, host_name) in wanted {
             if let Some(i) = old.iter().position(|m| m.endpoint.addr == addr) {
                 members.push(old.swap_remove(i));
                 continue;
             }
             let channel = {
                 let _entered = self.runtime.enter();
-                connect_lazy(addr, &self.cfg.connect)
+                connect_lazy(addr, host_name, &self.cfg.connect)
             };
             let channel = match channel {
                 Ok(channel) => channel,

@@ -1,8 +1,11 @@
 //! Server configuration: command-line flags with environment fallbacks.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
+
+/// The default store: the embedded store in `chat-data/` under the working directory.
+pub const DEFAULT_STORE: &str = "sqlite:chat-data/chat.db";
 
 /// How a `chat-server` process is configured. Every flag has an environment fallback
 /// (`CHAT_*`) and every duration is a humantime value such as `500ms`, `10s` or `24h`.
@@ -24,11 +27,14 @@ pub struct ServerConfig {
     /// The shared store: `sqlite:PATH` (or a plain path) for the embedded store, or a
     /// MongoDB connection string (`mongodb://h1,h2,h3/chat?replicaSet=rs0`,
     /// `mongodb+srv://...`). Every replica of one cluster must name the same store.
-    #[arg(long, env = "CHAT_STORE", default_value = "sqlite:chat-data/chat.db")]
+    /// `sqlite:PATH`'s directory must exist, except the default's (`chat-data/`), which
+    /// is created. Anything else with a scheme is refused.
+    #[arg(long, env = "CHAT_STORE", default_value = DEFAULT_STORE)]
     pub store: String,
 
     /// How long a session token stays valid after login.
-    #[arg(long, env = "CHAT_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// 1m to 30days.
+    #[arg(long, env = "CHAT_SESSION_TTL", default_value = "24h", value_parser = duration_in(Duration::from_secs(60), Duration::from_secs(30 * 24 * 3600)))]
     pub session_ttl: Duration,
 
     /// The largest message text accepted, in bytes of UTF-8.
@@ -37,32 +43,38 @@ pub struct ServerConfig {
     pub max_message_bytes: u32,
 
     /// How long in-flight calls may take to finish after SIGTERM or Ctrl-C.
-    #[arg(long, env = "CHAT_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// 100ms to 1h.
+    #[arg(long, env = "CHAT_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration_in(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub drain_timeout: Duration,
 
     /// How often the replica checks that its store answers (drives health).
-    #[arg(long, env = "CHAT_STORE_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    /// 10ms to 1h.
+    #[arg(long, env = "CHAT_STORE_CHECK_INTERVAL", default_value = "500ms", value_parser = duration_in(Duration::from_millis(10), Duration::from_secs(3600)))]
     pub store_check_interval: Duration,
 
     /// How long a store check may take before the store counts as unreachable.
-    #[arg(long, env = "CHAT_STORE_CHECK_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// 50ms to 5m.
+    #[arg(long, env = "CHAT_STORE_CHECK_TIMEOUT", default_value = "2s", value_parser = duration_in(Duration::from_millis(50), Duration::from_secs(300)))]
     pub store_check_timeout: Duration,
 
     /// How often the replica polls the store for messages to push to live subscribers.
     /// One query per interval per replica, however many subscribers it has.
-    #[arg(long, env = "CHAT_FEED_POLL_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration)]
+    /// 2ms to 10s.
+    #[arg(long, env = "CHAT_FEED_POLL_INTERVAL", default_value = "10ms", value_parser = duration_in(Duration::from_millis(2), Duration::from_secs(10)))]
     pub feed_poll_interval: Duration,
 
     /// History retention: acknowledged messages sent longer ago than this are deleted
     /// (all but each inbox's latest). Unacknowledged messages are always kept. Default:
     /// keep history for as long as the account exists. Keep it far longer than any
     /// client retries a send: a message's idempotency key is forgotten with it.
-    #[arg(long, env = "CHAT_HISTORY_RETENTION", value_parser = parse_positive_duration)]
+    /// 1s to 100years.
+    #[arg(long, env = "CHAT_HISTORY_RETENTION", value_parser = duration_in(Duration::from_secs(1), Duration::from_secs(36_525 * 24 * 3600)))]
     pub history_retention: Option<Duration>,
 
     /// How often each replica purges expired sessions (and, with `--history-retention`,
     /// old history). Every replica does it; the purges are idempotent.
-    #[arg(long, env = "CHAT_PURGE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    /// 10ms to 7days.
+    #[arg(long, env = "CHAT_PURGE_INTERVAL", default_value = "10m", value_parser = duration_in(Duration::from_millis(10), Duration::from_secs(7 * 24 * 3600)))]
     pub purge_interval: Duration,
 
     /// Operational drain: while this file exists, the replica reports NOT_SERVING (so
@@ -75,17 +87,57 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_REPLICA_ID")]
     pub replica_id: Option<String>,
 
+    /// Serve TLS only (HTTP/2 over TLS, ALPN `h2`) with this certificate chain (PEM,
+    /// the replica's certificate first). Needs `--tls-key`. SIGHUP re-reads the files.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM). Needs `--tls-cert`.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: every client must present a certificate signed by this CA (PEM);
+    /// others are refused in the handshake. Needs `--tls-cert` and `--tls-key`.
+    #[arg(
+        long,
+        env = "CHAT_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Most client connections open at once; beyond it new connections are closed at
+    /// once (and a warning logged). Default: the descriptor limit (`ulimit -n`) less a
+    /// tenth of it (at least 64) for the store and the process.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
+
+    /// How long a new connection may take to complete its TLS handshake (or, without
+    /// TLS, to send its first bytes) before it is closed. 100ms to 5m.
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = duration_in(Duration::from_millis(100), Duration::from_secs(300)))]
+    pub handshake_timeout: Duration,
+
     /// FAULT INJECTION, for tests and benchmarks only: delay every chat RPC by this long.
     #[arg(long, env = "CHAT_INJECT_DELAY", value_parser = humantime::parse_duration)]
     pub inject_delay: Option<Duration>,
 }
 
-/// A humantime duration above zero.
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
-        Ok(duration) => Ok(duration),
-        Err(error) => Err(error.to_string()),
+/// A parser of humantime durations within `min..=max`; the error names the range.
+fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+        if duration < min || duration > max {
+            return Err(format!(
+                "must be from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(duration)
     }
 }
 
@@ -95,6 +147,25 @@ impl ServerConfig {
         let mut config = Self::parse_from(["chat-server"]);
         config.store = store.into();
         config
+    }
+
+    /// The limits on client connections, with the default connection limit filled in.
+    pub fn connection_limits(&self) -> crate::listener::ConnectionLimits {
+        crate::listener::ConnectionLimits {
+            max_connections: self
+                .max_connections
+                .map_or_else(crate::listener::default_max_connections, |n| n as usize),
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+
+    /// The TLS files, when the replica serves TLS (`--tls-cert` and `--tls-key`).
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 }
 
@@ -116,6 +187,15 @@ pub mod limits {
     pub const MAX_TOKEN_LEN: usize = 128;
     /// How many password hashes may be computed at once (each takes ~19 MiB).
     pub const CONCURRENT_PASSWORD_HASHES: usize = 8;
+    /// Most concurrent calls and streams on one HTTP/2 connection; a client opening
+    /// more waits for one to end (the balancer spreads calls over replicas anyway).
+    pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+    /// The largest block of request headers accepted, in bytes.
+    pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+    /// The server pings a connection idle this long, to find clients that vanished.
+    pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+    /// A connection whose ping is not answered within this long is closed.
+    pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 }
 
 #[cfg(test)]
@@ -123,7 +203,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retention_and_purge_interval_must_be_positive_durations() {
+    fn durations_outside_their_range_are_refused_naming_flag_and_range() {
         let parse = |args: &[&str]| {
             ServerConfig::try_parse_from(std::iter::once("chat-server").chain(args.iter().copied()))
         };
@@ -138,9 +218,19 @@ mod tests {
             ["--history-retention", "0s"],
             ["--purge-interval", "0ms"],
             ["--history-retention", "soon"],
+            ["--session-ttl", "0s"],
+            ["--store-check-timeout", "0s"],
+            ["--store-check-interval", "0s"],
+            ["--feed-poll-interval", "0s"],
+            ["--drain-timeout", "0s"],
+            ["--handshake-timeout", "0s"],
+            ["--session-ttl", "400days"],
         ] {
             let error = parse(&bad).expect_err("refused").to_string();
             assert!(error.contains(bad[0]), "{error}");
+            if bad[1] != "soon" {
+                assert!(error.contains("must be from"), "names the range: {error}");
+            }
         }
     }
 }

@@ -8,6 +8,10 @@
 //! - the standard `grpc.health.v1.Health`, reporting the same status ([`health`]);
 //! - server reflection (`grpc.reflection.v1`), so tools such as grpcurl work.
 //!
+//! With `--tls-cert`/`--tls-key` the port serves TLS only ([`tls`], certificates
+//! reloaded on SIGHUP); [`certs`] makes a CA and certificates for a small cluster
+//! (`chat-server gen-certs`).
+//!
 //! How a call flows: tonic decodes the request (bounded by
 //! [`config::limits::MAX_REQUEST_BYTES`]), the RPC's module in [`service`] validates every
 //! field ([`validate`]), resolves the bearer token to an account ([`auth`]) or checks a
@@ -16,14 +20,17 @@
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 
 pub mod auth;
+pub mod certs;
 pub mod config;
 mod error;
 pub mod health;
 pub mod hub;
+pub mod listener;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod validate;
 pub mod wildcard;
 

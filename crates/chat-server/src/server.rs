@@ -13,19 +13,24 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use chat_proto::v1::chat_service_server::ChatServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 
 use crate::{
     config::{ServerConfig, limits},
     health::ReplicaHealth,
     hub::Hub,
+    listener::{self, Security},
     service::{ChatService, ServiceSettings},
     store::{self, StoreError},
+    tls::{self, ReloadableTls, TlsError},
 };
 
 /// Why a replica could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The TLS files cannot be served.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The store could not be opened or did not answer at start-up.
     #[error("cannot open store {uri:?}: {source}")]
     Store {
@@ -59,10 +64,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    // TLS files first: a bad file is reported before anything else happens.
+    let tls = match config.tls_files() {
+        Some(files) => Some(Arc::new(ReloadableTls::load(files)?)),
+        None => None,
+    };
     let store_error = |source| ServerError::Store {
         uri: config.store.clone(),
         source,
     };
+    if config.store == crate::config::DEFAULT_STORE {
+        // Zero set-up: the default store's directory is made when missing. Any other
+        // store's directory must exist, so that a typo cannot create a new database.
+        std::fs::create_dir_all("chat-data").map_err(|error| {
+            store_error(StoreError::Unavailable(format!(
+                "cannot create the directory chat-data for the default store: {error}"
+            )))
+        })?;
+    }
     let store = store::open(&config.store).await.map_err(store_error)?;
     store.ping().await.map_err(store_error)?;
 
@@ -84,7 +103,7 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let hub = Hub::default();
-    let background = [
+    let mut background = vec![
         tokio::spawn(
             hub.clone()
                 .run(store.clone(), config.feed_poll_interval, stop.clone()),
@@ -103,6 +122,12 @@ pub async fn run(
             stop.clone(),
         )),
     ];
+    if let Some(tls) = &tls {
+        background.push(tokio::spawn(tls::reload_on_sighup(
+            tls.clone(),
+            stop.clone(),
+        )));
+    }
 
     let chat = ChatService::new(
         store,
@@ -124,19 +149,42 @@ pub async fn run(
         .build_v1()?;
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = Server::builder()
+    let router = Server::builder()
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
             ChatServiceServer::new(chat).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
-        )
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = drain_rx.await;
-            },
         );
-    tracing::info!(%address, %replica_id, store = %config.store, "replica serving");
+    let security = match &tls {
+        Some(tls) => Security::Tls(tls.subscribe()),
+        None => Security::Plaintext,
+    };
+    let connection_limits = config.connection_limits();
+    let serve = router.serve_with_incoming_shutdown(
+        listener::incoming(listener, security, connection_limits),
+        async {
+            let _ = drain_rx.await;
+        },
+    );
+    if tls.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "serving plaintext beyond loopback: passwords, tokens and messages cross the network unencrypted (use --tls-cert and --tls-key)"
+        );
+    }
+    tracing::info!(
+        %address,
+        %replica_id,
+        store = %config.store,
+        tls = tls.is_some(),
+        mutual_tls = config.tls_client_ca.is_some(),
+        max_connections = connection_limits.max_connections,
+        "replica serving"
+    );
     on_ready(address);
 
     tokio::pin!(serve);

@@ -1,12 +1,14 @@
 //! `status`: a table of every server's health, after one fresh round of probes.
 
-use chat_lb_client::{Balancer, EndpointState};
+use chat_lb_client::{Balancer, EndpointSnapshot, EndpointState};
 use serde_json::json;
 
 use crate::error::{CliError, ErrorKind};
 
 /// Waits for one round of health probes (bounded by the probe timeout), prints a
-/// table (or JSON lines), and fails when no server is healthy.
+/// table (or JSON lines), and fails when no server is healthy, naming each
+/// server and its last error (a TLS failure in words, e.g. `127.0.0.1:8500 (TLS:
+/// certificate signed by an unknown authority)`).
 pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
     balancer.wait_for_probe_round().await;
     let snapshot = balancer.snapshot();
@@ -53,10 +55,25 @@ pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
         .filter(|endpoint| endpoint.state == EndpointState::Healthy)
         .count();
     if healthy == 0 {
+        let servers: Vec<String> = snapshot.iter().map(describe).collect();
         return Err(CliError::new(
             ErrorKind::Unavailable,
-            format!("none of the {} servers is healthy", snapshot.len()),
+            crate::error::one_line(&format!(
+                "none of the {} servers is healthy: {}",
+                snapshot.len(),
+                servers.join("; ")
+            )),
         ));
     }
     Ok(())
+}
+
+/// `address (state: last error)`, or `address (TLS: ...)` for a TLS failure, as
+/// the balancer's own errors name servers.
+fn describe(endpoint: &EndpointSnapshot) -> String {
+    match &endpoint.last_error {
+        Some(error) if error.starts_with("TLS: ") => format!("{} ({error})", endpoint.address),
+        Some(error) => format!("{} ({}: {error})", endpoint.address, endpoint.state),
+        None => format!("{} ({})", endpoint.address, endpoint.state),
+    }
 }

@@ -76,7 +76,7 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
         endpoint.begin_probe();
         let result = match timeout(cfg.timeout, shared.probe.check(&target)).await {
             Ok(Ok(status)) => Ok(status),
-            Ok(Err(error)) if !is_timeout(&*error) => Err(describe(&*error)),
+            Ok(Err(error)) if !is_timeout(&*error) => Err(endpoint.explain(&shared, &*error)),
             Ok(Err(_)) | Err(_) => Err(format!(
                 "probe timed out after {}",
                 humantime::format_duration(cfg.timeout)

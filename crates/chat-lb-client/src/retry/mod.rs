@@ -3,8 +3,13 @@
 //! Two kinds of retry exist:
 //!
 //! * **Transparent** — the attempt never reached a server: the connection was
-//!   refused or could not be made, the server refused the stream unprocessed
-//!   (`REFUSED_STREAM`), or the connection closed before the request was sent.
+//!   refused or could not be made (a failed TLS handshake included, also one
+//!   that only shows on the first request, as a server's rejection of the
+//!   client certificate does with TLS 1.3: a fatal handshake alert from the
+//!   server, or, over TLS, a connection closed under the request by a server
+//!   that never answered a call or probe), the server refused the stream
+//!   unprocessed (`REFUSED_STREAM`), or the connection closed before the
+//!   request was sent.
 //!   Every call is retried on another endpoint, each endpoint at most once per
 //!   call (again only if it recovered meanwhile). These retries do not draw on
 //!   the budget: they put no load on any server.
@@ -93,6 +98,9 @@ pub struct SafeToRetry(pub bool);
 
 /// Whether a transport error proves the request never reached the server.
 pub(crate) fn never_sent(err: &(dyn StdError + 'static)) -> bool {
+    if crate::tls::handshake_failed(err) {
+        return true;
+    }
     let mut source = Some(err);
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {
@@ -167,8 +175,12 @@ pub(crate) fn is_timeout(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// A one-line description of an error and its causes.
+/// A one-line description of an error and its causes; for a TLS failure,
+/// what [`crate::describe_tls_error`] says of it.
 pub(crate) fn describe(err: &(dyn StdError + 'static)) -> String {
+    if let Some(tls) = crate::tls::describe_tls_error(err) {
+        return tls;
+    }
     let mut text = String::new();
     let mut source = Some(err);
     while let Some(cause) = source {
@@ -211,6 +223,17 @@ mod tests {
         )));
         let h2 = h2::Error::from(h2::Reason::REFUSED_STREAM);
         assert!(!never_sent(&h2), "only a stream the server refused counts");
+        // A server's rejection of the client certificate, as the first request
+        // on the connection reports it (TLS 1.3): the request was never served.
+        let rejected = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        assert!(never_sent(&rejected));
+        assert_eq!(
+            describe(&rejected),
+            "TLS: the server requires a client certificate"
+        );
 
         let response = Status::unavailable("draining").into_http::<()>();
         assert_eq!(unavailable(&response).as_deref(), Some("draining"));

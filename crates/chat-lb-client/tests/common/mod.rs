@@ -194,8 +194,28 @@ impl Replica {
         Self::start_on(name, "127.0.0.1:0".parse().unwrap(), Arc::default())
     }
 
+    /// Starts a replica on a free port of 127.0.0.1 that serves over TLS only.
+    pub fn start_tls(name: &str, tls: tonic::transport::ServerTlsConfig) -> Self {
+        Self::start_with(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::default(),
+            Some(tls),
+        )
+    }
+
     /// Starts a replica on `addr` (e.g. to restart one on its old port).
     pub fn start_on(name: &str, addr: SocketAddr, knobs: Arc<Knobs>) -> Self {
+        Self::start_with(name, addr, knobs, None)
+    }
+
+    /// Starts a replica on `addr`, over TLS when `tls` is given.
+    fn start_with(
+        name: &str,
+        addr: SocketAddr,
+        knobs: Arc<Knobs>,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -211,8 +231,12 @@ impl Replica {
             bind(addr).unwrap()
         };
         let addr = listener.local_addr().unwrap();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).expect("server TLS configuration");
+        }
         runtime.spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(health)
                 .add_service(ChatServiceServer::new(chat))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))

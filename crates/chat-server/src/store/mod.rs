@@ -278,8 +278,15 @@ pub struct FeedPage {
 }
 
 /// Opens the store a URI names: a MongoDB connection string (`mongodb://...` or
-/// `mongodb+srv://...`) for [`mongo::MongoStore`]; `sqlite:PATH`, `sqlite://PATH` or a
-/// plain file path for the embedded store.
+/// `mongodb+srv://...`) for [`mongo::MongoStore`]; `sqlite:PATH` or a plain file path
+/// for the embedded store.
+///
+/// Anything else that starts with a scheme (`postgres://...`, `mongo://...`, `sqlit:x`)
+/// is refused: read as a file name it would silently create a new, empty database, and
+/// with several hosts each mistyped replica would serve data of its own. For the same
+/// reason the embedded store's directory must exist (the server creates only the
+/// default store's directory, deliberately), and a new database file is created
+/// readable by its owner only (it holds password hashes and messages).
 pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") {
         return Ok(std::sync::Arc::new(mongo::MongoStore::open(uri).await?));
@@ -290,15 +297,7 @@ pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
              or mongodb+srv://HOST/DATABASE?OPTIONS"
         )));
     }
-    let path = uri
-        .strip_prefix("sqlite://")
-        .or_else(|| uri.strip_prefix("sqlite:"))
-        .unwrap_or(uri);
-    if path.is_empty() {
-        return Err(StoreError::Unavailable(
-            "empty store path; expected sqlite:PATH or mongodb://...".into(),
-        ));
-    }
+    let path = sqlite_path(uri)?;
     // Opening may wait on another process creating the schema: keep it off the runtime.
     let path = path.to_owned();
     let store = tokio::task::spawn_blocking(move || {
@@ -307,4 +306,71 @@ pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     .await
     .map_err(|error| StoreError::Internal(format!("store opening task failed: {error}")))??;
     Ok(std::sync::Arc::new(store))
+}
+
+/// The file path of an embedded-store URI (`sqlite:PATH` or a plain path), refusing
+/// URIs with any other scheme.
+fn sqlite_path(uri: &str) -> Result<&str, StoreError> {
+    let expected = "expected sqlite:PATH, a file path, mongodb://... or mongodb+srv://...";
+    let path = match uri.strip_prefix("sqlite:") {
+        Some(path) => path,
+        None => {
+            if let Some(scheme) = scheme(uri) {
+                return Err(StoreError::Unavailable(format!(
+                    "unsupported store {uri:?}: unknown scheme \"{scheme}:\"; {expected} \
+                     (a file name with a colon: write sqlite:{uri})"
+                )));
+            }
+            uri
+        }
+    };
+    if path.is_empty() {
+        return Err(StoreError::Unavailable(format!(
+            "empty store path; {expected}"
+        )));
+    }
+    Ok(path)
+}
+
+/// The URI scheme `uri` starts with (`NAME:` with `NAME` a letter followed by letters,
+/// digits, `+`, `-` or `.`), if any.
+fn scheme(uri: &str) -> Option<&str> {
+    let (name, _) = uri.split_once(':')?;
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(name)
+}
+
+#[cfg(test)]
+mod uri_tests {
+    use super::*;
+
+    #[test]
+    fn only_sqlite_paths_and_mongodb_uris_are_stores() {
+        assert_eq!(
+            sqlite_path("sqlite:chat-data/chat.db").ok(),
+            Some("chat-data/chat.db")
+        );
+        assert_eq!(
+            sqlite_path("/var/lib/chat/chat.db").ok(),
+            Some("/var/lib/chat/chat.db")
+        );
+        assert_eq!(sqlite_path("./odd:name.db").ok(), Some("./odd:name.db"));
+        assert_eq!(sqlite_path("sqlite:odd:name.db").ok(), Some("odd:name.db"));
+        for bad in [
+            "postgres://x/y",
+            "mongo://h/db",
+            "sqlit:chat.db",
+            "file:chat.db",
+            "s3+x.y-z:a",
+        ] {
+            let error = sqlite_path(bad).expect_err(bad).to_string();
+            assert!(error.contains("unknown scheme"), "{bad}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+        assert!(sqlite_path("sqlite:").is_err());
+        assert!(sqlite_path("").is_err());
+    }
 }

@@ -189,8 +189,31 @@ impl From<StoreError> for Failure {
 
 type Outcome<T> = Result<T, Failure>;
 
+/// Creates the database file empty with mode 0600 if it does not exist yet, so that the
+/// database (and its `-wal` and `-shm` files, which SQLite creates with the database
+/// file's permissions) is readable by its owner only: it holds password hashes and
+/// messages. An existing file keeps its permissions.
+fn create_owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // Opening reports a missing directory or a permission problem in its own words.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StoreError::Unavailable(format!(
+            "cannot create the database {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating it if need be, with its parent directory) the database file at
+    /// Opens (creating it if need be; its directory must exist) the database file at
     /// `path`, switches it to WAL mode, and creates the schema if the file is new.
     ///
     /// This is a blocking call (file system work, and possibly waiting up to
@@ -198,19 +221,22 @@ impl SqliteStore {
     /// Call it once at startup; from async code either accept the short block or wrap
     /// it in [`tokio::task::spawn_blocking`].
     ///
-    /// Fails with [`StoreError::Unavailable`] when the file cannot be created, opened or
+    /// Fails with [`StoreError::Unavailable`] when the directory does not exist, when the
+    /// file cannot be created, opened or
     /// switched to WAL mode, when it belongs to another application, or when its schema
     /// version is newer than [`SCHEMA_VERSION`].
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot create the directory {} for the database: {e}",
-                    parent.display()
-                ))
-            })?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open the database {}: the directory {} does not exist (create it first)",
+                path.display(),
+                parent.display()
+            )));
         }
+        create_owner_only(&path)?;
         let pool_size = options.pool_size.max(1);
         let inner = Inner {
             path,
@@ -1280,12 +1306,22 @@ mod tests {
     }
 
     #[test]
-    fn creates_the_parent_directory() {
+    fn a_missing_directory_is_refused_and_a_new_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("a").join("b").join("chat.db");
+        let typo = dir.path().join("a").join("b").join("chat.db");
+        let error = match SqliteStore::open(&typo, SqliteOptions::default()) {
+            Ok(_) => panic!("a missing directory is an error"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains("does not exist"), "{error}");
+        assert!(!dir.path().join("a").exists(), "nothing was created");
+
+        let path = dir.path().join("chat.db");
         let store = open(&path);
         assert_eq!(store.path(), path);
-        assert!(path.is_file());
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]
