@@ -64,6 +64,22 @@ async fn idle_connections_cannot_take_every_descriptor() {
     replica
         .wait_for_log("connection limit reached", 1, Duration::from_secs(10))
         .await;
+    // The replica closes every one of them: refused at once beyond the limit, or
+    // after the handshake timeout.
+    let closed = futures::future::join_all(idle.into_iter().map(|mut stream| async move {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::io::AsyncReadExt::read(&mut stream, &mut byte)
+            )
+            .await,
+            Ok(Ok(0) | Err(_))
+        )
+    }))
+    .await;
+    let open = closed.iter().filter(|closed| !**closed).count();
+    assert_eq!(open, 0, "{open} idle connections are still open");
     replica
         .wait_for_log(
             "closed for not completing their handshake in time",
@@ -83,24 +99,14 @@ async fn idle_connections_cannot_take_every_descriptor() {
     .expect("health check");
     assert!(answer.into_inner().store_reachable);
     assert!(started.elapsed() < Duration::from_secs(1));
-    drop(idle);
 }
 
-/// Runs `chat-server ARGS` in `dir` and returns (exit code, stderr); it must exit.
+/// Runs `chat-server ARGS` in `dir`; it must exit without listening. Returns the exit
+/// code and stderr.
 fn run_in(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let output = Command::new(common::workspace_binary("chat-server"))
-        .current_dir(dir)
-        .args(["--port", "0"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chat-server");
-    assert!(output.stdout.is_empty(), "it never listened");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let (code, stdout, stderr) = common::run_server_to_exit(Some(dir), args);
+    assert!(stdout.is_empty(), "it never listened: {stdout}");
+    (code, stderr)
 }
 
 #[test]

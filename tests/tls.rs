@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -401,21 +400,14 @@ async fn sighup_rotates_the_certificate_and_keeps_open_streams() {
     assert_eq!(message.text, "still here");
 }
 
-/// Starts `chat-server` with `args` and returns (exit code, stdout, stderr); the
-/// process must exit by itself.
+/// Starts `chat-server` on `store` with `args`; it must exit by itself.
 fn start_fails(store: &SharedStore, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(common::workspace_binary("chat-server"))
-        .args(["--port", "0", "--store", &store.uri()])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chat-server");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let store = store.uri();
+    let all: Vec<&str> = ["--store", store.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    common::run_server_to_exit(None, &all)
 }
 
 #[test]
@@ -507,20 +499,10 @@ fn bad_tls_files_are_one_line_start_up_errors() {
     assert!(stderr.contains("--tls-key"), "{stderr}");
 
     // MongoDB over TLS: a missing CA file is a clear start-up error naming it.
-    let output = Command::new(common::workspace_binary("chat-server"))
-        .args([
-            "--port",
-            "0",
-            "--store",
-            &format!("mongodb://127.0.0.1:1/chat?tls=true&tlsCAFile={missing}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chat-server");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(output.stdout.is_empty());
+    let mongo = format!("mongodb://127.0.0.1:1/chat?tls=true&tlsCAFile={missing}");
+    let (code, stdout, stderr) = common::run_server_to_exit(None, &["--store", &mongo]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty());
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&missing), "{stderr}");
 }

@@ -357,6 +357,27 @@ fn spawn(
     (child, address)
 }
 
+/// Runs `chat-server --port 0 ARGS` (in `dir` when given) until it exits by itself;
+/// returns its exit code, stdout and stderr.
+pub fn run_server_to_exit(dir: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(workspace_binary("chat-server"));
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command
+        .args(["--port", "0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-server");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A plain tonic client connected to one replica.
 pub async fn client(replica: &Replica) -> ChatServiceClient<Channel> {
     ChatServiceClient::connect(replica.url())

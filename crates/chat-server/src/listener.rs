@@ -32,7 +32,7 @@ use std::{
 use rustls::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     time::Instant,
 };
@@ -43,6 +43,12 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// How long the accept loop pauses after an accept error (such as running out of file
 /// descriptors), so that it does not spin on a condition that needs time to clear.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How many established connections the kernel queues for the accept loop (capped by
+/// `net.core.somaxconn`). Clients reconnecting all at once, after a failover, must not
+/// find the queue full: their connection attempts would then wait for a SYN
+/// retransmission (a second or more).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// The shortest interval between two warnings of the same kind.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -64,6 +70,18 @@ pub struct ConnectionLimits {
     /// How long a new connection may take to complete its TLS handshake, or to send
     /// its first bytes without TLS.
     pub handshake_timeout: Duration,
+}
+
+/// A listening socket on `address` (with `SO_REUSEADDR`, so that a restarted replica
+/// can take its port again at once, and a deep accept queue).
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Connections accepted on `listener` that passed their handshake, ready for

@@ -11,7 +11,6 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use chat_proto::v1::chat_service_server::ChatServiceServer;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -86,9 +85,8 @@ pub async fn run(
     store.ping().await.map_err(store_error)?;
 
     let address = SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| ServerError::Bind { address, source })?;
+    let listener =
+        listener::bind(address).map_err(|source| ServerError::Bind { address, source })?;
     let address = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { address, source })?;
