@@ -101,6 +101,77 @@ async fn idle_connections_cannot_take_every_descriptor() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+/// The resident memory of a process, in bytes (Linux).
+fn resident_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn a_login_burst_keeps_memory_within_the_hashing_bound() {
+    const ACCOUNTS: usize = 16;
+    const LOGINS_EACH: usize = 40;
+    const HASH_MEMORY: u64 = 19 * 1024 * 1024;
+    let store = SharedStore::new();
+    let replica = Replica::start_logged(&store, &[]);
+    replica
+        .wait_for_log("password_hash_threads=", 1, Duration::from_secs(5))
+        .await;
+    let threads: u64 = replica
+        .log_lines()
+        .iter()
+        .find_map(|line| line.split("password_hash_threads=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the replica logs its hashing threads");
+    let idle = resident_bytes(replica.pid());
+
+    let client = common::client(&replica).await;
+    let names: Vec<String> = (0..ACCOUNTS).map(|i| format!("burst{i}")).collect();
+    futures::stream::iter(names.iter())
+        .for_each_concurrent(ACCOUNTS, |name| {
+            let mut client = client.clone();
+            async move {
+                common::register_and_login(&mut client, name, "a long password").await;
+            }
+        })
+        .await;
+    // 640 logins, 16 at a time (one account each, so that none waits for its own
+    // account's turn).
+    futures::stream::iter(names.iter())
+        .for_each_concurrent(ACCOUNTS, |name| {
+            let mut client = client.clone();
+            async move {
+                for _ in 0..LOGINS_EACH {
+                    common::login(&mut client, name, "a long password").await;
+                }
+            }
+        })
+        .await;
+
+    let after = resident_bytes(replica.pid());
+    let bound = idle + 2 * threads * HASH_MEMORY;
+    eprintln!(
+        "RSS: idle {} MiB, after {} logins {} MiB ({threads} hashing threads; bound {} MiB)",
+        idle >> 20,
+        ACCOUNTS * (LOGINS_EACH + 1),
+        after >> 20,
+        bound >> 20
+    );
+    assert!(
+        after <= bound,
+        "RSS {} MiB after the burst, over {} MiB",
+        after >> 20,
+        bound >> 20
+    );
+}
+
 /// Runs `chat-server ARGS` in `dir`; it must exit without listening. Returns the exit
 /// code and stderr.
 fn run_in(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
@@ -172,4 +243,103 @@ fn settings_that_cannot_work_are_refused_in_one_line() {
     }
     let (_, stderr) = run_in(dir.path(), &["--session-ttl", "0s"]);
     assert!(stderr.contains("must be from 1m to 30days"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_request_that_is_not_the_rpcs_message_is_invalid_argument() {
+    use chat_proto::v1::{AckMessagesRequest, LoginResponse};
+    let store = SharedStore::new();
+    let replica = Replica::start(&store);
+    let channel = tonic::transport::Endpoint::from_shared(replica.url())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    // Field 1 of LoginRequest is a string; AckMessagesRequest's is a number, so the
+    // bytes do not decode as a LoginRequest.
+    let status = grpc
+        .unary(
+            tonic::Request::new(AckMessagesRequest { up_to_sequence: 5 }),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/chat.v1.ChatService/Login"),
+            tonic_prost::ProstCodec::<AckMessagesRequest, LoginResponse>::default(),
+        )
+        .await
+        .expect_err("not a LoginRequest");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("malformed request"), "{status:?}");
+}
+
+#[tokio::test]
+async fn watching_an_unknown_service_answers_service_unknown_and_stays_open() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let store = SharedStore::new();
+    let replica = Replica::start(&store);
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(replica.url())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let unknown = HealthCheckRequest {
+        service: "no.such.Service".into(),
+    };
+    let check = health.check(unknown.clone()).await.expect_err("unknown");
+    assert_eq!(check.code(), tonic::Code::NotFound);
+    let mut watch = health.watch(unknown).await.expect("watch").into_inner();
+    let first = watch
+        .message()
+        .await
+        .expect("a status")
+        .expect("one message");
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    // The call stays open (the service might appear later): nothing more, no end.
+    let next = tokio::time::timeout(Duration::from_millis(300), watch.message()).await;
+    assert!(next.is_err(), "the watch ended: {next:?}");
+}
+
+#[tokio::test]
+async fn subscribing_after_a_sequence_not_reached_is_refused() {
+    use chat_proto::v1::SubscribeRequest;
+    let store = SharedStore::new();
+    let replica = Replica::start(&store);
+    let mut client = common::client(&replica).await;
+    let token = common::register_and_login(&mut client, "erin", "a long password").await;
+    for i in 0..3 {
+        client
+            .send_message(common::send_request(&token, "erin", "hi", &format!("k{i}")))
+            .await
+            .expect("send");
+    }
+    let refused = client
+        .subscribe(common::authed(
+            &token,
+            SubscribeRequest { after_sequence: 4 },
+        ))
+        .await
+        .expect_err("beyond the latest message");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    // Resuming at the latest message is fine, and the next message arrives.
+    let mut stream = client
+        .subscribe(common::authed(
+            &token,
+            SubscribeRequest { after_sequence: 3 },
+        ))
+        .await
+        .expect("at the latest message")
+        .into_inner();
+    client
+        .send_message(common::send_request(&token, "erin", "fourth", "k3"))
+        .await
+        .expect("send");
+    let message = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("a message");
+    assert_eq!((message.sequence, message.text.as_str()), (4, "fourth"));
 }

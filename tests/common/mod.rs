@@ -179,6 +179,15 @@ impl Replica {
         }
     }
 
+    /// The log lines so far. Only for replicas started with [`Replica::start_logged`].
+    pub fn log_lines(&self) -> Vec<String> {
+        let log = self
+            .log
+            .as_ref()
+            .expect("start the replica with start_logged");
+        log.lock().expect("log lock").clone()
+    }
+
     /// Waits (bounded) until the replica has logged `count` lines containing `needle`.
     /// Only for replicas started with [`Replica::start_logged`].
     pub async fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {

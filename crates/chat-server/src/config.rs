@@ -185,7 +185,8 @@ pub mod limits {
     pub const FETCH_PAGE: (u32, u32) = (100, 500);
     /// The longest session token accepted before it is even looked up.
     pub const MAX_TOKEN_LEN: usize = 128;
-    /// How many password hashes may be computed at once (each takes ~19 MiB).
+    /// The most password hashes computed at once, whatever the CPU count (each holds
+    /// 19 MiB; see [`crate::password`]).
     pub const CONCURRENT_PASSWORD_HASHES: usize = 8;
     /// Most concurrent calls and streams on one HTTP/2 connection; a client opening
     /// more waits for one to end (the balancer spreads calls over replicas anyway).

@@ -185,3 +185,66 @@ impl ReplicaHealth {
         }
     }
 }
+
+/// The standard `grpc.health.v1.Health` service, as tonic-health serves it, with one
+/// correction: a `Watch` of a service the replica does not know answers with the
+/// status `SERVICE_UNKNOWN` and stays open, as the health checking protocol says (the
+/// service may appear later), instead of failing with `NOT_FOUND`. `Check` of an
+/// unknown service is `NOT_FOUND`, as the protocol says. Watches of unknown services
+/// end when the replica shuts down.
+pub struct GrpcHealthService {
+    inner: tonic_health::server::HealthService,
+    shutdown: CancellationToken,
+}
+
+impl GrpcHealthService {
+    /// The service reporting what `reporter` publishes.
+    pub fn new(reporter: HealthReporter, shutdown: CancellationToken) -> Self {
+        Self {
+            inner: tonic_health::server::HealthService::from_health_reporter(reporter),
+            shutdown,
+        }
+    }
+}
+
+type WatchStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>
+            + Send,
+    >,
+>;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for GrpcHealthService {
+    async fn check(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        use futures::StreamExt;
+        match self.inner.watch(request).await {
+            Ok(response) => Ok(tonic::Response::new(
+                Box::pin(response.into_inner()) as WatchStream
+            )),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let unknown = tonic_health::pb::HealthCheckResponse {
+                    status: tonic_health::pb::health_check_response::ServingStatus::ServiceUnknown
+                        as i32,
+                };
+                let until_shutdown = self.shutdown.clone().cancelled_owned();
+                let stream = futures::stream::once(async move { Ok(unknown) })
+                    .chain(futures::stream::once(until_shutdown).filter_map(|()| async { None }));
+                Ok(tonic::Response::new(Box::pin(stream) as WatchStream))
+            }
+            Err(status) => Err(status),
+        }
+    }
+}

@@ -26,6 +26,7 @@ mod error;
 pub mod health;
 pub mod hub;
 pub mod listener;
+pub mod password;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -16,7 +16,7 @@ use tonic::transport::Server;
 
 use crate::{
     config::{ServerConfig, limits},
-    health::ReplicaHealth,
+    health::{GrpcHealthService, ReplicaHealth},
     hub::Hub,
     listener::{self, Security},
     service::{ChatService, ServiceSettings},
@@ -95,11 +95,14 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("{address}/{}", std::process::id()));
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let stop = CancellationToken::new();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        GrpcHealthService::new(reporter.clone(), stop.clone()),
+    );
     let health = ReplicaHealth::new(replica_id.clone(), reporter);
     health.publish().await;
 
-    let stop = CancellationToken::new();
     let hub = Hub::default();
     let mut background = vec![
         tokio::spawn(
@@ -148,6 +151,9 @@ pub async fn run(
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::error::relabel_decode_errors as fn(_) -> _,
+        ))
         .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
@@ -181,6 +187,7 @@ pub async fn run(
         tls = tls.is_some(),
         mutual_tls = config.tls_client_ca.is_some(),
         max_connections = connection_limits.max_connections,
+        password_hash_threads = crate::password::hashing_threads(),
         "replica serving"
     );
     on_ready(address);

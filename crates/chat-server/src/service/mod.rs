@@ -14,7 +14,7 @@ use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{auth::PasswordHasherPool, health::ReplicaHealth, hub::Hub, store::Store};
+use crate::{health::ReplicaHealth, hub::Hub, password::PasswordHasherPool, store::Store};
 
 /// Settings the RPCs need from the server configuration.
 #[derive(Debug, Clone)]

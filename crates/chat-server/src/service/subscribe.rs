@@ -31,6 +31,7 @@ impl ChatService {
     ) -> Result<Response<MessageStream>, Status> {
         let account = auth::authenticate(self.store.as_ref(), &request).await?;
         let after = request.into_inner().after_sequence;
+        self.check_resume_point(account.id, after).await?;
         let subscription = self.hub.subscribe(&account.username);
         let (out, stream) = mpsc::channel(STREAM_BUFFER);
         tracing::debug!(user = %account.username, after, "subscribed");
@@ -43,6 +44,31 @@ impl ChatService {
                 .insert(chat_proto::REPLICA_ID_HEADER, replica);
         }
         Ok(response)
+    }
+
+    /// Refuses to resume after a sequence number the caller has not reached (as
+    /// `AckMessages` refuses to acknowledge one): such a stream would silently skip the
+    /// caller's next messages, those numbered up to it. Some message numbered
+    /// `after_sequence` or higher exists exactly when it is reached (retention never
+    /// deletes an inbox's latest message), which one small store read tells.
+    async fn check_resume_point(
+        &self,
+        account: AccountId,
+        after_sequence: u64,
+    ) -> Result<(), Status> {
+        if after_sequence == 0 {
+            return Ok(());
+        }
+        let page = self
+            .store
+            .fetch_messages(account, Some(after_sequence - 1), 1)
+            .await?;
+        if page.messages.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "cannot resume after sequence {after_sequence}: you have no message numbered that high yet"
+            )));
+        }
+        Ok(())
     }
 
     /// Feeds one subscriber until it goes away, the replica shuts down or the store fails.
