@@ -343,3 +343,68 @@ async fn subscribing_after_a_sequence_not_reached_is_refused() {
         .expect("a message");
     assert_eq!((message.sequence, message.text.as_str()), (4, "fourth"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_live_subscribers_each_get_a_message_and_their_memory_is_reported() {
+    use chat_proto::v1::SubscribeRequest;
+    const STREAMS: usize = 5000;
+    const CONNECTIONS: usize = 10;
+    let store = SharedStore::new();
+    let replica = Replica::start(&store);
+    let mut client = common::client(&replica).await;
+    let token = common::register_and_login(&mut client, "fan", "a long password").await;
+    let before = resident_bytes(replica.pid());
+
+    // Streams spread over a few connections, as many clients would open them.
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        clients.push(common::client(&replica).await);
+    }
+    let streams: Vec<tonic::Streaming<chat_proto::v1::Message>> = futures::stream::iter(0..STREAMS)
+        .map(|i| {
+            let mut client = clients[i % CONNECTIONS].clone();
+            let token = token.clone();
+            async move {
+                client
+                    .subscribe(common::authed(&token, SubscribeRequest::default()))
+                    .await
+                    .expect("subscribe")
+                    .into_inner()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let during = resident_bytes(replica.pid());
+
+    client
+        .send_message(common::send_request(&token, "fan", "to everyone", "k1"))
+        .await
+        .expect("send");
+    let received = futures::stream::iter(streams)
+        .map(|mut stream| async move {
+            tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .map(|message| message.text)
+        })
+        .buffer_unordered(STREAMS)
+        .filter(|text| std::future::ready(text.as_deref() == Some("to everyone")))
+        .count()
+        .await;
+    let per_stream = during.saturating_sub(before) / STREAMS as u64;
+    eprintln!(
+        "{STREAMS} subscribers: RSS {} MiB before, {} MiB with them open: {} KiB per stream",
+        before >> 20,
+        during >> 20,
+        per_stream >> 10
+    );
+    assert_eq!(received, STREAMS, "every subscriber got the message");
+    assert!(
+        per_stream < 64 * 1024,
+        "{} KiB per subscriber stream",
+        per_stream >> 10
+    );
+}
