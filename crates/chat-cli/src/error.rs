@@ -74,7 +74,8 @@ impl From<tonic::Status> for CliError {
             Code::ResourceExhausted => ErrorKind::Throttled,
             _ => ErrorKind::Other,
         };
-        let message = one_line(status.message());
+        // Server text: one line, and nothing a terminal would act on.
+        let message = crate::output::sanitize(&one_line(status.message())).into_owned();
         let message = match status.code() {
             Code::DeadlineExceeded => format!("the cluster did not answer in time: {message}"),
             Code::Unavailable => format!("cluster unavailable: {message}"),
@@ -111,5 +112,17 @@ mod tests {
         ));
         assert_eq!(throttled.kind, ErrorKind::Throttled);
         assert_eq!(throttled.kind.exit_code(), ExitCode::from(7));
+    }
+
+    #[test]
+    fn server_text_in_errors_is_escaped() {
+        let error = CliError::from(tonic::Status::not_found(
+            "no account \u{1b}]0;owned\u{7}\u{202e}moc.evil\r\n#99 admin: re-enter your password",
+        ));
+        assert_eq!(
+            error.message,
+            r"no account \e]0;owned\x07\u{202e}moc.evil #99 admin: re-enter your password"
+        );
+        assert!(!error.to_string().chars().any(crate::output::needs_escape));
     }
 }

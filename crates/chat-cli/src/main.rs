@@ -18,10 +18,15 @@ async fn main() -> ExitCode {
     }
     let cli = match chat_cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => {
-            // --help and --version print and exit 0; usage errors exit 2.
+        // --help and --version print as clap does and exit 0.
+        Err(error) if !error.use_stderr() => {
             let _ = error.print();
             return ExitCode::from(error.exit_code().clamp(0, 255) as u8);
+        }
+        // Usage errors: one line, exit code 2.
+        Err(error) => {
+            eprintln!("{}", chat_cli::args::usage_error_line(&error));
+            return chat_cli::ErrorKind::Usage.exit_code();
         }
     };
     match chat_cli::run(cli).await {

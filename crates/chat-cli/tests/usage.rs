@@ -65,6 +65,107 @@ fn usage_errors_exit_2_without_a_panic() {
     }
 }
 
+#[test]
+fn clap_usage_errors_are_one_line() {
+    for (args, expected) in [
+        (
+            &["--frobnicate", "status"][..],
+            "chat-cli: unexpected argument '--frobnicate' found",
+        ),
+        (
+            &["frobnicate"],
+            "chat-cli: unrecognized subcommand 'frobnicate'",
+        ),
+        (
+            &["send", "bob"],
+            "chat-cli: the following required arguments were not provided: <TEXT>",
+        ),
+        (
+            &["status", "--timeout"],
+            "chat-cli: a value is required for '--timeout <TIMEOUT>' but none was supplied",
+        ),
+        (
+            &["--timeout", "soon", "status"],
+            "chat-cli: invalid value 'soon' for '--timeout <TIMEOUT>': expected number at 0 \
+             (a duration from 10ms to 1h, like 5s or 500ms)",
+        ),
+        (
+            &["--jsno", "status"],
+            "chat-cli: unexpected argument '--jsno' found; tip: a similar argument exists: '--json'",
+        ),
+    ] {
+        let line = usage_error(chat_cli(args), &format!("{args:?}"));
+        assert_eq!(line, expected, "{args:?}");
+    }
+    // Help and version are unchanged: several lines on stdout, exit code 0.
+    let help = chat_cli(&["send", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).lines().count() > 3);
+    assert!(help.stderr.is_empty());
+    let version = chat_cli(&["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("chat-cli "));
+}
+
+#[test]
+fn degenerate_settings_are_refused_naming_the_flag_and_range() {
+    for (args, flag, range) in [
+        (&["--timeout", "0s"][..], "--timeout", "from 10ms to 1h"),
+        (&["--keepalive", "0s"], "--keepalive", "from 100ms to 1h"),
+        (&["--try-timeout", "0s"], "--try-timeout", "from 10ms to 1h"),
+        (
+            &["--health-interval", "0s"],
+            "--health-interval",
+            "from 10ms to 1h",
+        ),
+        (
+            &["--health-timeout", "0s"],
+            "--health-timeout",
+            "from 10ms to 1m",
+        ),
+        (
+            &["--connect-timeout", "0s"],
+            "--connect-timeout",
+            "from 10ms to 5m",
+        ),
+        (&["--timeout", "3h"], "--timeout", "from 10ms to 1h"),
+        (
+            &["--unhealthy-threshold", "0"],
+            "--unhealthy-threshold",
+            "1..=100",
+        ),
+    ] {
+        // Unreachable servers: a setting that were accepted would fail
+        // differently (exit code 5), not with a usage error.
+        let mut full = vec!["--servers", "127.0.0.1:1"];
+        full.extend_from_slice(args);
+        full.push("status");
+        let line = usage_error(chat_cli(&full), &format!("{args:?}"));
+        assert!(
+            line.starts_with(&format!(
+                "chat-cli: invalid value '{}' for '{flag} <",
+                args[1]
+            )),
+            "{args:?}: {line}"
+        );
+        assert!(
+            line.ends_with(&format!("must be {range}")) || line.contains(range),
+            "{args:?}: {line}"
+        );
+    }
+    // Each range is in the flag's help.
+    let help = String::from_utf8_lossy(&chat_cli(&["--help"]).stdout).into_owned();
+    for range in [
+        "(10ms-1h)",
+        "(100ms-1h)",
+        "(10ms-1m)",
+        "(10ms-5m)",
+        "(1-100)",
+    ] {
+        assert!(help.contains(range), "{range} missing from:\n{help}");
+    }
+}
+
 /// A folder of PEM files made at test time: a CA and a client certificate and
 /// key from it, another key, and a file that is not PEM.
 struct Pem {

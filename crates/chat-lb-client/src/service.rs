@@ -564,31 +564,43 @@ impl Call {
         if replay.source_failed() {
             return Err(error);
         }
-        let described: Vec<String> = self.list.iter().map(|e| e.describe()).collect();
         let message = format!(
             "chat-lb-client: call to {} failed after {} attempt(s): {text}; endpoints: {}",
             endpoint.addr,
             self.attempts,
-            described.join("; ")
+            self.describe_endpoints()
         );
         tracing::debug!(%message, "answering UNAVAILABLE");
         Ok(Status::unavailable(message).into_http())
     }
 
-    /// `UNAVAILABLE`, naming every endpoint and its last error.
+    /// Every endpoint with its state and last error, then every configured
+    /// host name that has no address with why (`chat-1.invalid:8500 (cannot
+    /// resolve: ...)`), separated by `; `.
+    fn describe_endpoints(&self) -> String {
+        let mut described: Vec<String> = self.list.iter().map(|e| e.describe()).collect();
+        described.extend(unresolved(&self.shared));
+        described.join("; ")
+    }
+
+    /// `UNAVAILABLE`, naming every endpoint and its last error, and every
+    /// configured host name that has no address and why (with no endpoint at
+    /// all: `no endpoint: chat-1.invalid:8500 (cannot resolve: ...)`).
     fn unavailable(&self) -> Response {
         let message = if self.list.is_empty() {
-            if self.shared.unsettled() {
+            let unresolved = unresolved(&self.shared);
+            if !unresolved.is_empty() {
+                format!("chat-lb-client: no endpoint: {}", unresolved.join("; "))
+            } else if self.shared.unsettled() {
                 "chat-lb-client: no endpoint yet (host names or discovery still pending)".to_owned()
             } else {
                 "chat-lb-client: no endpoints configured".to_owned()
             }
         } else {
-            let described: Vec<String> = self.list.iter().map(|e| e.describe()).collect();
             format!(
                 "chat-lb-client: no healthy endpoint for this call after {} attempt(s); endpoints: {}",
                 self.attempts,
-                described.join("; ")
+                self.describe_endpoints()
             )
         };
         tracing::debug!(%message, "answering UNAVAILABLE");
@@ -610,4 +622,13 @@ impl Call {
         ))
         .into_http()
     }
+}
+
+/// The configured host names without an address, as `name:port (why)`.
+fn unresolved(shared: &Shared) -> Vec<String> {
+    shared
+        .unresolved()
+        .into_iter()
+        .map(|(target, why)| format!("{target} ({why})"))
+        .collect()
 }

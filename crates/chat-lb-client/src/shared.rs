@@ -48,6 +48,9 @@ struct SourceEntry {
     addrs: Vec<SocketAddr>,
     /// Whether it produced its first result (resolved, or failed to).
     settled: bool,
+    /// Why the latest resolution of a host name gave no address (cleared by
+    /// the next one that gives some); `None` for other sources.
+    error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -189,6 +192,7 @@ impl Shared {
                         source,
                         addrs: Vec::new(),
                         settled: false,
+                        error: None,
                     });
                     self.unsettled.fetch_add(1, Ordering::AcqRel);
                 }
@@ -228,18 +232,39 @@ impl Shared {
             .collect()
     }
 
-    /// Marks a host name's first resolution attempt as done, keeping its
-    /// addresses (used when resolution fails).
-    pub fn settle(&self, source: &Source) {
+    /// Records that resolving a host name gave no address, and why (`cannot
+    /// resolve: ...`), keeping its previous addresses; marks its first
+    /// resolution attempt as done.
+    pub fn resolution_failed(&self, source: &Source, reason: String) {
         let mut registry = self.registry();
-        if let Some(entry) = registry.sources.iter_mut().find(|s| &s.source == source)
-            && !entry.settled
-        {
-            entry.settled = true;
-            self.unsettled.fetch_sub(1, Ordering::AcqRel);
+        if let Some(entry) = registry.sources.iter_mut().find(|s| &s.source == source) {
+            entry.error = Some(reason);
+            if !entry.settled {
+                entry.settled = true;
+                self.unsettled.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         drop(registry);
         self.changed.notify_waiters();
+    }
+
+    /// The configured host names that have no address now, in configuration
+    /// order, each with why: its latest resolution error, or `not resolved
+    /// yet` while its first resolution is pending.
+    pub fn unresolved(&self) -> Vec<(Target, String)> {
+        self.registry()
+            .sources
+            .iter()
+            .filter_map(|s| match &s.source {
+                Source::Target(target) if target.is_name() && s.addrs.is_empty() => Some((
+                    target.clone(),
+                    s.error
+                        .clone()
+                        .unwrap_or_else(|| "not resolved yet".to_owned()),
+                )),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Sets the addresses of a source (adding the source if new) and reconciles.
@@ -261,6 +286,7 @@ impl Shared {
         match registry.sources.iter_mut().find(|s| s.source == source) {
             Some(entry) => {
                 entry.addrs = addrs;
+                entry.error = None;
                 if !entry.settled {
                     entry.settled = true;
                     self.unsettled.fetch_sub(1, Ordering::AcqRel);
@@ -271,6 +297,7 @@ impl Shared {
                 source,
                 addrs,
                 settled: true,
+                error: None,
             }),
         }
         self.reconcile(&mut registry);

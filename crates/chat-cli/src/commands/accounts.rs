@@ -3,15 +3,22 @@
 use chat_proto::v1::ListAccountsRequest;
 use serde_json::json;
 
-use crate::{connect::Session, error::CliError};
+use crate::{
+    connect::Session,
+    error::CliError,
+    output::{json_line, sanitize},
+};
 
 /// Lists every account matching `pattern` (all when `None`).
 pub async fn run(session: &Session, pattern: Option<&str>, json: bool) -> Result<(), CliError> {
     for username in list(session, pattern.unwrap_or("*")).await? {
         if json {
-            println!("{}", json!({"type": "account", "username": username}));
+            println!(
+                "{}",
+                json_line(&json!({"type": "account", "username": username}))
+            );
         } else {
-            println!("{username}");
+            println!("{}", sanitize(&username));
         }
     }
     Ok(())

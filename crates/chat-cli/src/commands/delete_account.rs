@@ -20,10 +20,13 @@ pub async fn run(args: &GlobalArgs, session: &Session) -> Result<(), CliError> {
     if args.json {
         println!(
             "{}",
-            json!({"type": "deleted", "username": session.username})
+            crate::output::json_line(&json!({"type": "deleted", "username": session.username}))
         );
     } else {
-        println!("deleted account {}", session.username);
+        println!(
+            "deleted account {}",
+            crate::output::sanitize(&session.username)
+        );
     }
     Ok(())
 }

@@ -20,10 +20,10 @@ pub async fn run(args: &GlobalArgs, mut client: ChatClient) -> Result<(), CliErr
     if args.json {
         println!(
             "{}",
-            json!({"type": "registered", "username": created.username})
+            crate::output::json_line(&json!({"type": "registered", "username": created.username}))
         );
     } else {
-        println!("registered {}", created.username);
+        println!("registered {}", crate::output::sanitize(&created.username));
     }
     Ok(())
 }

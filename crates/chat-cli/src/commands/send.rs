@@ -25,11 +25,13 @@ pub async fn run(session: &Session, to: &str, text: &str, json: bool) -> Result<
     };
     let message = send(session, to, &text).await?;
     if json {
-        println!("{}", output::message_json(&message));
+        println!("{}", output::json_line(&output::message_json(&message)));
     } else {
         println!(
             "sent #{} to {} (their message {})",
-            message.id, message.recipient, message.sequence
+            message.id,
+            output::sanitize(&message.recipient),
+            message.sequence
         );
     }
     Ok(())

@@ -3,15 +3,26 @@
 use chat_lb_client::{Balancer, EndpointSnapshot, EndpointState};
 use serde_json::json;
 
-use crate::error::{CliError, ErrorKind};
+use crate::{
+    error::{CliError, ErrorKind, one_line},
+    output::{json_line, sanitize},
+};
+
+/// What the table shows in the health column of a host name that has no
+/// address (it did not resolve).
+const UNRESOLVED: &str = "unresolved";
 
 /// Waits for one round of health probes (bounded by the probe timeout), prints a
 /// table (or JSON lines), and fails when no server is healthy, naming each
 /// server and its last error (a TLS failure in words, e.g. `127.0.0.1:8500 (TLS:
-/// certificate signed by an unknown authority)`).
+/// certificate signed by an unknown authority)`). A host name that did not
+/// resolve is a row of its own, `unresolved`, with the resolver's reason, e.g.
+/// `chat-1.invalid:8500 (cannot resolve: failed to lookup address information:
+/// Name or service not known)`. Error texts are shown [`sanitize`]d.
 pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
     balancer.wait_for_probe_round().await;
     let snapshot = balancer.snapshot();
+    let unresolved = balancer.unresolved_names();
     if !json {
         println!(
             "{:<22} {:<12} {:>10} {:>11}  last error",
@@ -24,7 +35,7 @@ pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
         if json {
             println!(
                 "{}",
-                json!({
+                json_line(&json!({
                     "type": "server",
                     "address": endpoint.address.to_string(),
                     "health": endpoint.state.to_string(),
@@ -34,7 +45,7 @@ pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
                     "calls": endpoint.calls,
                     "errors": endpoint.errors,
                     "last_error": endpoint.last_error,
-                })
+                }))
             );
         } else {
             let latency = latency
@@ -46,7 +57,34 @@ pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
                 endpoint.state.to_string() + if endpoint.slow { " (slow)" } else { "" },
                 latency,
                 endpoint.outstanding,
-                crate::error::one_line(last_error)
+                sanitize(&one_line(last_error))
+            );
+        }
+    }
+    for (target, why) in &unresolved {
+        if json {
+            println!(
+                "{}",
+                json_line(&json!({
+                    "type": "server",
+                    "address": target.to_string(),
+                    "health": UNRESOLVED,
+                    "slow": false,
+                    "latency_us": null,
+                    "outstanding": 0,
+                    "calls": 0,
+                    "errors": 0,
+                    "last_error": why,
+                }))
+            );
+        } else {
+            println!(
+                "{:<22} {:<12} {:>10} {:>11}  {}",
+                target.to_string(),
+                UNRESOLVED,
+                "-",
+                0,
+                sanitize(&one_line(why))
             );
         }
     }
@@ -55,14 +93,27 @@ pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
         .filter(|endpoint| endpoint.state == EndpointState::Healthy)
         .count();
     if healthy == 0 {
-        let servers: Vec<String> = snapshot.iter().map(describe).collect();
+        let servers: Vec<String> = snapshot
+            .iter()
+            .map(describe)
+            .chain(
+                unresolved
+                    .iter()
+                    .map(|(target, why)| format!("{target} ({why})")),
+            )
+            .collect();
+        let message = if servers.is_empty() {
+            "no servers configured".to_owned()
+        } else {
+            format!(
+                "none of the {} servers is healthy: {}",
+                servers.len(),
+                servers.join("; ")
+            )
+        };
         return Err(CliError::new(
             ErrorKind::Unavailable,
-            crate::error::one_line(&format!(
-                "none of the {} servers is healthy: {}",
-                snapshot.len(),
-                servers.join("; ")
-            )),
+            sanitize(&one_line(&message)).into_owned(),
         ));
     }
     Ok(())

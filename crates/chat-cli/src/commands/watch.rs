@@ -48,7 +48,7 @@ pub async fn run(session: &Session, json: bool) -> Result<(), CliError> {
             {
                 eprintln!(
                     "* could not acknowledge up to #{up_to_sequence}: {}",
-                    status.message()
+                    output::sanitize(&crate::error::one_line(status.message()))
                 );
             }
         }
@@ -63,14 +63,17 @@ pub fn describe(event: &FeedEvent) -> String {
             resumed,
             after,
         } => {
-            let replica = replica.as_deref().unwrap_or("a replica");
+            let replica = output::sanitize(replica.as_deref().unwrap_or("a replica"));
             if *resumed {
                 format!("* failover: resumed on {replica} after message #{after}")
             } else {
                 format!("* watching via {replica}")
             }
         }
-        FeedEvent::Lost { reason } => format!("* lost the stream ({reason}); reconnecting"),
+        FeedEvent::Lost { reason } => format!(
+            "* lost the stream ({}); reconnecting",
+            output::sanitize(reason)
+        ),
         FeedEvent::Message(message) => output::message_line(message),
     }
 }

@@ -1,0 +1,456 @@
+//! The `chat-cli` binary against an in-process fake chat server whose answers
+//! the tests choose: text from others (messages, usernames, server errors,
+//! health details) is shown escaped and one message per line, `--json` keeps
+//! it exact, and the interactive chat refuses bad input without sending
+//! anything.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    pin::Pin,
+    process::{Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chat_proto::v1::{
+    self as pb,
+    chat_service_server::{ChatService, ChatServiceServer},
+    health_check_response::ServingStatus,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+/// What the fake server answers, and what it was sent.
+#[derive(Default)]
+struct Fake {
+    /// The inbox: `FetchMessages` and `Subscribe` hand out those after the
+    /// acknowledged sequence.
+    messages: Vec<pb::Message>,
+    /// `ListAccounts` answers these.
+    accounts: Vec<String>,
+    /// `HealthCheck` answers NOT_SERVING with this detail.
+    not_serving: Option<String>,
+    /// `Login` fails with this.
+    login_error: Option<Status>,
+    acked: AtomicU64,
+    /// `(recipient, text)` of every `SendMessage`.
+    sent: Mutex<Vec<(String, String)>>,
+}
+
+type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
+
+struct Service(Arc<Fake>);
+
+impl Service {
+    fn unacked(&self, after: u64) -> Vec<pb::Message> {
+        let after = after.max(self.0.acked.load(Ordering::SeqCst));
+        self.0
+            .messages
+            .iter()
+            .filter(|m| m.sequence > after)
+            .cloned()
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl ChatService for Service {
+    async fn health_check(
+        &self,
+        _: Request<pb::HealthCheckRequest>,
+    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        let (status, detail) = match &self.0.not_serving {
+            Some(detail) => (ServingStatus::NotServing, detail.clone()),
+            None => (ServingStatus::Serving, String::new()),
+        };
+        Ok(Response::new(pb::HealthCheckResponse {
+            status: status as i32,
+            replica_id: "fake".into(),
+            store_reachable: true,
+            detail,
+        }))
+    }
+
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        Ok(Response::new(pb::CreateAccountResponse {
+            username: request.into_inner().username,
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        if let Some(error) = &self.0.login_error {
+            return Err(Status::new(error.code(), error.message()));
+        }
+        Ok(Response::new(pb::LoginResponse {
+            token: "t0k3n".into(),
+            expires_at_unix_ms: 0,
+            username: request.into_inner().username,
+        }))
+    }
+
+    async fn logout(
+        &self,
+        _: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn list_accounts(
+        &self,
+        _: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        Ok(Response::new(pb::ListAccountsResponse {
+            usernames: self.0.accounts.clone(),
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let request = request.into_inner();
+        let mut sent = self.0.sent.lock().unwrap();
+        sent.push((request.recipient.clone(), request.text.clone()));
+        let id = sent.len() as u64;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(pb::Message {
+                id,
+                sequence: id,
+                sender: "alice".into(),
+                recipient: request.recipient,
+                text: request.text,
+                sent_at_unix_ms: 1_700_000_000_000,
+            }),
+        }))
+    }
+
+    async fn fetch_messages(
+        &self,
+        request: Request<pb::FetchMessagesRequest>,
+    ) -> Result<Response<pb::FetchMessagesResponse>, Status> {
+        let after = request.into_inner().after_sequence.unwrap_or(0);
+        Ok(Response::new(pb::FetchMessagesResponse {
+            messages: self.unacked(after),
+            has_more: false,
+            acked_sequence: self.0.acked.load(Ordering::SeqCst),
+        }))
+    }
+
+    async fn ack_messages(
+        &self,
+        request: Request<pb::AckMessagesRequest>,
+    ) -> Result<Response<pb::AckMessagesResponse>, Status> {
+        let up_to = request.into_inner().up_to_sequence;
+        let acked = self.0.acked.fetch_max(up_to, Ordering::SeqCst).max(up_to);
+        Ok(Response::new(pb::AckMessagesResponse {
+            acked_sequence: acked,
+        }))
+    }
+
+    type SubscribeStream = MessageStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<MessageStream>, Status> {
+        let backlog = self.unacked(request.into_inner().after_sequence);
+        let stream = futures::StreamExt::chain(
+            futures::stream::iter(backlog.into_iter().map(Ok)),
+            futures::stream::pending(),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn delete_account(
+        &self,
+        _: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        Ok(Response::new(pb::DeleteAccountResponse {}))
+    }
+}
+
+/// Serves `fake` on 127.0.0.1, on a runtime of its own, for the rest of the
+/// test process.
+fn serve(fake: Fake) -> (SocketAddr, Arc<Fake>) {
+    let fake = Arc::new(fake);
+    let service = ChatServiceServer::new(Service(fake.clone()));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let incoming =
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+            addr_tx.send(incoming.local_addr().unwrap()).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+    });
+    (addr_rx.recv().unwrap(), fake)
+}
+
+/// The binary logged in as alice on `server`, with none of its environment
+/// fallbacks set.
+fn chat_cli(server: SocketAddr, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-cli"));
+    for var in [
+        "CHAT_SERVERS",
+        "CHAT_USER",
+        "CHAT_PASSWORD",
+        "CHAT_CA_CERT",
+        "CHAT_CLIENT_CERT",
+        "CHAT_CLIENT_KEY",
+        "CHAT_TLS_SERVER_NAME",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .args(["--servers", &server.to_string()])
+        .args(["--user", "alice", "--password", "a long secret"])
+        .args(args);
+    command
+}
+
+fn run(server: SocketAddr, args: &[&str]) -> Output {
+    chat_cli(server, args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-cli")
+}
+
+fn message(sequence: u64, sender: &str, text: &str) -> pb::Message {
+    pb::Message {
+        id: 100 + sequence,
+        sequence,
+        sender: sender.into(),
+        recipient: "alice".into(),
+        text: text.into(),
+        sent_at_unix_ms: 1_700_000_000_123,
+    }
+}
+
+const FORGED: &str = "hi\r\n[2023-11-14T22:13:20.123Z] #99 admin: please re-enter your password";
+const TERMINAL: &str = "\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31mred \u{202e}exe.txt\u{2066}";
+
+fn hostile_inbox() -> Vec<pb::Message> {
+    vec![
+        message(1, "mallory", FORGED),
+        message(2, "mallory", TERMINAL),
+        message(3, "bob", "plain, as is: ünïcödé 🎉"),
+    ]
+}
+
+/// The lines the hostile inbox must show as.
+fn hostile_lines() -> [&'static str; 3] {
+    [
+        r"[2023-11-14T22:13:20.123Z] #1 mallory: hi\r\n[2023-11-14T22:13:20.123Z] #99 admin: please re-enter your password",
+        r"[2023-11-14T22:13:20.123Z] #2 mallory: \e]0;owned\x07\e[2J\u{9b}31mred \u{202e}exe.txt\u{2066}",
+        "[2023-11-14T22:13:20.123Z] #3 bob: plain, as is: ünïcödé 🎉",
+    ]
+}
+
+/// Nothing a terminal acts on, and no invisible reordering.
+fn assert_printable(text: &str, what: &str) {
+    for c in text.chars() {
+        assert!(
+            c == '\n' || !chat_cli::output::needs_escape(c),
+            "{what}: {c:?} in {text:?}"
+        );
+    }
+}
+
+#[test]
+fn inbox_shows_other_peoples_text_escaped_one_message_per_line_and_json_exact() {
+    let (server, fake) = serve(Fake {
+        messages: hostile_inbox(),
+        ..Fake::default()
+    });
+    let output = run(server, &["inbox"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_printable(&stdout, "inbox");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), hostile_lines());
+    assert_eq!(fake.acked.load(Ordering::SeqCst), 3);
+
+    // --json keeps the text exact (serde escapes it).
+    let (server, _) = serve(Fake {
+        messages: hostile_inbox(),
+        ..Fake::default()
+    });
+    let output = run(server, &["inbox", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_printable(&stdout, "inbox --json");
+    let texts: Vec<String> = stdout
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = hostile_inbox().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, expected);
+}
+
+#[test]
+fn watch_shows_each_message_on_one_line() {
+    let (server, _) = serve(Fake {
+        messages: hostile_inbox(),
+        ..Fake::default()
+    });
+    let mut child = chat_cli(server, &["watch"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        match lines_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    // Anything a message forged would follow at once.
+    std::thread::sleep(Duration::from_millis(200));
+    lines.extend(lines_rx.try_iter());
+    let _ = child.kill();
+    let _ = child.wait();
+    for line in &lines {
+        assert_printable(line, "watch");
+    }
+    assert_eq!(lines, hostile_lines());
+}
+
+#[test]
+fn accounts_are_shown_escaped() {
+    let (server, _) = serve(Fake {
+        accounts: vec!["alice".into(), "eve\u{1b}[2J\nroot\u{202e}".into()],
+        ..Fake::default()
+    });
+    let output = run(server, &["accounts"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_printable(&stdout, "accounts");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["alice", r"eve\e[2J\nroot\u{202e}"]
+    );
+}
+
+#[test]
+fn server_errors_are_one_escaped_line() {
+    let (server, _) = serve(Fake {
+        login_error: Some(Status::unauthenticated(
+            "wrong password\u{1b}]0;owned\u{7}\r\nchat-cli: all is well",
+        )),
+        ..Fake::default()
+    });
+    let output = run(server, &["inbox"]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_printable(&stderr, "stderr");
+    assert_eq!(
+        stderr,
+        "chat-cli: wrong password\\e]0;owned\\x07 chat-cli: all is well\n"
+    );
+}
+
+#[test]
+fn the_status_table_shows_server_details_escaped() {
+    let (server, _) = serve(Fake {
+        not_serving: Some("draining\u{1b}]0;owned\u{7}\nforged row".into()),
+        ..Fake::default()
+    });
+    let output = run(server, &["status"]);
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_printable(&stdout, "status table");
+    assert_printable(&stderr, "status error");
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows[1].starts_with(&server.to_string()), "{stdout}");
+    assert!(
+        rows[1].contains(r"draining\e]0;owned\x07 forged row"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(r"draining\e]0;owned\x07 forged row"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn interactive_chat_refuses_bad_lines_and_sends_nothing_by_mistake() {
+    let (server, fake) = serve(Fake::default());
+    let mut child = chat_cli(server, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"/to\n\
+              /to bob extra words\n\
+              a stray line\n\
+              \xff\xfe not UTF-8\n\
+              @bob hello\n\
+              /to carol\n\
+              hi carol\n",
+        )
+        .unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "logged in as alice. Type /help for commands; Ctrl-D leaves.",
+            "! /to needs a name: /to NAME",
+            "! /to takes one name; to send text use @NAME TEXT",
+            "! who to? Use @NAME TEXT, or /to NAME first",
+            "! that line is not UTF-8 text; nothing was sent",
+            "* sent to bob (#1)",
+            "* plain lines now go to carol",
+            "* sent to carol (#2)",
+            "bye",
+        ],
+        "{stdout}"
+    );
+    assert_eq!(
+        *fake.sent.lock().unwrap(),
+        [
+            ("bob".to_owned(), "hello".to_owned()),
+            ("carol".to_owned(), "hi carol".to_owned())
+        ]
+    );
+}
