@@ -89,7 +89,9 @@
 //! What a tonic client sees from the balancer itself is always a `Status`:
 //! `UNAVAILABLE` when no endpoint can take the call (the message lists every
 //! endpoint as `address (state: last error)`, or `address (TLS: problem)`, see
-//! [TLS](#tls)) or when the call failed on a
+//! [TLS](#tls), and every host name that has not resolved as
+//! `name:port (cannot resolve: reason)`, see [`Balancer::unresolved_names`])
+//! or when the call failed on a
 //! broken connection and could not be retried, `DEADLINE_EXCEEDED` when its
 //! deadline passed. A call with neither a deadline nor retry-safety that is stuck
 //! on a frozen replica ends when HTTP/2 keepalive gives up on the connection
