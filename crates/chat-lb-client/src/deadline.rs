@@ -22,7 +22,7 @@ pub(crate) fn set(headers: &mut HeaderMap, timeout: Duration) {
 }
 
 /// Parses `TimeoutValue TimeoutUnit`: at most 8 digits, then one of `HMSmun`.
-fn parse(value: &str) -> Option<Duration> {
+pub(crate) fn parse(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -40,7 +40,7 @@ fn parse(value: &str) -> Option<Duration> {
 }
 
 /// Encodes a timeout in the finest unit that fits 8 digits (rounding up).
-fn encode(timeout: Duration) -> String {
+pub(crate) fn encode(timeout: Duration) -> String {
     const MAX: u128 = 99_999_999;
     let nanos = timeout.as_nanos();
     for (unit, per) in [
