@@ -4,6 +4,8 @@
 //! it exact, and the interactive chat refuses bad input without sending
 //! anything.
 
+mod support;
+
 use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
@@ -206,18 +208,7 @@ fn serve(fake: Fake) -> (SocketAddr, Arc<Fake>) {
 /// The binary logged in as alice on `server`, with none of its environment
 /// fallbacks set.
 fn chat_cli(server: SocketAddr, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-cli"));
-    for var in [
-        "CHAT_SERVERS",
-        "CHAT_USER",
-        "CHAT_PASSWORD",
-        "CHAT_CA_CERT",
-        "CHAT_CLIENT_CERT",
-        "CHAT_CLIENT_KEY",
-        "CHAT_TLS_SERVER_NAME",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = support::command();
     command
         .args(["--servers", &server.to_string()])
         .args(["--user", "alice", "--password", "a long secret"])

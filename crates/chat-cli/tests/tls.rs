@@ -2,10 +2,12 @@
 //! problem. The "servers" are listeners on 127.0.0.1 that answer every
 //! connection with plaintext and close it, as a server without TLS would.
 
+mod support;
+
 use std::{
     io::Write,
     net::{SocketAddr, TcpListener},
-    process::{Command, Output},
+    process::Output,
 };
 
 /// A listener that answers every connection with a line of plaintext HTTP and
@@ -22,18 +24,7 @@ fn plaintext_server() -> SocketAddr {
 }
 
 fn chat_cli(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-cli"));
-    for var in [
-        "CHAT_SERVERS",
-        "CHAT_USER",
-        "CHAT_PASSWORD",
-        "CHAT_CA_CERT",
-        "CHAT_CLIENT_CERT",
-        "CHAT_CLIENT_KEY",
-        "CHAT_TLS_SERVER_NAME",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = support::command();
     command.args(args).output().expect("run chat-cli")
 }
 

@@ -2,21 +2,12 @@
 //! reason, in one line and exit code 5. Names under `.invalid` never resolve
 //! (RFC 2606), so no network is needed.
 
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Output;
 
 fn chat_cli(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-cli"));
-    for var in [
-        "CHAT_SERVERS",
-        "CHAT_USER",
-        "CHAT_PASSWORD",
-        "CHAT_CA_CERT",
-        "CHAT_CLIENT_CERT",
-        "CHAT_CLIENT_KEY",
-        "CHAT_TLS_SERVER_NAME",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = support::command();
     command.args(args).output().expect("run chat-cli")
 }
 

@@ -1,27 +1,11 @@
 //! The `chat-cli` binary's command-line surface, without any server: help, version,
 //! and usage errors (one line on stderr, exit code 2, never a panic).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod support;
 
-/// The binary, with none of its environment fallbacks set.
-fn command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-cli"));
-    for var in [
-        "CHAT_SERVERS",
-        "CHAT_USER",
-        "CHAT_PASSWORD",
-        "CHAT_CA_CERT",
-        "CHAT_CLIENT_CERT",
-        "CHAT_CLIENT_KEY",
-        "CHAT_TLS_SERVER_NAME",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
+use std::path::{Path, PathBuf};
+
+use support::command;
 
 fn chat_cli(args: &[&str]) -> std::process::Output {
     command().args(args).output().expect("run chat-cli")

@@ -1,0 +1,21 @@
+//! What the chat-cli binary's tests share.
+
+use std::process::Command;
+
+/// The `chat-cli` binary, with none of its environment fallbacks set, so that the
+/// test's own environment cannot change what it does.
+pub fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-cli"));
+    for var in [
+        "CHAT_SERVERS",
+        "CHAT_USER",
+        "CHAT_PASSWORD",
+        "CHAT_CA_CERT",
+        "CHAT_CLIENT_CERT",
+        "CHAT_CLIENT_KEY",
+        "CHAT_TLS_SERVER_NAME",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
