@@ -173,16 +173,13 @@ async fn run_chaos(seed: u64) {
     inject_faults(&mut replicas, &plan, &log, &store_path, &balancers).await;
     tokio::time::sleep(TAIL).await;
     let load_time = faults_started.elapsed();
-    let Outcome {
+    let Ended {
         senders,
         readers,
         feeds,
-    } = load.stop(&users).await;
-
-    // Invariant 3 first: the final fetches go through the same, recovered balancers.
-    let recovered = every_replica_healthy(&balancers, BALANCERS_RECOVER_WITHIN).await;
-    let histories = fetch_histories(&users, &stats).await;
-    let feeds = feeds.finish(&histories).await;
+        recovered,
+        histories,
+    } = end_load(load, &users, &balancers, &stats).await;
 
     report(
         seed,
@@ -271,15 +268,13 @@ async fn run_soak(seed: u64, load_for: Duration) {
     // Sampled under the same load as at the start, before anything stops.
     let at_end = Resources::sample(&replicas);
     let load_time = faults_started.elapsed();
-    let Outcome {
+    let Ended {
         senders,
         readers,
         feeds,
-    } = load.stop(&users).await;
-
-    let recovered = every_replica_healthy(&balancers, BALANCERS_RECOVER_WITHIN).await;
-    let histories = fetch_histories(&users, &stats).await;
-    let feeds = feeds.finish(&histories).await;
+        recovered,
+        histories,
+    } = end_load(load, &users, &balancers, &stats).await;
 
     report_load(
         seed,
@@ -529,6 +524,37 @@ struct Outcome {
     senders: Vec<SenderOutcome>,
     readers: Vec<ReaderOutcome>,
     feeds: Feeds,
+}
+
+/// What the load left to check, once stopped.
+struct Ended {
+    senders: Vec<SenderOutcome>,
+    readers: Vec<ReaderOutcome>,
+    feeds: Vec<FeedOutcome>,
+    /// Whether every balancer built at the start sees every replica healthy again.
+    recovered: Result<Duration, String>,
+    histories: BTreeMap<String, History>,
+}
+
+/// Stops the load, waits for every balancer to see every replica healthy (invariant 3
+/// first: the final fetches go through the same, recovered balancers), then reads the
+/// histories and lets the live feeds catch up with them.
+async fn end_load(load: Workload, users: &[User], balancers: &[Balancer], stats: &Stats) -> Ended {
+    let Outcome {
+        senders,
+        readers,
+        feeds,
+    } = load.stop(users).await;
+    let recovered = every_replica_healthy(balancers, BALANCERS_RECOVER_WITHIN).await;
+    let histories = fetch_histories(users, stats).await;
+    let feeds = feeds.finish(&histories).await;
+    Ended {
+        senders,
+        readers,
+        feeds,
+        recovered,
+        histories,
+    }
 }
 
 impl Workload {

@@ -289,9 +289,10 @@ async fn tls_misconfigurations_are_clear_errors_not_hangs() {
         .timeout(CALL_TIMEOUT)
         .build()
         .expect("balancer");
+    // The replica just closes the connection; the error names it and says why that may be.
     fails_clearly(
         "plaintext client",
-        &tls.address.to_string(),
+        "if it expects TLS, use https:// addresses",
         health(plaintext),
     )
     .await;
@@ -303,7 +304,12 @@ async fn tls_misconfigurations_are_clear_errors_not_hangs() {
         .timeout(CALL_TIMEOUT)
         .build()
         .expect("balancer");
-    fails_clearly("TLS client", "TLS", health(tls_client)).await;
+    fails_clearly(
+        "TLS client",
+        "TLS: the server does not speak TLS",
+        health(tls_client),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -323,13 +329,23 @@ async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() 
     };
 
     let anonymous = builder().build().expect("balancer");
-    fails_clearly("no client certificate", "TLS", health(anonymous)).await;
+    fails_clearly(
+        "no client certificate",
+        "client certificate",
+        health(anonymous),
+    )
+    .await;
 
     let stranger = builder()
         .tls_identity_files(&other.client_cert, &other.client_key)
         .build()
         .expect("balancer");
-    fails_clearly("certificate from another CA", "TLS", health(stranger)).await;
+    fails_clearly(
+        "certificate from another CA",
+        "client certificate",
+        health(stranger),
+    )
+    .await;
 
     let member = builder()
         .tls_identity_files(&pki.client_cert, &pki.client_key)

@@ -7,6 +7,16 @@ use clap::Parser;
 /// The default store: the embedded store in `chat-data/` under the working directory.
 pub const DEFAULT_STORE: &str = "sqlite:chat-data/chat.db";
 
+/// The directory of [`DEFAULT_STORE`]'s database file (`chat-data`).
+pub fn default_store_directory() -> &'static std::path::Path {
+    let file = DEFAULT_STORE
+        .strip_prefix("sqlite:")
+        .unwrap_or(DEFAULT_STORE);
+    std::path::Path::new(file)
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+}
+
 /// How a `chat-server` process is configured. Every flag has an environment fallback
 /// (`CHAT_*`) and every duration is a humantime value such as `500ms`, `10s` or `24h`.
 #[derive(Debug, Clone, Parser)]

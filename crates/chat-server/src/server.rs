@@ -75,9 +75,11 @@ pub async fn run(
     if config.store == crate::config::DEFAULT_STORE {
         // Zero set-up: the default store's directory is made when missing. Any other
         // store's directory must exist, so that a typo cannot create a new database.
-        std::fs::create_dir_all("chat-data").map_err(|error| {
+        let directory = crate::config::default_store_directory();
+        std::fs::create_dir_all(directory).map_err(|error| {
             store_error(StoreError::Unavailable(format!(
-                "cannot create the directory chat-data for the default store: {error}"
+                "cannot create the directory {} for the default store: {error}",
+                directory.display()
             )))
         })?;
     }

@@ -160,10 +160,7 @@ fn read(path: &Path, flag: &'static str) -> Result<Vec<u8>, TlsError> {
 }
 
 /// The serial, subject and expiry of a certificate.
-pub(crate) fn inspect(
-    path: &Path,
-    certificate: &CertificateDer<'_>,
-) -> Result<CertificateInfo, TlsError> {
+fn inspect(path: &Path, certificate: &CertificateDer<'_>) -> Result<CertificateInfo, TlsError> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(certificate).map_err(|error| TlsError::Invalid {
             flag: "--tls-cert",
