@@ -15,6 +15,7 @@
 //! strings and SHA-256 token hashes. It validates nothing that the service layer
 //! validates (name syntax, text length); it enforces uniqueness, idempotency and order.
 
+mod keys;
 pub mod mongo;
 pub mod sqlite;
 
@@ -39,8 +40,8 @@ pub struct Account {
 }
 
 /// An account's failed login attempts in a row, as the store keeps them for login
-/// throttling (see `crate::throttle`). The default (no failures, not locked) is what an
-/// account without a record has.
+/// throttling. The default (no failures, not locked) is what an account without a
+/// record has.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoginFailures {
     /// Login attempts counted against the account since its last successful login.
@@ -152,6 +153,13 @@ pub enum StoreError {
     /// Anything else: a bug or corrupt data (maps to INTERNAL).
     #[error("store error: {0}")]
     Internal(String),
+}
+
+impl StoreError {
+    /// The error for an account id that names no (active) account.
+    pub(crate) fn no_such_id(id: AccountId) -> Self {
+        Self::NoSuchAccount(format!("#{id}"))
+    }
 }
 
 /// The shared state of a chat cluster. All methods are safe to call concurrently from
