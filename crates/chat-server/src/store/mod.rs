@@ -15,6 +15,7 @@
 //! strings and SHA-256 token hashes. It validates nothing that the service layer
 //! validates (name syntax, text length); it enforces uniqueness, idempotency and order.
 
+mod failure;
 mod keys;
 pub mod mongo;
 pub mod sqlite;

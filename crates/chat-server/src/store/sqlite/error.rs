@@ -1,55 +1,20 @@
-//! SQLite errors as [`StoreError`]s.
-//!
-//! An operation returns an [`Outcome`]: `?` carries an SQLite error up unchanged (so the
-//! pool can still tell whether it broke the connection), while the operation decides
-//! store-level outcomes itself (such as [`StoreError::UsernameTaken`] from a unique
-//! violation). The pool maps what is left once, with [`OutcomeExt::or_store_error`].
+//! SQLite errors as [`StoreError`]s (see [`failure`] for where they are mapped): the
+//! pool looks at an operation's SQLite error first, to tell whether it broke the
+//! connection.
 
 use std::time::Duration;
 
 use rusqlite::ErrorCode;
 
 use crate::store::StoreError;
-
-/// Why an operation on a connection failed: SQLite itself, or a store-level outcome
-/// (such as [`StoreError::UsernameTaken`]) decided by the operation.
-#[derive(Debug)]
-pub(super) enum Failure {
-    /// An error that SQLite reported and the operation did not handle.
-    Sqlite(rusqlite::Error),
-    /// The operation's own answer.
-    Store(StoreError),
-}
-
-impl From<rusqlite::Error> for Failure {
-    fn from(error: rusqlite::Error) -> Self {
-        Self::Sqlite(error)
-    }
-}
-
-impl From<StoreError> for Failure {
-    fn from(error: StoreError) -> Self {
-        Self::Store(error)
-    }
-}
+use crate::store::failure::{self, DatabaseError};
 
 /// What an operation on a connection returns.
-pub(super) type Outcome<T> = Result<T, Failure>;
+pub(super) type Outcome<T> = failure::Outcome<T, rusqlite::Error>;
 
-/// Maps an operation's failure to the store's error.
-pub(super) trait OutcomeExt<T> {
-    /// The value, or the failure as a [`StoreError`]: an SQLite error through
-    /// [`map_sqlite_error`] (`busy_timeout` is named when a lock was not released in
-    /// time), the operation's own answer as it is.
-    fn or_store_error(self, busy_timeout: Duration) -> Result<T, StoreError>;
-}
-
-impl<T> OutcomeExt<T> for Outcome<T> {
-    fn or_store_error(self, busy_timeout: Duration) -> Result<T, StoreError> {
-        self.map_err(|failure| match failure {
-            Failure::Store(error) => error,
-            Failure::Sqlite(error) => map_sqlite_error(&error, busy_timeout),
-        })
+impl DatabaseError for rusqlite::Error {
+    fn to_store_error(&self, busy_timeout: Duration) -> StoreError {
+        map_sqlite_error(self, busy_timeout)
     }
 }
 

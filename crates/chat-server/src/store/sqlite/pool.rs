@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::Semaphore;
 
-use super::error::{Failure, Outcome, OutcomeExt, breaks_connection, map_sqlite_error};
+use super::error::{Outcome, breaks_connection, map_sqlite_error};
 use super::schema;
 use crate::store::StoreError;
+use crate::store::failure::{Failure, OutcomeExt};
 
 /// How many distinct prepared statements each connection keeps.
 const STATEMENT_CACHE_CAPACITY: usize = 32;
@@ -223,7 +224,7 @@ impl Inner {
         };
         let result = operation(&mut connection);
         let broken = match &result {
-            Err(Failure::Sqlite(error)) => breaks_connection(error),
+            Err(Failure::Database(error)) => breaks_connection(error),
             _ => false,
         };
         // A connection still inside a transaction (a failed rollback) is not reusable.
@@ -250,7 +251,7 @@ impl Inner {
         self.configure_new_connection()
             .map_err(|failure| match failure {
                 Failure::Store(error) => error,
-                Failure::Sqlite(error) => {
+                Failure::Database(error) => {
                     match map_sqlite_error(&error, self.options.busy_timeout) {
                         StoreError::Unavailable(message) | StoreError::Internal(message) => {
                             StoreError::Unavailable(format!(
