@@ -4,8 +4,8 @@
 use futures::TryStreamExt;
 use mongodb::bson::doc;
 
-use super::Db;
 use super::counters::{ACCOUNT_COUNTER, next_id};
+use super::db::Db;
 use super::deletion;
 use super::documents::{ACTIVE, AccountDoc, UsernameDoc};
 use super::error::{Outcome, is_duplicate_key};

@@ -7,7 +7,7 @@
 use mongodb::bson::doc;
 use mongodb::options::ReturnDocument;
 
-use super::Db;
+use super::db::Db;
 use super::documents::CounterDoc;
 use super::error::{Outcome, is_duplicate_key};
 use crate::store::StoreError;

@@ -20,7 +20,7 @@
 use futures::TryStreamExt;
 use mongodb::bson::doc;
 
-use super::Db;
+use super::db::Db;
 use super::documents::{DELETING, IdDoc};
 use super::error::Outcome;
 use super::feed::into_filler;

@@ -38,12 +38,13 @@
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
+use tokio::time::Instant;
 
-use super::Db;
+use super::db::Db;
 use super::documents::{ACTIVE, IdDoc, MessageDoc, millis, to_u64};
 use super::error::{Outcome, is_duplicate_key};
 use crate::store::failure::OutcomeExt;
@@ -62,8 +63,12 @@ pub const FILLER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 const FEED_START_WINDOW: i64 = 256;
 
 /// The feed hole this store's poller is waiting for, and since when.
-#[derive(Debug, Default)]
-pub(super) struct HoleWatch(Mutex<Option<Hole>>);
+#[derive(Debug)]
+pub(super) struct HoleWatch {
+    /// How long a hole is waited for before it is filled.
+    grace: Duration,
+    seen: Mutex<Option<Hole>>,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Hole {
@@ -72,9 +77,20 @@ struct Hole {
 }
 
 impl HoleWatch {
-    /// Whether the feed poller should abandon `hole` now (it has seen it for `grace`).
-    fn to_fill(&self, hole: Option<u64>, grace: Duration) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Watches for holes that last `grace`
+    /// ([`MongoOptions::feed_hole_grace`](super::MongoOptions::feed_hole_grace)).
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            seen: Mutex::new(None),
+        }
+    }
+
+    /// Whether the feed poller should abandon `hole` now (it has seen it for the grace
+    /// period).
+    fn to_fill(&self, hole: Option<u64>) -> Option<u64> {
+        let grace = self.grace;
+        let mut state = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(hole) = hole else {
             *state = None;
             return None;
@@ -102,7 +118,12 @@ impl HoleWatch {
 
 /// See [`Store::message_feed`](crate::store::Store::message_feed): the contiguous run
 /// of ids after the cursor, without messages of accounts no longer active.
-pub(super) async fn page(db: &Db, after_id: Option<u64>, limit: u32) -> Outcome<FeedPage> {
+pub(super) async fn page(
+    db: &Db,
+    holes: &HoleWatch,
+    after_id: Option<u64>,
+    limit: u32,
+) -> Outcome<FeedPage> {
     let Some(after) = after_id else {
         return Ok(FeedPage {
             messages: Vec::new(),
@@ -140,7 +161,7 @@ pub(super) async fn page(db: &Db, after_id: Option<u64>, limit: u32) -> Outcome<
             messages.push(message);
         }
     }
-    if let Some(id) = db.hole.to_fill(hole, db.options.feed_hole_grace) {
+    if let Some(id) = holes.to_fill(hole) {
         tracing::warn!(
             id,
             "message id taken but neither stored nor released within the grace \
@@ -255,28 +276,20 @@ fn filler_expiry() -> DateTime {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_hole_is_filled_once_it_was_seen_for_the_grace_period() {
-        let watch = HoleWatch::default();
-        assert_eq!(watch.to_fill(Some(7), Duration::ZERO), Some(7));
-        let long = Duration::from_secs(3600);
-        assert_eq!(watch.to_fill(Some(7), long), None, "first sighting");
-        assert_eq!(watch.to_fill(Some(7), long), None, "within the grace");
-        assert_eq!(
-            watch.to_fill(Some(7), Duration::ZERO),
-            Some(7),
-            "waited enough"
-        );
-        assert_eq!(
-            watch.to_fill(Some(8), long),
-            None,
-            "another hole starts over"
-        );
-        assert_eq!(watch.to_fill(None, long), None);
-        assert_eq!(
-            watch.to_fill(Some(8), long),
-            None,
-            "closed holes are forgotten"
-        );
+    #[tokio::test(start_paused = true)]
+    async fn a_hole_is_filled_once_it_was_seen_for_the_grace_period() {
+        assert_eq!(HoleWatch::new(Duration::ZERO).to_fill(Some(7)), Some(7));
+        let grace = Duration::from_secs(2);
+        let watch = HoleWatch::new(grace);
+        assert_eq!(watch.to_fill(Some(7)), None, "first sighting");
+        tokio::time::advance(grace - Duration::from_millis(1)).await;
+        assert_eq!(watch.to_fill(Some(7)), None, "within the grace");
+        assert_eq!(watch.to_fill(Some(8)), None, "another hole starts over");
+        tokio::time::advance(grace).await;
+        assert_eq!(watch.to_fill(Some(8)), Some(8), "waited long enough");
+        assert_eq!(watch.to_fill(Some(8)), None, "a filled hole is forgotten");
+        assert_eq!(watch.to_fill(None), None);
+        tokio::time::advance(grace).await;
+        assert_eq!(watch.to_fill(Some(8)), None, "so is a closed one");
     }
 }

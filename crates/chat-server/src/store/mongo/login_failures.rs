@@ -3,7 +3,7 @@
 
 use mongodb::bson::doc;
 
-use super::Db;
+use super::db::Db;
 use super::documents::LoginFailuresDoc;
 use super::error::{Outcome, is_duplicate_key};
 use crate::store::{AccountId, LoginFailures};

@@ -35,9 +35,9 @@ use futures::TryStreamExt;
 use mongodb::bson::doc;
 use mongodb::options::ReturnDocument;
 
-use super::Db;
 use super::accounts::{find_active, require_active};
 use super::counters::{MESSAGE_COUNTER, next_id};
+use super::db::Db;
 use super::documents::{ACTIVE, AccountDoc, MessageDoc, SeqDoc, to_u64};
 use super::error::{Outcome, is_duplicate_key};
 use super::feed::{fill_best_effort, into_filler, retract};

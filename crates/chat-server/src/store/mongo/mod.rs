@@ -14,8 +14,8 @@
 //!
 //! - [`consistency`]: the write and read concerns that make an acknowledged call
 //!   durable, set in one place;
-//! - `documents.rs`: the collections and their documents; `schema.rs`: the schema
-//!   version and the indexes;
+//! - `db.rs`: the client and the collections; `documents.rs`: the collections'
+//!   documents; `schema.rs`: the schema version and the indexes;
 //! - `error.rs`: driver errors as [`StoreError`]s;
 //! - `counters.rs`: account and message ids that are never reused;
 //! - `accounts.rs`, `deletion.rs` (safely resumable), `sessions.rs` (exact expiry,
@@ -29,6 +29,7 @@ pub mod consistency;
 
 mod accounts;
 mod counters;
+mod db;
 mod deletion;
 mod documents;
 mod error;
@@ -43,10 +44,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mongodb::bson::{Document, doc};
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Collection, Database};
+use mongodb::{Client, Database};
 
+pub use db::DEFAULT_DATABASE;
 pub use error::map_error;
 pub use feed::{DEFAULT_FEED_HOLE_GRACE, FILLER_RETENTION};
 pub use schema::SCHEMA_VERSION;
@@ -57,10 +57,9 @@ use super::{
     Account, AccountId, AccountQuery, FeedPage, InboxPage, LoginFailures, NewMessage, SendOutcome,
     SessionLookup, Store, StoreError, TokenHash,
 };
-use error::{Outcome, describe};
-
-/// The database used when the connection string names none.
-pub const DEFAULT_DATABASE: &str = "chat";
+use db::Db;
+use error::Outcome;
+use feed::HoleWatch;
 
 /// The longest any single store call may take before it fails with
 /// [`StoreError::Unavailable`].
@@ -93,31 +92,18 @@ impl Default for MongoOptions {
 #[derive(Clone)]
 pub struct MongoStore {
     db: Arc<Db>,
+    options: MongoOptions,
+    /// The feed poller's hole, shared by clones (they poll as one).
+    holes: Arc<HoleWatch>,
 }
 
 impl std::fmt::Debug for MongoStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MongoStore")
             .field("database", &self.db.database.name())
-            .field("options", &self.db.options)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
-}
-
-/// What every operation works with: the collections, the options, and the feed
-/// poller's state.
-struct Db {
-    client: Client,
-    database: Database,
-    accounts: Collection<Document>,
-    sessions: Collection<Document>,
-    messages: Collection<Document>,
-    counters: Collection<Document>,
-    login_failures: Collection<Document>,
-    options: MongoOptions,
-    /// The wait that an unreachable server is reported with.
-    server_selection_timeout: Duration,
-    hole: feed::HoleWatch,
 }
 
 impl MongoStore {
@@ -135,53 +121,23 @@ impl MongoStore {
     /// be reached within the server selection timeout, or the database belongs to a
     /// newer release.
     pub async fn open_with(uri: &str, options: MongoOptions) -> Result<Self, StoreError> {
-        let mut client_options = ClientOptions::parse(uri).await.map_err(|error| {
-            StoreError::Unavailable(format!(
-                "invalid MongoDB connection string: {}",
-                describe(&error)
-            ))
-        })?;
-        consistency::apply(&mut client_options);
-        let server_selection_timeout = client_options
-            .server_selection_timeout
-            .unwrap_or(consistency::DEFAULT_SERVER_SELECTION_TIMEOUT);
-        let database = client_options
-            .default_database
-            .clone()
-            .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
-        let client = Client::with_options(client_options).map_err(|error| {
-            StoreError::Unavailable(format!(
-                "cannot create a MongoDB client: {}",
-                describe(&error)
-            ))
-        })?;
-        let db = client.database(&database);
         let store = Self {
-            db: Arc::new(Db {
-                accounts: db.collection("accounts"),
-                sessions: db.collection("sessions"),
-                messages: db.collection("messages"),
-                counters: db.collection("counters"),
-                login_failures: db.collection("login_failures"),
-                client,
-                database: db,
-                options,
-                server_selection_timeout,
-                hole: feed::HoleWatch::default(),
-            }),
+            db: Arc::new(Db::connect(uri).await?),
+            holes: Arc::new(HoleWatch::new(options.feed_hole_grace)),
+            options,
         };
+        let db = &store.db;
         store
             .bounded("start-up", async {
-                store.db.ping().await?;
-                schema::ensure_version(&store.db).await?;
-                schema::ensure_indexes(&store.db).await
+                db.ping().await?;
+                schema::ensure_version(db).await?;
+                schema::ensure_indexes(db).await
             })
             .await?;
-        let finished = store.bounded("start-up", deletion::finish_all(&store.db));
-        if let Err(error) = finished.await {
+        if let Err(error) = store.bounded("start-up", deletion::finish_all(db)).await {
             tracing::warn!(%error, "cannot finish interrupted account deletions now; will retry");
         }
-        tracing::info!(database = %database, "MongoDB store ready");
+        tracing::info!(database = %db.database.name(), "MongoDB store ready");
         Ok(store)
     }
 
@@ -204,7 +160,7 @@ impl MongoStore {
         what: &str,
         operation: impl Future<Output = Outcome<T>>,
     ) -> Result<T, StoreError> {
-        let limit = self.db.options.operation_timeout;
+        let limit = self.options.operation_timeout;
         match tokio::time::timeout(limit, operation).await {
             Ok(outcome) => outcome.or_store_error(self.db.server_selection_timeout),
             Err(_) => Err(StoreError::Unavailable(format!(
@@ -212,14 +168,6 @@ impl MongoStore {
                 humantime::format_duration(limit)
             ))),
         }
-    }
-}
-
-impl Db {
-    /// A round trip to the server.
-    async fn ping(&self) -> Outcome<()> {
-        self.database.run_command(doc! { "ping": 1 }).await?;
-        Ok(())
     }
 }
 
@@ -340,7 +288,10 @@ impl Store for MongoStore {
         after_id: Option<u64>,
         limit: u32,
     ) -> Result<FeedPage, StoreError> {
-        self.bounded("message_feed", feed::page(&self.db, after_id, limit))
-            .await
+        self.bounded(
+            "message_feed",
+            feed::page(&self.db, &self.holes, after_id, limit),
+        )
+        .await
     }
 }

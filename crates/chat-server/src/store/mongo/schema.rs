@@ -13,7 +13,7 @@ use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 
-use super::Db;
+use super::db::Db;
 use super::documents::MetaDoc;
 use super::error::{Outcome, is_duplicate_key, map_error};
 use crate::store::StoreError;

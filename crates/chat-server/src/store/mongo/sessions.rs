@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mongodb::bson::{DateTime, doc};
 
-use super::Db;
+use super::db::Db;
 use super::deletion;
 use super::documents::{AccountDoc, SessionDoc, millis};
 use super::error::{Outcome, is_duplicate_key};
