@@ -114,6 +114,24 @@ pub struct InboxPage {
     pub acked_sequence: u64,
 }
 
+impl InboxPage {
+    /// The page of at most `limit` messages, from `messages` read with a limit of one
+    /// more, which tells whether more follow.
+    pub(crate) fn from_one_more(
+        mut messages: Vec<StoredMessage>,
+        limit: u32,
+        acked_sequence: u64,
+    ) -> Self {
+        let has_more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        Self {
+            messages,
+            has_more,
+            acked_sequence,
+        }
+    }
+}
+
 /// A wildcard pattern already validated and lowered by the service layer: only
 /// `[a-z0-9_.-]`, `*` and `?`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +178,15 @@ impl StoreError {
     /// The error for an account id that names no (active) account.
     pub(crate) fn no_such_id(id: AccountId) -> Self {
         Self::NoSuchAccount(format!("#{id}"))
+    }
+
+    /// Refuses to acknowledge `requested` past the recipient's `latest` sequence number
+    /// ([`StoreError::AckBeyondLatest`]).
+    pub(crate) fn check_ack(requested: u64, latest: u64) -> Result<(), Self> {
+        if requested > latest {
+            return Err(Self::AckBeyondLatest { requested, latest });
+        }
+        Ok(())
     }
 }
 

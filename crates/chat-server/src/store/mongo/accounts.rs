@@ -5,7 +5,7 @@ use futures::TryStreamExt;
 use mongodb::bson::doc;
 
 use super::counters::{ACCOUNT_COUNTER, next_id};
-use super::db::Db;
+use super::db::{Db, find_one};
 use super::deletion;
 use super::documents::{ACTIVE, AccountDoc, UsernameDoc};
 use super::error::{Outcome, is_duplicate_key};
@@ -46,11 +46,11 @@ pub(super) async fn create(
 
 /// See [`Store::find_account`](crate::store::Store::find_account).
 pub(super) async fn find(db: &Db, username: &str) -> Outcome<Option<Account>> {
-    let found = db
-        .accounts
-        .clone_with_type::<AccountDoc>()
-        .find_one(doc! { "username_key": username_key(username) })
-        .await?;
+    let found = find_one::<AccountDoc>(
+        &db.accounts,
+        doc! { "username_key": username_key(username) },
+    )
+    .await?;
     Ok(found.filter(AccountDoc::is_active).map(AccountDoc::account))
 }
 
@@ -85,21 +85,13 @@ pub(super) async fn list(db: &Db, query: AccountQuery<'_>) -> Outcome<Vec<String
 
 /// The active account with this id, if there is one.
 pub(super) async fn find_active(db: &Db, id: AccountId) -> Outcome<Option<AccountDoc>> {
-    Ok(db
-        .accounts
-        .clone_with_type::<AccountDoc>()
-        .find_one(doc! { "_id": id, "state": ACTIVE })
-        .await?)
+    find_one::<AccountDoc>(&db.accounts, doc! { "_id": id, "state": ACTIVE }).await
 }
 
 /// An active account, or [`StoreError::NoSuchAccount`]; an account marked for
 /// deletion has its deletion finished on the way.
 pub(super) async fn require_active(db: &Db, id: AccountId) -> Outcome<AccountDoc> {
-    let found = db
-        .accounts
-        .clone_with_type::<AccountDoc>()
-        .find_one(doc! { "_id": id })
-        .await?;
+    let found = find_one::<AccountDoc>(&db.accounts, doc! { "_id": id }).await?;
     match found {
         Some(account) if account.is_active() => Ok(account),
         Some(_) => {

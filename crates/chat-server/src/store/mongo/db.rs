@@ -6,6 +6,7 @@ use std::time::Duration;
 use mongodb::bson::{Document, doc};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
+use serde::de::DeserializeOwned;
 
 use super::consistency;
 use super::error::{Outcome, describe};
@@ -16,15 +17,15 @@ pub const DEFAULT_DATABASE: &str = "chat";
 
 /// The client, the database and its collections.
 pub(super) struct Db {
-    pub client: Client,
-    pub database: Database,
-    pub accounts: Collection<Document>,
-    pub sessions: Collection<Document>,
-    pub messages: Collection<Document>,
-    pub counters: Collection<Document>,
-    pub login_failures: Collection<Document>,
+    pub(super) client: Client,
+    pub(super) database: Database,
+    pub(super) accounts: Collection<Document>,
+    pub(super) sessions: Collection<Document>,
+    pub(super) messages: Collection<Document>,
+    pub(super) counters: Collection<Document>,
+    pub(super) login_failures: Collection<Document>,
     /// The wait that an unreachable server is reported with.
-    pub server_selection_timeout: Duration,
+    pub(super) server_selection_timeout: Duration,
 }
 
 impl Db {
@@ -69,4 +70,15 @@ impl Db {
         self.database.run_command(doc! { "ping": 1 }).await?;
         Ok(())
     }
+}
+
+/// The first document of `collection` that matches `filter`, read as a `T`.
+pub(super) async fn find_one<T>(
+    collection: &Collection<Document>,
+    filter: Document,
+) -> Outcome<Option<T>>
+where
+    T: DeserializeOwned + Send + Sync,
+{
+    Ok(collection.clone_with_type::<T>().find_one(filter).await?)
 }

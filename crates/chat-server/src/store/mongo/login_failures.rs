@@ -3,18 +3,14 @@
 
 use mongodb::bson::doc;
 
-use super::db::Db;
+use super::db::{Db, find_one};
 use super::documents::LoginFailuresDoc;
 use super::error::{Outcome, is_duplicate_key};
 use crate::store::{AccountId, LoginFailures};
 
 /// See [`Store::login_failures`](crate::store::Store::login_failures).
 pub(super) async fn get(db: &Db, account: AccountId) -> Outcome<LoginFailures> {
-    let found = db
-        .login_failures
-        .clone_with_type::<LoginFailuresDoc>()
-        .find_one(doc! { "_id": account })
-        .await?;
+    let found = find_one::<LoginFailuresDoc>(&db.login_failures, doc! { "_id": account }).await?;
     Ok(found.map_or(Ok(LoginFailures::default()), |record| record.record())?)
 }
 

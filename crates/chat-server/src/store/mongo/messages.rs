@@ -37,7 +37,7 @@ use mongodb::options::ReturnDocument;
 
 use super::accounts::{find_active, require_active};
 use super::counters::{MESSAGE_COUNTER, next_id};
-use super::db::Db;
+use super::db::{Db, find_one};
 use super::documents::{ACTIVE, AccountDoc, MessageDoc, SeqDoc, to_u64};
 use super::error::{Outcome, is_duplicate_key};
 use super::feed::{fill_best_effort, into_filler, retract};
@@ -51,11 +51,11 @@ const MAX_SEND_ATTEMPTS: usize = 500;
 /// See [`Store::send_message`](crate::store::Store::send_message), and the module
 /// documentation for the steps.
 pub(super) async fn send(db: &Db, new: NewMessage<'_>) -> Outcome<SendOutcome> {
-    let recipient = db
-        .accounts
-        .clone_with_type::<AccountDoc>()
-        .find_one(doc! { "username_key": username_key(new.recipient) })
-        .await?;
+    let recipient = find_one::<AccountDoc>(
+        &db.accounts,
+        doc! { "username_key": username_key(new.recipient) },
+    )
+    .await?;
     // A repeated key is answered before the sender check, so that a retry of a
     // message stored before its sender was deleted still gets its answer.
     if let Some(outcome) = earlier_send(db, &new, recipient.as_ref()).await? {
@@ -169,14 +169,11 @@ async fn earlier_send(
     new: &NewMessage<'_>,
     recipient: Option<&AccountDoc>,
 ) -> Outcome<Option<SendOutcome>> {
-    let earlier = db
-        .messages
-        .clone_with_type::<MessageDoc>()
-        .find_one(doc! {
-            "sender_id": new.sender_id,
-            "idempotency_key": new.idempotency_key,
-        })
-        .await?;
+    let filter = doc! {
+        "sender_id": new.sender_id,
+        "idempotency_key": new.idempotency_key,
+    };
+    let earlier = find_one::<MessageDoc>(&db.messages, filter).await?;
     let Some((recipient_id, message)) =
         earlier.map(MessageDoc::into_message).transpose()?.flatten()
     else {
@@ -231,13 +228,7 @@ pub(super) async fn fetch(
             messages.push(message);
         }
     }
-    let has_more = messages.len() > limit as usize;
-    messages.truncate(limit as usize);
-    Ok(InboxPage {
-        messages,
-        has_more,
-        acked_sequence,
-    })
+    Ok(InboxPage::from_one_more(messages, limit, acked_sequence))
 }
 
 /// See [`Store::ack_messages`](crate::store::Store::ack_messages).
@@ -248,13 +239,7 @@ pub(super) async fn ack(db: &Db, recipient: AccountId, up_to: u64) -> Outcome<u6
         // The hint may lag behind the inbox after a crash; the inbox decides.
         latest = latest.max(to_u64(latest_seq(db, recipient).await?, "latest sequence")?);
     }
-    if up_to > latest {
-        return Err(StoreError::AckBeyondLatest {
-            requested: up_to,
-            latest,
-        }
-        .into());
-    }
+    StoreError::check_ack(up_to, latest)?;
     let updated = db
         .accounts
         .clone_with_type::<AccountDoc>()

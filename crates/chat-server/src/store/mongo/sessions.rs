@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mongodb::bson::{DateTime, doc};
 
-use super::db::Db;
+use super::db::{Db, find_one};
 use super::deletion;
 use super::documents::{AccountDoc, SessionDoc, millis};
 use super::error::{Outcome, is_duplicate_key};
@@ -52,22 +52,15 @@ pub(super) async fn create(
 /// See [`Store::lookup_session`](crate::store::Store::lookup_session); a session of an
 /// account marked for deletion finishes that deletion.
 pub(super) async fn lookup(db: &Db, token_hash: &TokenHash, now: i64) -> Outcome<SessionLookup> {
-    let session = db
-        .sessions
-        .clone_with_type::<SessionDoc>()
-        .find_one(doc! { "_id": hex::encode(token_hash) })
-        .await?;
+    let session =
+        find_one::<SessionDoc>(&db.sessions, doc! { "_id": hex::encode(token_hash) }).await?;
     let Some(session) = session else {
         return Ok(SessionLookup::Invalid);
     };
     if session.expires_at <= now {
         return Ok(SessionLookup::Invalid);
     }
-    let account = db
-        .accounts
-        .clone_with_type::<AccountDoc>()
-        .find_one(doc! { "_id": session.account_id })
-        .await?;
+    let account = find_one::<AccountDoc>(&db.accounts, doc! { "_id": session.account_id }).await?;
     Ok(match account {
         Some(account) if account.is_active() => SessionLookup::Valid(account.account()),
         Some(_) => {

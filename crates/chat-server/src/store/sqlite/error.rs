@@ -90,39 +90,25 @@ mod tests {
         let failure =
             |code: i32| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
         let timeout = Duration::from_secs(5);
-        for code in [
-            rusqlite::ffi::SQLITE_BUSY,
-            rusqlite::ffi::SQLITE_LOCKED,
-            rusqlite::ffi::SQLITE_CANTOPEN,
-            rusqlite::ffi::SQLITE_IOERR,
-            rusqlite::ffi::SQLITE_IOERR_FSYNC,
-            rusqlite::ffi::SQLITE_FULL,
-            rusqlite::ffi::SQLITE_READONLY,
+        let kind = |error: &rusqlite::Error| match map_sqlite_error(error, timeout) {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Internal(_) => "internal",
+            other => panic!("{other:?}"),
+        };
+        for (code, expected) in [
+            (rusqlite::ffi::SQLITE_BUSY, "unavailable"),
+            (rusqlite::ffi::SQLITE_LOCKED, "unavailable"),
+            (rusqlite::ffi::SQLITE_CANTOPEN, "unavailable"),
+            (rusqlite::ffi::SQLITE_IOERR, "unavailable"),
+            (rusqlite::ffi::SQLITE_IOERR_FSYNC, "unavailable"),
+            (rusqlite::ffi::SQLITE_FULL, "unavailable"),
+            (rusqlite::ffi::SQLITE_READONLY, "unavailable"),
+            (rusqlite::ffi::SQLITE_CORRUPT, "internal"),
+            (rusqlite::ffi::SQLITE_CONSTRAINT_CHECK, "internal"),
         ] {
-            assert!(
-                matches!(
-                    map_sqlite_error(&failure(code), timeout),
-                    StoreError::Unavailable(_)
-                ),
-                "code {code}"
-            );
+            assert_eq!(kind(&failure(code)), expected, "code {code}");
         }
-        for code in [
-            rusqlite::ffi::SQLITE_CORRUPT,
-            rusqlite::ffi::SQLITE_CONSTRAINT_CHECK,
-        ] {
-            assert!(
-                matches!(
-                    map_sqlite_error(&failure(code), timeout),
-                    StoreError::Internal(_)
-                ),
-                "code {code}"
-            );
-        }
-        assert!(matches!(
-            map_sqlite_error(&rusqlite::Error::QueryReturnedNoRows, timeout),
-            StoreError::Internal(_)
-        ));
+        assert_eq!(kind(&rusqlite::Error::QueryReturnedNoRows), "internal");
         // I/O-type failures discard the connection; lock timeouts do not.
         assert!(breaks_connection(&failure(
             rusqlite::ffi::SQLITE_IOERR_WRITE

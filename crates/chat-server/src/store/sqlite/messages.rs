@@ -6,8 +6,9 @@
 //! again) until their recipient's account is deleted, or until history retention
 //! (`chat-server --history-retention`, [`purge_history`]) deletes them.
 
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
 
+use super::error::Outcome;
 use super::pool::Pool;
 use crate::store::keys::{to_i64, username_key};
 use crate::store::{AccountId, InboxPage, NewMessage, SendOutcome, StoreError, StoredMessage};
@@ -151,13 +152,9 @@ pub(super) async fn fetch(
     limit: u32,
 ) -> Result<InboxPage, StoreError> {
     pool.read(move |tx| {
-        let acked_sequence: u64 = tx
-            .prepare_cached("SELECT acked_seq FROM accounts WHERE id = ?1")?
-            .query_row([recipient], |row| row.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::no_such_id(recipient))?;
+        let (_, acked_sequence) = sequences(tx, recipient)?;
         let after = after_sequence.unwrap_or(acked_sequence);
-        let mut messages = tx
+        let messages = tx
             .prepare_cached(concat!(
                 "SELECT ",
                 message_columns!(),
@@ -169,13 +166,7 @@ pub(super) async fn fetch(
                 message_from_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let has_more = messages.len() > limit as usize;
-        messages.truncate(limit as usize);
-        Ok(InboxPage {
-            messages,
-            has_more,
-            acked_sequence,
-        })
+        Ok(InboxPage::from_one_more(messages, limit, acked_sequence))
     })
     .await
 }
@@ -183,18 +174,8 @@ pub(super) async fn fetch(
 /// See [`Store::ack_messages`](crate::store::Store::ack_messages).
 pub(super) async fn ack(pool: &Pool, recipient: AccountId, up_to: u64) -> Result<u64, StoreError> {
     pool.write(move |tx| {
-        let latest: u64 = tx
-            .prepare_cached("SELECT last_seq FROM accounts WHERE id = ?1")?
-            .query_row([recipient], |row| row.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::no_such_id(recipient))?;
-        if up_to > latest {
-            return Err(StoreError::AckBeyondLatest {
-                requested: up_to,
-                latest,
-            }
-            .into());
-        }
+        let (latest, _) = sequences(tx, recipient)?;
+        StoreError::check_ack(up_to, latest)?;
         let acked = tx
             .prepare_cached(
                 "UPDATE accounts SET acked_seq = MAX(acked_seq, ?2) WHERE id = ?1
@@ -204,6 +185,16 @@ pub(super) async fn ack(pool: &Pool, recipient: AccountId, up_to: u64) -> Result
         Ok(acked)
     })
     .await
+}
+
+/// The recipient's latest and acknowledged sequence numbers, or
+/// [`StoreError::NoSuchAccount`].
+fn sequences(tx: &Transaction<'_>, recipient: AccountId) -> Outcome<(u64, u64)> {
+    let found = tx
+        .prepare_cached("SELECT last_seq, acked_seq FROM accounts WHERE id = ?1")?
+        .query_row([recipient], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    Ok(found.ok_or_else(|| StoreError::no_such_id(recipient))?)
 }
 
 /// How many messages one retention transaction deletes at most, so that the write lock

@@ -144,23 +144,29 @@ impl Pool {
 
     /// Runs `body` in a `BEGIN IMMEDIATE` transaction: committed if it succeeds, rolled
     /// back if it fails.
-    pub async fn write<T, F>(&self, body: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Outcome<T> + Send + 'static,
-    {
-        self.run(move |connection| in_transaction(connection, TransactionBehavior::Immediate, body))
-            .await
+    pub async fn write<T: Send + 'static>(&self, body: impl Body<T>) -> Result<T, StoreError> {
+        self.transaction(TransactionBehavior::Immediate, body).await
     }
 
     /// Runs `body` in a read transaction, so that all its queries see one snapshot.
-    pub async fn read<T, F>(&self, body: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Outcome<T> + Send + 'static,
-    {
-        self.run(move |connection| in_transaction(connection, TransactionBehavior::Deferred, body))
-            .await
+    pub async fn read<T: Send + 'static>(&self, body: impl Body<T>) -> Result<T, StoreError> {
+        self.transaction(TransactionBehavior::Deferred, body).await
+    }
+
+    /// Runs `body` in a transaction that begins as `behavior` says: committed if it
+    /// succeeds, rolled back (by dropping it) if it fails.
+    async fn transaction<T: Send + 'static>(
+        &self,
+        behavior: TransactionBehavior,
+        body: impl Body<T>,
+    ) -> Result<T, StoreError> {
+        self.run(move |connection| {
+            let transaction = connection.transaction_with_behavior(behavior)?;
+            let value = body(&transaction)?;
+            transaction.commit()?;
+            Ok(value)
+        })
+        .await
     }
 
     /// Opens a connection outside the pool (for tests of its settings).
@@ -170,18 +176,10 @@ impl Pool {
     }
 }
 
-/// Runs `body` in a transaction that begins as `behavior` says: committed if it
-/// succeeds, rolled back (by dropping it) if it fails.
-fn in_transaction<T>(
-    connection: &mut Connection,
-    behavior: TransactionBehavior,
-    body: impl FnOnce(&Transaction<'_>) -> Outcome<T>,
-) -> Outcome<T> {
-    let transaction = connection.transaction_with_behavior(behavior)?;
-    let value = body(&transaction)?;
-    transaction.commit()?;
-    Ok(value)
-}
+/// The body of a transaction: it runs once, on a blocking thread.
+pub(super) trait Body<T>: FnOnce(&Transaction<'_>) -> Outcome<T> + Send + 'static {}
+
+impl<T, F> Body<T> for F where F: FnOnce(&Transaction<'_>) -> Outcome<T> + Send + 'static {}
 
 /// Creates the database file empty with mode 0600 if it does not exist yet, so that the
 /// database (and its `-wal` and `-shm` files, which SQLite creates with the database
