@@ -11,8 +11,10 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use chat_proto::v1::chat_service_server::ChatServiceServer;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::HealthServer;
 
 use crate::{
     config::{ServerConfig, limits},
@@ -68,13 +70,104 @@ pub async fn run(
         Some(files) => Some(Arc::new(ReloadableTls::load(files)?)),
         None => None,
     };
+    let store = open_store(&config).await?;
+    let (listener, address) = bind(&config)?;
+    let replica_id = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| format!("{address}/{}", std::process::id()));
+
+    let stop = CancellationToken::new();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_service = HealthServer::new(GrpcHealthService::new(reporter.clone(), stop.clone()));
+    let health = ReplicaHealth::new(replica_id.clone(), reporter);
+    health.publish().await;
+
+    let hub = Hub::default();
+    let background = spawn_background_tasks(&config, &store, &hub, &health, tls.as_ref(), &stop);
+    let chat = ChatService::new(
+        store,
+        hub,
+        health.clone(),
+        ServiceSettings {
+            session_ttl: config.session_ttl,
+            max_message_bytes: config.max_message_bytes,
+            inject_delay: config.inject_delay,
+        },
+        stop.clone(),
+    );
+    if let Some(delay) = config.inject_delay {
+        tracing::warn!(?delay, "FAULT INJECTION: every RPC is delayed");
+    }
+    let security = match &tls {
+        Some(tls) => Security::Tls(tls.subscribe()),
+        None => Security::Plaintext,
+    };
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = grpc_server(&config, listener, security, health_service, chat, drain_rx)?;
+    announce(&config, address, &replica_id, tls.is_some());
+    on_ready(address);
+
+    let drain = Drain {
+        health: &health,
+        stop: &stop,
+        drain_tx,
+        timeout: config.drain_timeout,
+    };
+    let result = serve_until_shutdown(serve, shutdown, drain).await;
+    stop.cancel();
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("replica stopped");
+    Ok(result?)
+}
+
+/// The gRPC server on `listener`: `grpc.health.v1`, reflection and the chat service,
+/// within the transport limits. It stops accepting calls when `drain` fires, and
+/// finishes when the calls in flight have.
+fn grpc_server(
+    config: &ServerConfig,
+    listener: tokio::net::TcpListener,
+    security: Security,
+    health: HealthServer<GrpcHealthService>,
+    chat: ChatService,
+    drain: tokio::sync::oneshot::Receiver<()>,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServerError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::error::relabel_decode_errors as fn(_) -> _,
+        ))
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            ChatServiceServer::new(chat).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+        );
+    Ok(router.serve_with_incoming_shutdown(
+        listener::incoming(listener, security, config.connection_limits()),
+        async {
+            let _ = drain.await;
+        },
+    ))
+}
+
+/// Opens the configured store and checks that it answers. Zero set-up: the default
+/// store's directory is made when missing. Any other store's directory must exist, so
+/// that a typo cannot create a new database.
+async fn open_store(config: &ServerConfig) -> Result<Arc<dyn store::Store>, ServerError> {
     let store_error = |source| ServerError::Store {
         uri: config.store.clone(),
         source,
     };
     if config.store == crate::config::DEFAULT_STORE {
-        // Zero set-up: the default store's directory is made when missing. Any other
-        // store's directory must exist, so that a typo cannot create a new database.
         let directory = crate::config::default_store_directory();
         std::fs::create_dir_all(directory).map_err(|error| {
             store_error(StoreError::Unavailable(format!(
@@ -85,27 +178,32 @@ pub async fn run(
     }
     let store = store::open(&config.store).await.map_err(store_error)?;
     store.ping().await.map_err(store_error)?;
+    Ok(store)
+}
 
+/// Binds the listening socket; returns it with the address it is bound to (the port
+/// chosen when the configuration says 0).
+fn bind(config: &ServerConfig) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
     let address = SocketAddr::new(config.host, config.port);
     let listener =
         listener::bind(address).map_err(|source| ServerError::Bind { address, source })?;
     let address = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { address, source })?;
-    let replica_id = config
-        .replica_id
-        .clone()
-        .unwrap_or_else(|| format!("{address}/{}", std::process::id()));
+    Ok((listener, address))
+}
 
-    let stop = CancellationToken::new();
-    let reporter = tonic_health::server::HealthReporter::new();
-    let health_service = tonic_health::pb::health_server::HealthServer::new(
-        GrpcHealthService::new(reporter.clone(), stop.clone()),
-    );
-    let health = ReplicaHealth::new(replica_id.clone(), reporter);
-    health.publish().await;
-
-    let hub = Hub::default();
+/// Starts the replica's background tasks: the hub's feed poller, the store health
+/// monitor, the periodic purge and, with TLS, certificate reloading on SIGHUP. Each
+/// stops on `stop`.
+fn spawn_background_tasks(
+    config: &ServerConfig,
+    store: &Arc<dyn store::Store>,
+    hub: &Hub,
+    health: &ReplicaHealth,
+    tls: Option<&Arc<ReloadableTls>>,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
     let mut background = vec![
         tokio::spawn(
             hub.clone()
@@ -125,58 +223,18 @@ pub async fn run(
             stop.clone(),
         )),
     ];
-    if let Some(tls) = &tls {
+    if let Some(tls) = tls {
         background.push(tokio::spawn(tls::reload_on_sighup(
             tls.clone(),
             stop.clone(),
         )));
     }
+    background
+}
 
-    let chat = ChatService::new(
-        store,
-        hub,
-        health.clone(),
-        ServiceSettings {
-            session_ttl: config.session_ttl,
-            max_message_bytes: config.max_message_bytes,
-            inject_delay: config.inject_delay,
-        },
-        stop.clone(),
-    );
-    if let Some(delay) = config.inject_delay {
-        tracing::warn!(?delay, "FAULT INJECTION: every RPC is delayed");
-    }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            crate::error::relabel_decode_errors as fn(_) -> _,
-        ))
-        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
-        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            ChatServiceServer::new(chat).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
-        );
-    let security = match &tls {
-        Some(tls) => Security::Tls(tls.subscribe()),
-        None => Security::Plaintext,
-    };
-    let connection_limits = config.connection_limits();
-    let serve = router.serve_with_incoming_shutdown(
-        listener::incoming(listener, security, connection_limits),
-        async {
-            let _ = drain_rx.await;
-        },
-    );
-    if tls.is_none() && !address.ip().is_loopback() {
+/// Logs that the replica serves (and warns when it serves plaintext beyond loopback).
+fn announce(config: &ServerConfig, address: SocketAddr, replica_id: &str, tls: bool) {
+    if !tls && !address.ip().is_loopback() {
         tracing::warn!(
             %address,
             "serving plaintext beyond loopback: passwords, tokens and messages cross the network unencrypted (use --tls-cert and --tls-key)"
@@ -186,38 +244,49 @@ pub async fn run(
         %address,
         %replica_id,
         store = %config.store,
-        tls = tls.is_some(),
+        tls,
         mutual_tls = config.tls_client_ca.is_some(),
-        max_connections = connection_limits.max_connections,
+        max_connections = config.connection_limits().max_connections,
         password_hash_threads = crate::password::hashing_threads(),
         "replica serving"
     );
-    on_ready(address);
+}
 
+/// What a graceful shutdown works with.
+struct Drain<'a> {
+    health: &'a ReplicaHealth,
+    stop: &'a CancellationToken,
+    /// Tells the server to stop accepting and to finish the calls in flight.
+    drain_tx: tokio::sync::oneshot::Sender<()>,
+    /// How long the calls in flight get.
+    timeout: std::time::Duration,
+}
+
+/// Serves until the server fails or `shutdown` completes, then shuts down in the order
+/// the [module documentation](self) gives.
+async fn serve_until_shutdown(
+    serve: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: impl Future<Output = ()>,
+    drain: Drain<'_>,
+) -> Result<(), tonic::transport::Error> {
     tokio::pin!(serve);
-    let result = tokio::select! {
+    tokio::select! {
         result = &mut serve => result,
         () = shutdown => {
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
-            health.begin_shutdown().await;
-            stop.cancel();
-            health.end_watches().await;
-            let _ = drain_tx.send(());
-            match tokio::time::timeout(config.drain_timeout, &mut serve).await {
+            drain.health.begin_shutdown().await;
+            drain.stop.cancel();
+            drain.health.end_watches().await;
+            let _ = drain.drain_tx.send(());
+            match tokio::time::timeout(drain.timeout, &mut serve).await {
                 Ok(result) => result,
                 Err(_) => {
-                    tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; closing remaining calls");
+                    tracing::warn!(timeout = ?drain.timeout, "drain timed out; closing remaining calls");
                     Ok(())
                 }
             }
         }
-    };
-    stop.cancel();
-    for task in background {
-        task.abort();
     }
-    tracing::info!("replica stopped");
-    Ok(result?)
 }
 
 /// Deletes expired sessions, and with a history retention old acknowledged messages,
