@@ -11,6 +11,12 @@
 //! Every implementation must pass the conformance suite in
 //! `crates/chat-server/tests/conformance/`, which states the contract below as tests.
 //!
+//! Each implementation is a folder with a file per concern (its module documentation
+//! lists them; each file explains its part of the design), and implements [`Store`] by
+//! delegating every method to the operation in its file. What both share is here:
+//! `keys.rs` (the username key and the range a listing scans) and `failure.rs` (how an
+//! operation fails, and the one place a database error becomes a [`StoreError`]).
+//!
 //! The store knows nothing of passwords or tokens in clear: callers hand it argon2 PHC
 //! strings and SHA-256 token hashes. It validates nothing that the service layer
 //! validates (name syntax, text length); it enforces uniqueness, idempotency and order.
