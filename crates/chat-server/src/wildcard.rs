@@ -65,6 +65,21 @@ impl Pattern {
         &self.text[..end]
     }
 
+    /// The smallest string above every string that starts with the literal prefix, when
+    /// there is one that is easy to compute: the prefix with its last byte incremented
+    /// (`None` for an empty prefix). Every match sorts at or above the prefix and below
+    /// this, which bounds a store's index scan. Patterns are ASCII, so the bound is
+    /// valid UTF-8.
+    pub fn literal_prefix_end(&self) -> Option<String> {
+        let mut bytes = self.literal_prefix().as_bytes().to_vec();
+        let last = bytes.last_mut()?;
+        if *last >= 0x7f {
+            return None;
+        }
+        *last += 1;
+        String::from_utf8(bytes).ok()
+    }
+
     /// True when the pattern has no wildcard, so it matches exactly one name.
     pub fn is_literal(&self) -> bool {
         self.literal_prefix().len() == self.text.len()
@@ -135,6 +150,18 @@ impl fmt::Display for Pattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_literal_prefix_ends_at_its_last_byte_incremented() {
+        let end = |pattern: &str| {
+            Pattern::parse(pattern)
+                .expect("pattern")
+                .literal_prefix_end()
+        };
+        assert_eq!(end("pre*").as_deref(), Some("prf"));
+        assert_eq!(end("a-?").as_deref(), Some("a."));
+        assert_eq!(end("*x"), None);
+    }
 
     fn matches(pattern: &str, name: &str) -> bool {
         Pattern::parse(pattern)

@@ -24,7 +24,8 @@ pub(super) fn to_i64(value: u64) -> i64 {
 pub(super) struct ListingRange {
     /// Where the scan starts.
     pub start: RangeStart,
-    /// Every key in the range is below this one, when it is easy to compute.
+    /// Every key in the range is below this one, when it is easy to compute
+    /// ([`Pattern::literal_prefix_end`](crate::wildcard::Pattern::literal_prefix_end)).
     pub below: Option<String>,
 }
 
@@ -51,35 +52,15 @@ impl ListingRange {
         };
         Self {
             start,
-            below: prefix_upper_bound(prefix),
+            below: query.pattern.literal_prefix_end(),
         }
     }
-}
-
-/// The smallest string above every string that starts with `prefix`, when there is one
-/// that is easy to compute: `prefix` with its last byte incremented. Valid patterns are
-/// ASCII, so that stays valid UTF-8.
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
-    let mut bytes = prefix.as_bytes().to_vec();
-    let last = bytes.last_mut()?;
-    if *last >= 0x7f {
-        return None;
-    }
-    *last += 1;
-    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wildcard::Pattern;
-
-    #[test]
-    fn prefix_bounds() {
-        assert_eq!(prefix_upper_bound("pre").as_deref(), Some("prf"));
-        assert_eq!(prefix_upper_bound("a-").as_deref(), Some("a."));
-        assert_eq!(prefix_upper_bound(""), None);
-    }
 
     #[test]
     fn a_cursor_before_the_prefix_starts_the_scan_at_the_prefix() {
