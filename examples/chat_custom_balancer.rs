@@ -12,8 +12,6 @@
 //! the slowed replica fewer than the others), kills a replica, sends more, and prints it again. It runs to
 //! completion by itself.
 
-mod support;
-
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context;
@@ -21,11 +19,11 @@ use chat_lb_client::{Balancer, GrpcHealthProbe, Policy, RetrySafe};
 use chat_proto::v1::{
     CreateAccountRequest, LoginRequest, SendMessageRequest, chat_service_client::ChatServiceClient,
 };
-use support::replica::Replica;
+use chat_testkit::Replica;
 use tonic::Request;
 
 fn main() -> ExitCode {
-    if let Some(code) = support::replica::run_if_replica() {
+    if let Some(code) = chat_testkit::replica::run_if_replica(chat_server::run) {
         return code;
     }
     let outcome = tokio::runtime::Runtime::new()
@@ -44,9 +42,9 @@ async fn run() -> anyhow::Result<()> {
     let store_dir = tempfile::tempdir().context("temporary directory")?;
     let store = format!("sqlite:{}", store_dir.path().join("chat.db").display());
     let mut replicas = vec![
-        Replica::start(&store, &[]).await?,
-        Replica::start(&store, &[]).await?,
-        Replica::start(&store, &["--inject-delay", "30ms"]).await?,
+        Replica::start_on_port(&store, 0, &[]).await?,
+        Replica::start_on_port(&store, 0, &[]).await?,
+        Replica::start_on_port(&store, 0, &["--inject-delay", "30ms"]).await?,
     ];
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let list = replicas

@@ -80,43 +80,26 @@ impl KvServer {
     }
 }
 
-struct Get(KvServer);
+/// One unary method: `apply` runs the request against the store, and the reply
+/// carries the value it returns.
+struct Method<R>(
+    KvServer,
+    fn(&mut HashMap<String, String>, R) -> Option<String>,
+);
 
-impl UnaryService<GetRequest> for Get {
+impl<R: Send + 'static> UnaryService<R> for Method<R> {
     type Response = Reply;
     type Future = BoxFuture<Response<Reply>, Status>;
 
-    fn call(&mut self, request: Request<GetRequest>) -> Self::Future {
-        let server = self.0.clone();
+    fn call(&mut self, request: Request<R>) -> Self::Future {
+        let (server, apply) = (self.0.clone(), self.1);
         Box::pin(async move {
-            let key = request.into_inner().key;
-            let value = server
-                .store
-                .lock()
-                .map_err(|_| Status::internal("store poisoned"))?
-                .get(&key)
-                .cloned();
+            let value = {
+                let mut store =
+                    (server.store.lock()).map_err(|_| Status::internal("store poisoned"))?;
+                apply(&mut store, request.into_inner())
+            };
             server.reply(value)
-        })
-    }
-}
-
-struct Put(KvServer);
-
-impl UnaryService<PutRequest> for Put {
-    type Response = Reply;
-    type Future = BoxFuture<Response<Reply>, Status>;
-
-    fn call(&mut self, request: Request<PutRequest>) -> Self::Future {
-        let server = self.0.clone();
-        Box::pin(async move {
-            let PutRequest { key, value } = request.into_inner();
-            let old = server
-                .store
-                .lock()
-                .map_err(|_| Status::internal("store poisoned"))?
-                .insert(key, value);
-            server.reply(old)
         })
     }
 }
@@ -138,16 +121,14 @@ impl Service<http::Request<Body>> for KvServer {
         Box::pin(async move {
             Ok(match request.uri().path() {
                 GET => {
+                    let get = Method(server, |store, r: GetRequest| store.get(&r.key).cloned());
                     let codec = ProstCodec::<Reply, GetRequest>::default();
-                    tonic::server::Grpc::new(codec)
-                        .unary(Get(server), request)
-                        .await
+                    tonic::server::Grpc::new(codec).unary(get, request).await
                 }
                 PUT => {
+                    let put = Method(server, |store, r: PutRequest| store.insert(r.key, r.value));
                     let codec = ProstCodec::<Reply, PutRequest>::default();
-                    tonic::server::Grpc::new(codec)
-                        .unary(Put(server), request)
-                        .await
+                    tonic::server::Grpc::new(codec).unary(put, request).await
                 }
                 other => Status::unimplemented(format!("no method {other}")).into_http(),
             })

@@ -16,9 +16,7 @@
 //! (the chat, the bot, the `chat-cli` lines it prints) trusts that CA.
 //!
 //! Each replica is this same executable started again with `--replica` (see
-//! `examples/support/replica.rs`), so the example needs nothing but `cargo run`.
-
-mod support;
+//! `chat_testkit::replica`), so the example needs nothing but `cargo run`.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -28,8 +26,8 @@ use chat_cli::{
     feed::{self, FeedEvent},
 };
 use chat_proto::v1::{CreateAccountRequest, SendMessageRequest};
+use chat_testkit::Replica;
 use clap::Parser;
-use support::replica::Replica;
 use tokio::sync::mpsc;
 
 /// The quickstart's own flags.
@@ -60,7 +58,7 @@ const BOT: &str = "echo-bot";
 const BOT_PASSWORD: &str = "echo-bot-password";
 
 fn main() -> ExitCode {
-    if let Some(code) = support::replica::run_if_replica() {
+    if let Some(code) = chat_testkit::replica::run_if_replica(chat_server::run) {
         return code;
     }
     let options = Options::parse();

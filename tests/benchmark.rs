@@ -4,17 +4,15 @@
 //! lines the README documents. It checks the plumbing and the balancer's zero-failure
 //! promise, not performance: figures come from real runs of the example.
 
-mod common;
-
 use std::{collections::BTreeSet, process::Command};
 
 use serde_json::Value;
 
-#[test]
-fn chat_bench_runs_every_contender_and_writes_json_lines() {
-    let bench = common::workspace_binary("examples/chat-bench");
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let json = dir.path().join("bench.jsonl");
+/// Runs a tiny `chat-bench` with its store and JSON lines in `dir`; returns its
+/// stdout and the JSON rows.
+fn run_bench(dir: &std::path::Path) -> (String, Vec<Value>) {
+    let bench = chat_testkit::workspace_binary("examples/chat-bench");
+    let json = dir.join("bench.jsonl");
     let output = Command::new(bench)
         .args(["--seed", "7", "--duration", "400ms", "--rounds", "2"])
         .args(["--concurrency", "2"])
@@ -22,22 +20,29 @@ fn chat_bench_runs_every_contender_and_writes_json_lines() {
         .arg("--json")
         .arg(&json)
         .arg("--store-dir")
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .expect("run chat-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "chat-bench failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("Targets (issue 6)"), "{stdout}");
-
     let text = std::fs::read_to_string(&json).expect("the JSON lines file");
-    let rows: Vec<Value> = text
+    let rows = text
         .lines()
         .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
         .collect();
+    (stdout, rows)
+}
+
+#[test]
+fn chat_bench_runs_every_contender_and_writes_json_lines() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (stdout, rows) = run_bench(dir.path());
+    assert!(stdout.contains("Targets (issue 6)"), "{stdout}");
+
     let cells: BTreeSet<(String, String)> = rows
         .iter()
         .map(|r| {

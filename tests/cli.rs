@@ -1,8 +1,6 @@
 //! The `chat-cli` binary against real replicas: every subcommand, `--json` output,
 //! errors and exit codes, `watch` across a SIGKILL, and the interactive mode over stdin.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Child, Command, Output, Stdio},
@@ -10,16 +8,15 @@ use std::{
     time::Duration,
 };
 
-use chat_proto::v1::{FetchMessagesRequest, SendMessageRequest};
-use common::{Replica, SharedStore, authed, client, login};
+use chat_proto::v1::SendMessageRequest;
+use chat_testkit::{PASSWORD, Replica, SharedStore, authed, client, login};
 use serde_json::Value;
 
-const PASSWORD: &str = "correct horse battery";
 const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A `chat-cli` command against `servers`, with fast health checks.
 fn cli(servers: &str) -> Command {
-    let mut command = Command::new(common::workspace_binary("chat-cli"));
+    let mut command = Command::new(chat_testkit::workspace_binary("chat-cli"));
     command
         .env_remove("CHAT_USER")
         .env_remove("CHAT_PASSWORD")
@@ -126,8 +123,8 @@ fn forward_lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<St
 async fn every_subcommand_with_json_output() {
     let store = SharedStore::new();
     let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let dead = common::dead_address().to_string();
-    let servers = format!("{},{},{dead}", a.address, b.address);
+    let dead = chat_testkit::dead_address().to_string();
+    let servers = format!("{},{},{dead}", a.address(), b.address());
 
     for user in ["alice", "bob"] {
         let output = run(as_user(cli(&servers).args(["register", "--json"]), user));
@@ -203,11 +200,11 @@ async fn every_subcommand_with_json_output() {
             .map(|row| row["health"].as_str().unwrap_or_default().to_owned())
     };
     assert_eq!(
-        health_of(&a.address.to_string()).as_deref(),
+        health_of(&a.address().to_string()).as_deref(),
         Some("healthy")
     );
     assert_eq!(
-        health_of(&b.address.to_string()).as_deref(),
+        health_of(&b.address().to_string()).as_deref(),
         Some("healthy")
     );
     assert_ne!(health_of(&dead).as_deref(), Some("healthy"));
@@ -225,7 +222,7 @@ async fn every_subcommand_with_json_output() {
 async fn errors_are_one_readable_line_with_distinct_exit_codes() {
     let store = SharedStore::new();
     let a = Replica::start(&store);
-    let servers = a.address.to_string();
+    let servers = a.address().to_string();
     assert!(
         run(as_user(cli(&servers).arg("register"), "alice"))
             .status
@@ -280,8 +277,8 @@ async fn errors_are_one_readable_line_with_distinct_exit_codes() {
     );
 
     let (dead1, dead2) = (
-        common::dead_address().to_string(),
-        common::dead_address().to_string(),
+        chat_testkit::dead_address().to_string(),
+        chat_testkit::dead_address().to_string(),
     );
     let unreachable = run(as_user(
         cli(&format!("{dead1},{dead2}")).arg("inbox"),
@@ -299,14 +296,10 @@ async fn errors_are_one_readable_line_with_distinct_exit_codes() {
 #[tokio::test]
 async fn watch_prints_live_messages_and_survives_the_kill_of_its_replica() {
     let store = SharedStore::new();
-    let mut replicas = [
-        Replica::start(&store),
-        Replica::start(&store),
-        Replica::start(&store),
-    ];
+    let mut replicas = Replica::start_several(&store, 3);
     let servers = replicas
         .iter()
-        .map(|r| r.address.to_string())
+        .map(|r| r.address().to_string())
         .collect::<Vec<_>>()
         .join(",");
     for user in ["alice", "bob"] {
@@ -350,9 +343,9 @@ async fn watch_prints_live_messages_and_survives_the_kill_of_its_replica() {
     // Kill the replica that serves the stream (the notice names it).
     let victim = replicas
         .iter()
-        .position(|r| via.contains(&r.address.to_string()))
+        .position(|r| via.contains(&r.address().to_string()))
         .unwrap_or_else(|| panic!("{via:?} names none of the replicas"));
-    replicas[victim].kill();
+    replicas[victim].kill().await.expect("kill the replica");
     let survivor = &replicas[(victim + 1) % 3];
     let mut sender = client(survivor).await;
     for i in 6..=10 {
@@ -377,19 +370,15 @@ async fn watch_prints_live_messages_and_survives_the_kill_of_its_replica() {
     // What watch printed, it acknowledged.
     let mut reader = client(survivor).await;
     let bob = login(&mut reader, "bob", PASSWORD).await;
-    let unread = reader
-        .fetch_messages(authed(&bob, FetchMessagesRequest::default()))
-        .await
-        .expect("fetch")
-        .into_inner();
-    assert!(unread.messages.is_empty(), "{unread:?}");
+    let unread = chat_testkit::fetch_inbox(&mut reader, &bob).await;
+    assert!(unread.is_empty(), "{unread:?}");
 }
 
 #[tokio::test]
 async fn interactive_mode_sends_receives_live_and_quits_on_end_of_input() {
     let store = SharedStore::new();
     let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let servers = format!("{},{}", a.address, b.address);
+    let servers = format!("{},{}", a.address(), b.address());
     for user in ["alice", "bob"] {
         assert!(
             run(as_user(cli(&servers).arg("register"), user))
@@ -405,12 +394,8 @@ async fn interactive_mode_sends_receives_live_and_quits_on_end_of_input() {
     assert!(chat.next_line().contains("sent to bob"));
     let mut on_b = client(&b).await;
     let bob = login(&mut on_b, "bob", PASSWORD).await;
-    let inbox = on_b
-        .fetch_messages(authed(&bob, FetchMessagesRequest::default()))
-        .await
-        .expect("fetch")
-        .into_inner();
-    assert_eq!(inbox.messages[0].text, "hello from the prompt");
+    let inbox = chat_testkit::fetch_inbox(&mut on_b, &bob).await;
+    assert_eq!(inbox[0].1, "hello from the prompt");
 
     // A message from bob shows up without alice asking.
     on_b.send_message(authed(

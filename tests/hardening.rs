@@ -2,17 +2,13 @@
 //! connections cannot take every descriptor, a mistyped store is an error that creates
 //! nothing, and settings that cannot work are refused in one line.
 
-mod common;
-
 use std::{
-    io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use chat_proto::v1::HealthCheckRequest;
-use common::{Replica, SharedStore};
+use chat_testkit::{Replica, SharedStore, start_up_error};
 use futures::StreamExt;
 
 /// Raises this process's soft open-file limit to its hard limit (the test holds
@@ -49,7 +45,7 @@ async fn idle_connections_cannot_take_every_descriptor() {
     // Connections that never send a byte, opened many at a time (a connection whose
     // SYN the kernel dropped while the listener's queue was full waits a second to try
     // again: in parallel, those waits overlap).
-    let address = replica.address;
+    let address = replica.address();
     let idle: Vec<tokio::net::TcpStream> = futures::stream::iter(0..IDLE)
         .map(|_| tokio::net::TcpStream::connect(address))
         .buffer_unordered(500)
@@ -91,7 +87,7 @@ async fn idle_connections_cannot_take_every_descriptor() {
     // Once the handshake timeout has passed, a fresh client is served at once.
     let started = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut client = common::client(&replica).await;
+        let mut client = chat_testkit::client(&replica).await;
         client.health_check(HealthCheckRequest {}).await
     })
     .await
@@ -102,15 +98,8 @@ async fn idle_connections_cannot_take_every_descriptor() {
 }
 
 /// The resident memory of a process, in bytes (Linux).
-fn resident_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib * 1024
+fn resident_bytes(replica: &Replica) -> u64 {
+    chat_testkit::procfs::resident_kib(replica.pid().expect("replica is running")) * 1024
 }
 
 #[tokio::test]
@@ -130,15 +119,15 @@ async fn a_login_burst_keeps_memory_within_the_hashing_bound() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .expect("the replica logs its hashing threads");
-    let idle = resident_bytes(replica.pid());
+    let idle = resident_bytes(&replica);
 
-    let client = common::client(&replica).await;
+    let client = chat_testkit::client(&replica).await;
     let names: Vec<String> = (0..ACCOUNTS).map(|i| format!("burst{i}")).collect();
     futures::stream::iter(names.iter())
         .for_each_concurrent(ACCOUNTS, |name| {
             let mut client = client.clone();
             async move {
-                common::register_and_login(&mut client, name, "a long password").await;
+                chat_testkit::register_and_login(&mut client, name, "a long password").await;
             }
         })
         .await;
@@ -149,13 +138,13 @@ async fn a_login_burst_keeps_memory_within_the_hashing_bound() {
             let mut client = client.clone();
             async move {
                 for _ in 0..LOGINS_EACH {
-                    common::login(&mut client, name, "a long password").await;
+                    chat_testkit::login(&mut client, name, "a long password").await;
                 }
             }
         })
         .await;
 
-    let after = resident_bytes(replica.pid());
+    let after = resident_bytes(&replica);
     let bound = idle + 2 * threads * HASH_MEMORY;
     eprintln!(
         "RSS: idle {} MiB, after {} logins {} MiB ({threads} hashing threads; bound {} MiB)",
@@ -172,27 +161,19 @@ async fn a_login_burst_keeps_memory_within_the_hashing_bound() {
     );
 }
 
-/// Runs `chat-server ARGS` in `dir`; it must exit without listening. Returns the exit
-/// code and stderr.
-fn run_in(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let (code, stdout, stderr) = common::run_server_to_exit(Some(dir), args);
-    assert!(stdout.is_empty(), "it never listened: {stdout}");
-    (code, stderr)
-}
-
 #[test]
 fn a_mistyped_store_is_a_one_line_error_that_creates_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for (store, reason) in [
+    // Each store and what its error says.
+    let mistyped = [
         ("postgres://x/y", "unknown scheme \"postgres:\""),
         ("mongo://db:27017/chat", "unknown scheme \"mongo:\""),
         ("sqlit:chat.db", "unknown scheme \"sqlit:\""),
         ("sqlite:no/such/dir/chat.db", "does not exist"),
         ("no/such/dir/chat.db", "does not exist"),
-    ] {
-        let (code, stderr) = run_in(dir.path(), &["--store", store]);
-        assert_eq!(code, 1, "{store}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{store}: {stderr}");
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (store, reason) in mistyped {
+        let stderr = start_up_error(Some(dir.path()), &["--store", store], 1);
         assert!(stderr.contains(reason), "{store}: {stderr}");
         let created: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").collect();
         assert!(created.is_empty(), "{store}: created {created:?}");
@@ -202,19 +183,7 @@ fn a_mistyped_store_is_a_one_line_error_that_creates_nothing() {
 #[test]
 fn the_default_store_is_created_owner_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(common::workspace_binary("chat-server"))
-        .current_dir(dir.path())
-        .args(["--port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn chat-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let ready = BufReader::new(stdout).lines().next();
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = ready.expect("a readiness line").expect("readable");
+    let line = chat_testkit::binary::first_line_in(dir.path(), &[]);
     assert!(line.starts_with("chat-server listening on "), "{line}");
     let database = dir.path().join("chat-data").join("chat.db");
     let mode = std::fs::metadata(&database)
@@ -236,12 +205,10 @@ fn settings_that_cannot_work_are_refused_in_one_line() {
         ("--handshake-timeout", "0s"),
         ("--max-connections", "0"),
     ] {
-        let (code, stderr) = run_in(dir.path(), &[flag, value]);
-        assert_eq!(code, 2, "{flag} {value}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{flag}: {stderr}");
+        let stderr = start_up_error(Some(dir.path()), &[flag, value], 2);
         assert!(stderr.contains(flag), "{flag}: {stderr}");
     }
-    let (_, stderr) = run_in(dir.path(), &["--session-ttl", "0s"]);
+    let stderr = start_up_error(Some(dir.path()), &["--session-ttl", "0s"], 2);
     assert!(stderr.contains("must be from 1m to 30days"), "{stderr}");
 }
 
@@ -307,16 +274,13 @@ async fn subscribing_after_a_sequence_not_reached_is_refused() {
     use chat_proto::v1::SubscribeRequest;
     let store = SharedStore::new();
     let replica = Replica::start(&store);
-    let mut client = common::client(&replica).await;
-    let token = common::register_and_login(&mut client, "erin", "a long password").await;
+    let mut client = chat_testkit::client(&replica).await;
+    let token = chat_testkit::register_and_login(&mut client, "erin", "a long password").await;
     for i in 0..3 {
-        client
-            .send_message(common::send_request(&token, "erin", "hi", &format!("k{i}")))
-            .await
-            .expect("send");
+        chat_testkit::send(&mut client, &token, "erin", "hi", &format!("k{i}")).await;
     }
     let refused = client
-        .subscribe(common::authed(
+        .subscribe(chat_testkit::authed(
             &token,
             SubscribeRequest { after_sequence: 4 },
         ))
@@ -325,22 +289,15 @@ async fn subscribing_after_a_sequence_not_reached_is_refused() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     // Resuming at the latest message is fine, and the next message arrives.
     let mut stream = client
-        .subscribe(common::authed(
+        .subscribe(chat_testkit::authed(
             &token,
             SubscribeRequest { after_sequence: 3 },
         ))
         .await
         .expect("at the latest message")
         .into_inner();
-    client
-        .send_message(common::send_request(&token, "erin", "fourth", "k3"))
-        .await
-        .expect("send");
-    let message = tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("a message");
+    chat_testkit::send(&mut client, &token, "erin", "fourth", "k3").await;
+    let message = chat_testkit::next_message(&mut stream, Duration::from_secs(5)).await;
     assert_eq!((message.sequence, message.text.as_str()), (4, "fourth"));
 }
 
@@ -351,14 +308,14 @@ async fn five_thousand_live_subscribers_each_get_a_message_and_their_memory_is_r
     const CONNECTIONS: usize = 10;
     let store = SharedStore::new();
     let replica = Replica::start(&store);
-    let mut client = common::client(&replica).await;
-    let token = common::register_and_login(&mut client, "fan", "a long password").await;
-    let before = resident_bytes(replica.pid());
+    let mut client = chat_testkit::client(&replica).await;
+    let token = chat_testkit::register_and_login(&mut client, "fan", "a long password").await;
+    let before = resident_bytes(&replica);
 
     // Streams spread over a few connections, as many clients would open them.
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
-        clients.push(common::client(&replica).await);
+        clients.push(chat_testkit::client(&replica).await);
     }
     let streams: Vec<tonic::Streaming<chat_proto::v1::Message>> = futures::stream::iter(0..STREAMS)
         .map(|i| {
@@ -366,7 +323,7 @@ async fn five_thousand_live_subscribers_each_get_a_message_and_their_memory_is_r
             let token = token.clone();
             async move {
                 client
-                    .subscribe(common::authed(&token, SubscribeRequest::default()))
+                    .subscribe(chat_testkit::authed(&token, SubscribeRequest::default()))
                     .await
                     .expect("subscribe")
                     .into_inner()
@@ -375,12 +332,9 @@ async fn five_thousand_live_subscribers_each_get_a_message_and_their_memory_is_r
         .buffer_unordered(64)
         .collect()
         .await;
-    let during = resident_bytes(replica.pid());
+    let during = resident_bytes(&replica);
 
-    client
-        .send_message(common::send_request(&token, "fan", "to everyone", "k1"))
-        .await
-        .expect("send");
+    chat_testkit::send(&mut client, &token, "fan", "to everyone", "k1").await;
     let received = futures::stream::iter(streams)
         .map(|mut stream| async move {
             tokio::time::timeout(Duration::from_secs(30), stream.message())

@@ -2,39 +2,25 @@
 //! SIGKILL under load, SIGSTOP, an operator drain (NOT_SERVING), and a whole cluster
 //! going down and coming back — all without rebuilding the client.
 
-mod common;
-
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
-use chat_lb_client::{Balancer, EndpointSnapshot, EndpointState, RetrySafe};
+use chat_lb_client::{Balancer, EndpointSnapshot, EndpointState};
 use chat_proto::v1::{
     HealthCheckRequest, SendMessageRequest, chat_service_client::ChatServiceClient,
 };
-use common::{Replica, SharedStore, authed};
+use chat_testkit::{PASSWORD, Replica, SendLoad, SharedStore, authed};
 use tonic::Code;
 
-const PASSWORD: &str = "correct horse battery";
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 const UNHEALTHY_THRESHOLD: u32 = 2;
 
 /// A balancer over `replicas` (and any extra addresses) with fast LAN settings.
 fn balancer(addresses: &[SocketAddr]) -> Balancer {
-    let list = addresses
-        .iter()
-        .map(SocketAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    Balancer::builder()
-        .addresses(&list)
-        .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
+    chat_testkit::balancer_builder(addresses.iter().copied())
         .probe_interval(PROBE_INTERVAL)
         .probe_timeout(PROBE_TIMEOUT)
         .unhealthy_threshold(UNHEALTHY_THRESHOLD)
@@ -44,8 +30,20 @@ fn balancer(addresses: &[SocketAddr]) -> Balancer {
         .expect("balancer")
 }
 
-fn addresses(replicas: &[&Replica]) -> Vec<SocketAddr> {
-    replicas.iter().map(|r| r.address).collect()
+/// `count` replicas on a new store, a balancer over them and a client of it.
+fn cluster(
+    count: usize,
+) -> (
+    SharedStore,
+    Vec<Replica>,
+    Balancer,
+    ChatServiceClient<Balancer>,
+) {
+    let store = SharedStore::new();
+    let replicas = Replica::start_several(&store, count);
+    let addresses: Vec<SocketAddr> = replicas.iter().map(Replica::address).collect();
+    let lb = balancer(&addresses);
+    (store, replicas, lb.clone(), ChatServiceClient::new(lb))
 }
 
 /// Waits, on the balancer's own change notifications, until `condition` holds for its
@@ -72,6 +70,18 @@ async fn wait_for(
     }
 }
 
+/// Waits (see [`wait_for`]) until the endpoint at `address` is in `state`.
+async fn wait_for_state(
+    lb: &Balancer,
+    address: SocketAddr,
+    state: EndpointState,
+    within_secs: u64,
+    what: &str,
+) {
+    let within = Duration::from_secs(within_secs);
+    wait_for(lb, within, what, |s| state_of(s, address) == state).await;
+}
+
 fn state_of(snapshot: &[EndpointSnapshot], address: SocketAddr) -> EndpointState {
     snapshot
         .iter()
@@ -88,7 +98,21 @@ fn calls_to(lb: &Balancer, address: SocketAddr) -> u64 {
         .expect("endpoint listed")
 }
 
-/// Registers and logs in through the balancer; returns the token.
+/// A client of `lb` and the token of a new user `name`, once every replica is healthy.
+async fn signed_up_when_healthy(
+    lb: &Balancer,
+    name: &str,
+) -> (ChatServiceClient<Balancer>, String) {
+    let mut client = ChatServiceClient::new(lb.clone());
+    let token = chat_testkit::register_and_login(&mut client, name, PASSWORD).await;
+    wait_for(lb, Duration::from_secs(5), "all healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+    (client, token)
+}
+
+/// A `SendMessage` request with key `key`.
 fn send(token: &str, to: &str, key: String) -> tonic::Request<SendMessageRequest> {
     authed(
         token,
@@ -104,11 +128,11 @@ fn send(token: &str, to: &str, key: String) -> tonic::Request<SendMessageRequest
 async fn a_listed_address_where_nothing_listens_costs_no_failed_call() {
     let store = SharedStore::new();
     let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let dead = common::dead_address();
+    let dead = chat_testkit::dead_address();
     // The dead address comes first, and calls start before any probe has run.
-    let lb = balancer(&[dead, a.address, b.address]);
+    let lb = balancer(&[dead, a.address(), b.address()]);
     let mut client = ChatServiceClient::new(lb.clone());
-    let token = common::register_and_login(&mut client, "alice", PASSWORD).await;
+    let token = chat_testkit::register_and_login(&mut client, "alice", PASSWORD).await;
     let mut tried_dead_early = 0;
     for i in 0..300 {
         client
@@ -131,42 +155,14 @@ async fn a_listed_address_where_nothing_listens_costs_no_failed_call() {
 
 #[tokio::test]
 async fn sigkill_under_concurrent_load_fails_no_retry_safe_call() {
-    let store = SharedStore::new();
-    let mut replicas = [
-        Replica::start(&store),
-        Replica::start(&store),
-        Replica::start(&store),
-    ];
-    let lb = balancer(&addresses(&replicas.iter().collect::<Vec<_>>()));
-    let mut client = ChatServiceClient::new(lb.clone());
-    let token = Arc::new(common::register_and_login(&mut client, "bob", PASSWORD).await);
-    let completed = Arc::new(AtomicU64::new(0));
-
-    let workers: Vec<_> = (0..8)
-        .map(|worker| {
-            let (mut client, token, completed) = (client.clone(), token.clone(), completed.clone());
-            tokio::spawn(async move {
-                for i in 0..150 {
-                    client
-                        .send_message(send(&token, "bob", format!("w{worker}-{i}")))
-                        .await
-                        .map_err(|status| format!("worker {worker} call {i}: {status:?}"))?;
-                    completed.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok::<(), String>(())
-            })
-        })
-        .collect();
+    let (_store, mut replicas, lb, mut client) = cluster(3);
+    let token = chat_testkit::register_and_login(&mut client, "bob", PASSWORD).await;
+    let load = SendLoad::start(&client, &token, "bob", 8, 150);
     // Kill a replica once the load is well under way.
-    while completed.load(Ordering::Relaxed) < 300 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let victim = replicas[0].address;
-    replicas[0].kill();
-    for worker in workers {
-        worker.await.expect("worker").expect("no failed call");
-    }
-    assert_eq!(completed.load(Ordering::Relaxed), 8 * 150);
+    load.wait_for(300).await;
+    let victim = replicas[0].address();
+    replicas[0].kill().await.expect("kill the replica");
+    assert_eq!(load.finish().await, 8 * 150);
     assert!(!state_of(&lb.snapshot(), victim).is_routable());
 }
 
@@ -174,13 +170,8 @@ async fn sigkill_under_concurrent_load_fails_no_retry_safe_call() {
 async fn a_frozen_replica_is_marked_unhealthy_in_time_and_calls_still_succeed() {
     let store = SharedStore::new();
     let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let lb = balancer(&[a.address, b.address]);
-    let mut client = ChatServiceClient::new(lb.clone());
-    let token = common::register_and_login(&mut client, "carol", PASSWORD).await;
-    wait_for(&lb, Duration::from_secs(5), "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    let lb = balancer(&[a.address(), b.address()]);
+    let (mut client, token) = signed_up_when_healthy(&lb, "carol").await;
 
     a.signal(libc::SIGSTOP);
     // Calls made while the balancer has not noticed yet still succeed within their
@@ -191,7 +182,7 @@ async fn a_frozen_replica_is_marked_unhealthy_in_time_and_calls_still_succeed() 
             &lb,
             Duration::from_secs(10),
             "frozen replica excluded",
-            |s| { !state_of(s, a.address).is_routable() }
+            |s| { !state_of(s, a.address()).is_routable() }
         ),
         async {
             for i in 0..20 {
@@ -220,11 +211,12 @@ async fn a_frozen_replica_is_marked_unhealthy_in_time_and_calls_still_succeed() 
     );
 
     a.signal(libc::SIGCONT);
-    wait_for(
+    wait_for_state(
         &lb,
-        Duration::from_secs(10),
+        a.address(),
+        EndpointState::Healthy,
+        10,
         "thawed replica readmitted",
-        |s| state_of(s, a.address) == EndpointState::Healthy,
     )
     .await;
 }
@@ -240,23 +232,19 @@ async fn a_not_serving_replica_is_drained_then_readmitted() {
         &["--drain-file", drain_arg, "--store-check-interval", "50ms"],
     );
     let b = Replica::start(&store);
-    let lb = balancer(&[a.address, b.address]);
-    let mut client = ChatServiceClient::new(lb.clone());
-    let token = common::register_and_login(&mut client, "dave", PASSWORD).await;
-    wait_for(&lb, Duration::from_secs(5), "both healthy", |s| {
-        s.iter().all(|e| e.state == EndpointState::Healthy)
-    })
-    .await;
+    let lb = balancer(&[a.address(), b.address()]);
+    let (mut client, token) = signed_up_when_healthy(&lb, "dave").await;
 
     std::fs::write(&drain_file, b"").expect("create drain file");
-    wait_for(
+    wait_for_state(
         &lb,
-        Duration::from_secs(5),
+        a.address(),
+        EndpointState::NotServing,
+        5,
         "drained replica NOT_SERVING",
-        |s| state_of(s, a.address) == EndpointState::NotServing,
     )
     .await;
-    let calls_before = calls_to(&lb, a.address);
+    let calls_before = calls_to(&lb, a.address());
     for i in 0..50 {
         client
             .send_message(send(&token, "dave", format!("drained-{i}")))
@@ -264,15 +252,19 @@ async fn a_not_serving_replica_is_drained_then_readmitted() {
             .expect("call while one replica is drained");
     }
     assert_eq!(
-        calls_to(&lb, a.address),
+        calls_to(&lb, a.address()),
         calls_before,
         "a drained replica gets no new call"
     );
 
     std::fs::remove_file(&drain_file).expect("remove drain file");
-    wait_for(&lb, Duration::from_secs(5), "replica readmitted", |s| {
-        state_of(s, a.address) == EndpointState::Healthy
-    })
+    wait_for_state(
+        &lb,
+        a.address(),
+        EndpointState::Healthy,
+        5,
+        "replica readmitted",
+    )
     .await;
     // Concurrent load, as in production: with calls outstanding on the other
     // replica, power-of-two-choices sends some to the readmitted one.
@@ -293,24 +285,21 @@ async fn a_not_serving_replica_is_drained_then_readmitted() {
         worker.await.expect("worker");
     }
     assert!(
-        calls_to(&lb, a.address) > calls_before,
+        calls_to(&lb, a.address()) > calls_before,
         "the readmitted replica takes calls again"
     );
 }
 
 #[tokio::test]
 async fn all_replicas_down_fails_fast_then_one_back_recovers_the_same_client() {
-    let store = SharedStore::new();
-    let mut replicas = [Replica::start(&store), Replica::start(&store)];
-    let lb = balancer(&addresses(&replicas.iter().collect::<Vec<_>>()));
-    let mut client = ChatServiceClient::new(lb.clone());
+    let (_store, mut replicas, lb, mut client) = cluster(2);
     client
         .health_check(HealthCheckRequest {})
         .await
         .expect("cluster up");
 
     for replica in &mut replicas {
-        replica.kill();
+        replica.kill().await.expect("kill the replica");
     }
     let started = Instant::now();
     let status = client
@@ -324,17 +313,18 @@ async fn all_replicas_down_fails_fast_then_one_back_recovers_the_same_client() {
     );
     for replica in &replicas {
         assert!(
-            status.message().contains(&replica.address.to_string()),
+            status.message().contains(&replica.address().to_string()),
             "the error names every endpoint: {status:?}"
         );
     }
 
-    replicas[1].restart();
-    wait_for(
+    replicas[1].restart().await.expect("restart the replica");
+    wait_for_state(
         &lb,
-        Duration::from_secs(10),
+        replicas[1].address(),
+        EndpointState::Healthy,
+        10,
         "restarted replica healthy",
-        |s| state_of(s, replicas[1].address) == EndpointState::Healthy,
     )
     .await;
     let health = client
@@ -345,6 +335,6 @@ async fn all_replicas_down_fails_fast_then_one_back_recovers_the_same_client() {
     assert!(
         health
             .replica_id
-            .starts_with(&replicas[1].address.to_string())
+            .starts_with(&replicas[1].address().to_string())
     );
 }

@@ -6,28 +6,24 @@
 //! Skipped with a loud banner when nx-27017 is not installed (`CHAT_TEST_NX27017`
 //! unset); under CI that fails instead. `scripts/test` installs it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use chat_proto::v1::{
-    HealthCheckRequest, ListAccountsRequest, SubscribeRequest, health_check_response::ServingStatus,
+    HealthCheckRequest, HealthCheckResponse, ListAccountsRequest, SubscribeRequest,
+    health_check_response::ServingStatus,
 };
-use common::{
-    MongoFixture, Replica, authed, client, register_and_login, send_request, wait_for_status,
+use chat_testkit::{
+    MongoFixture, PASSWORD, Replica, authed, client, inbox_texts, kill_for_good,
+    register_and_login, send, send_request, two_replicas, wait_for_status,
 };
-use futures::StreamExt;
 use tonic::Code;
-
-const PASSWORD: &str = "correct horse battery";
 
 #[tokio::test]
 async fn two_replicas_share_mongodb_and_survive_a_kill_9_of_one() {
     let Some(store) = MongoFixture::start("two replicas on the MongoDB store") else {
         return;
     };
-    let (mut a, b) = (Replica::start(&store), Replica::start(&store));
-    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let (mut a, _b, mut on_a, mut on_b) = two_replicas(&store).await;
     let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
     let bob = register_and_login(&mut on_b, "Bob", PASSWORD).await;
 
@@ -40,61 +36,25 @@ async fn two_replicas_share_mongodb_and_survive_a_kill_9_of_one() {
     let mut acknowledged = Vec::new();
     for i in 1..=10 {
         let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        let message = on
-            .send_message(send_request(
-                &alice,
-                "bob",
-                &format!("m{i}"),
-                &format!("k{i}"),
-            ))
-            .await
-            .expect("send before the kill")
-            .into_inner()
-            .message
-            .expect("message");
+        let message = send(on, &alice, "bob", &format!("m{i}"), &format!("k{i}")).await;
         assert_eq!(message.sequence, i);
         acknowledged.push((message.sequence, message.text));
     }
     for (sequence, text) in &acknowledged {
-        let message = tokio::time::timeout(Duration::from_secs(10), live.next())
-            .await
-            .expect("live delivery across replicas")
-            .expect("stream open")
-            .expect("message");
+        let message = chat_testkit::next_message(&mut live, Duration::from_secs(10)).await;
         assert_eq!((&message.sequence, &message.text), (sequence, text));
     }
     // A resend through the other replica is a duplicate, not a new message.
-    let again = on_a
-        .send_message(send_request(&alice, "bob", "m1", "k1"))
-        .await
-        .expect("idempotent resend")
-        .into_inner()
-        .message
-        .expect("message");
+    let again = send(&mut on_a, &alice, "bob", "m1", "k1").await;
     assert_eq!(again.sequence, 1);
 
-    a.kill();
-    assert!(
-        on_a.health_check(HealthCheckRequest {}).await.is_err(),
-        "the killed replica is really gone"
-    );
+    kill_for_good(&mut a, &mut on_a).await;
     for i in 11..=20 {
-        let message = on_b
-            .send_message(send_request(
-                &alice,
-                "bob",
-                &format!("m{i}"),
-                &format!("k{i}"),
-            ))
-            .await
-            .expect("the surviving replica serves every user")
-            .into_inner()
-            .message
-            .expect("message");
+        let message = send(&mut on_b, &alice, "bob", &format!("m{i}"), &format!("k{i}")).await;
         acknowledged.push((message.sequence, message.text));
     }
     assert_eq!(
-        common::fetch_inbox(&mut on_b, &bob).await,
+        chat_testkit::fetch_inbox(&mut on_b, &bob).await,
         acknowledged,
         "every acknowledged send is there, in order, once"
     );
@@ -106,9 +66,9 @@ async fn two_replicas_share_mongodb_and_survive_a_kill_9_of_one() {
         .usernames;
     assert_eq!(listed, ["alice", "Bob"]);
 
-    a.restart();
+    a.restart().await.expect("restart the replica");
     let mut on_a = client(&a).await;
-    assert_eq!(common::fetch_inbox(&mut on_a, &bob).await.len(), 20);
+    assert_eq!(inbox_texts(&mut on_a, &bob).await.len(), 20);
 }
 
 #[tokio::test]
@@ -121,28 +81,18 @@ async fn database_outage_turns_health_not_serving_and_recovers_without_a_restart
     let alice = register_and_login(&mut on, "alice", PASSWORD).await;
     let bob = register_and_login(&mut on, "bob", PASSWORD).await;
     for i in 1..=3 {
-        on.send_message(send_request(
+        send(
+            &mut on,
             &alice,
             "bob",
             &format!("before {i}"),
             &format!("b{i}"),
-        ))
-        .await
-        .expect("send before the outage");
+        )
+        .await;
     }
 
     store.kill_server();
-    let killed_at = Instant::now();
-    wait_for_status(&replica, ServingStatus::NotServing, Duration::from_secs(15)).await;
-    eprintln!(
-        "NOT_SERVING {:?} after the database died",
-        killed_at.elapsed()
-    );
-    let health = on
-        .health_check(HealthCheckRequest {})
-        .await
-        .expect("health answers during the outage")
-        .into_inner();
+    let health = health_once(&replica, ServingStatus::NotServing, 15, "the database died").await;
     assert!(!health.store_reachable);
     assert!(!health.detail.is_empty(), "says why: {health:?}");
 
@@ -164,21 +114,17 @@ async fn database_outage_turns_health_not_serving_and_recovers_without_a_restart
     );
 
     store.restart_server();
-    let restarted_at = Instant::now();
-    wait_for_status(&replica, ServingStatus::Serving, Duration::from_secs(30)).await;
-    eprintln!(
-        "SERVING again {:?} after the database restarted",
-        restarted_at.elapsed()
-    );
-    let health = on
-        .health_check(HealthCheckRequest {})
-        .await
-        .expect("health")
-        .into_inner();
+    let health = health_once(
+        &replica,
+        ServingStatus::Serving,
+        30,
+        "the database restarted",
+    )
+    .await;
     assert!(health.store_reachable, "{health:?}");
 
     // The same process, its sessions and everything written before are all there.
-    let before: Vec<String> = common::fetch_inbox(&mut on, &bob)
+    let before: Vec<String> = chat_testkit::fetch_inbox(&mut on, &bob)
         .await
         .into_iter()
         .map(|m| m.1)
@@ -197,4 +143,20 @@ async fn database_outage_turns_health_not_serving_and_recovers_without_a_restart
         .message
         .expect("message");
     assert_eq!(after.sequence, 4);
+}
+
+/// Waits (up to `within_secs`) until `replica` reports `want`, says how long that took
+/// after `event`, and returns its full health answer.
+async fn health_once(
+    replica: &Replica,
+    want: ServingStatus,
+    within_secs: u64,
+    event: &str,
+) -> HealthCheckResponse {
+    let since = Instant::now();
+    wait_for_status(replica, want, Duration::from_secs(within_secs)).await;
+    eprintln!("{want:?} {:?} after {event}", since.elapsed());
+    let mut on = client(replica).await;
+    let health = on.health_check(HealthCheckRequest {}).await;
+    health.expect("health answers").into_inner()
 }

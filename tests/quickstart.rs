@@ -1,8 +1,6 @@
 //! The quickstart example over TLS, as a user runs it: three replicas serving
 //! certificates it makes, the echo bot and the interactive chat through the balancer.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
@@ -14,8 +12,8 @@ use std::{
 fn the_quickstart_runs_a_whole_cluster_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Three consecutive ports, free a moment ago.
-    let base_port = common::dead_address().port().clamp(1024, 65_000);
-    let mut quickstart = Command::new(common::workspace_binary("examples/quickstart"))
+    let base_port = chat_testkit::dead_address().port().clamp(1024, 65_000);
+    let mut quickstart = Command::new(chat_testkit::workspace_binary("examples/quickstart"))
         .current_dir(dir.path())
         .args(["--tls", "--base-port", &base_port.to_string()])
         .env("RUST_LOG", "warn")

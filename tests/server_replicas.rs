@@ -1,8 +1,6 @@
 //! Real `chat-server` processes sharing one embedded store, driven with a plain tonic
 //! client: every RPC, across replicas, and through SIGKILL and SIGTERM.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use chat_proto::v1::{
@@ -10,29 +8,29 @@ use chat_proto::v1::{
     HealthCheckRequest, ListAccountsRequest, LoginRequest, LogoutRequest, SubscribeRequest,
     chat_service_client::ChatServiceClient, health_check_response::ServingStatus,
 };
-use common::{Replica, SharedStore, authed, client, login, register_and_login, send_request};
+use chat_testkit::{
+    PASSWORD, Replica, SharedStore, alice_and_bob, authed, client, inbox_texts, kill_for_good,
+    login, refused, register_and_login, send, send_request, two_replicas,
+};
 use futures::StreamExt;
 use tonic::{Code, transport::Channel};
-
-const PASSWORD: &str = "correct horse battery";
 
 #[tokio::test]
 async fn accounts_login_logout_and_auth_failures() {
     let store = SharedStore::new();
-    let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let (_a, _b, mut on_a, mut on_b) = two_replicas(&store).await;
 
     let token = register_and_login(&mut on_a, "Alice", PASSWORD).await;
 
     // Uniqueness ignores case, across replicas.
-    let taken = on_b
-        .create_account(CreateAccountRequest {
+    refused(
+        on_b.create_account(CreateAccountRequest {
             username: "alice".into(),
             password: PASSWORD.into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+        }),
+        Code::AlreadyExists,
+    )
+    .await;
     // Retrying the very same creation (a lost response) succeeds on the other replica.
     let again = on_b
         .create_account(CreateAccountRequest {
@@ -43,74 +41,64 @@ async fn accounts_login_logout_and_auth_failures() {
         .expect("idempotent create");
     assert_eq!(again.into_inner().username, "Alice");
     // ... but not with another password.
-    let other_password = on_b
-        .create_account(CreateAccountRequest {
+    refused(
+        on_b.create_account(CreateAccountRequest {
             username: "Alice".into(),
             password: "another password".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(other_password.code(), Code::AlreadyExists);
+        }),
+        Code::AlreadyExists,
+    )
+    .await;
 
     for (username, password) in [("", PASSWORD), ("bad name", PASSWORD), ("ok", "short")] {
-        let error = on_a
-            .create_account(CreateAccountRequest {
+        refused(
+            on_a.create_account(CreateAccountRequest {
                 username: username.into(),
                 password: password.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            error.code(),
+            }),
             Code::InvalidArgument,
-            "{username:?}: {error:?}"
-        );
+        )
+        .await;
     }
 
-    let wrong = on_b
-        .login(LoginRequest {
+    refused(
+        on_b.login(LoginRequest {
             username: "alice".into(),
             password: "wrong password".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(wrong.code(), Code::Unauthenticated);
-    let unknown = on_b
-        .login(LoginRequest {
+        }),
+        Code::Unauthenticated,
+    )
+    .await;
+    refused(
+        on_b.login(LoginRequest {
             username: "nobody".into(),
             password: PASSWORD.into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(unknown.code(), Code::NotFound);
+        }),
+        Code::NotFound,
+    )
+    .await;
 
     // Every other call needs a valid token.
-    let anonymous = on_a
-        .list_accounts(ListAccountsRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(anonymous.code(), Code::Unauthenticated);
-    let forged = on_a
-        .list_accounts(authed(&"0".repeat(64), ListAccountsRequest::default()))
-        .await
-        .unwrap_err();
-    assert_eq!(forged.code(), Code::Unauthenticated);
+    refused(
+        on_a.list_accounts(ListAccountsRequest::default()),
+        Code::Unauthenticated,
+    )
+    .await;
+    refused(
+        on_a.list_accounts(authed(&"0".repeat(64), ListAccountsRequest::default())),
+        Code::Unauthenticated,
+    )
+    .await;
 
     // A session opened on A works on B; logging out on B ends it on A too.
-    on_b.list_accounts(authed(&token, ListAccountsRequest::default()))
-        .await
-        .expect("token valid on the other replica");
-    on_b.logout(authed(&token, LogoutRequest {}))
-        .await
-        .expect("logout");
-    let ended = on_a
-        .list_accounts(authed(&token, ListAccountsRequest::default()))
-        .await
-        .unwrap_err();
-    assert_eq!(ended.code(), Code::Unauthenticated);
-    on_a.logout(authed(&token, LogoutRequest {}))
-        .await
-        .expect("logging out again is harmless");
+    let list = || authed(&token, ListAccountsRequest::default());
+    let logout = || authed(&token, LogoutRequest {});
+    let listed = on_b.list_accounts(list()).await;
+    listed.expect("token valid on the other replica");
+    on_b.logout(logout()).await.expect("logout");
+    refused(on_a.list_accounts(list()), Code::Unauthenticated).await;
+    let again = on_a.logout(logout()).await;
+    again.expect("logging out again is harmless");
 }
 
 /// Password guesses are throttled per account in the shared store: five in a row, then
@@ -118,8 +106,7 @@ async fn accounts_login_logout_and_auth_failures() {
 #[tokio::test]
 async fn password_guesses_are_throttled_across_replicas() {
     let store = SharedStore::new();
-    let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+    let (_a, _b, mut on_a, mut on_b) = two_replicas(&store).await;
     let token = register_and_login(&mut on_a, "Carol", PASSWORD).await;
     let attempt = |password: &str| LoginRequest {
         username: "carol".into(),
@@ -143,24 +130,24 @@ async fn password_guesses_are_throttled_across_replicas() {
     let locked = on_b.login(attempt(PASSWORD)).await.unwrap_err();
     assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
     assert!(locked.message().contains("try again in 1s"), "{locked:?}");
-    let create = on_a
-        .create_account(CreateAccountRequest {
+    refused(
+        on_a.create_account(CreateAccountRequest {
             username: "Carol".into(),
             password: "another guess".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(create.code(), Code::ResourceExhausted, "{create:?}");
-    let delete = on_a
-        .delete_account(authed(
+        }),
+        Code::ResourceExhausted,
+    )
+    .await;
+    refused(
+        on_a.delete_account(authed(
             &token,
             DeleteAccountRequest {
                 password: "yet another guess".into(),
             },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(delete.code(), Code::ResourceExhausted, "{delete:?}");
+        )),
+        Code::ResourceExhausted,
+    )
+    .await;
 
     // Refused attempts do not count: once the second is over, the right password
     // works, no earlier.
@@ -258,9 +245,7 @@ async fn history_retention_deletes_old_acknowledged_messages() {
     let bob = register_and_login(&mut on_a, "bob", PASSWORD).await;
     for i in 1..=5 {
         let key = format!("m{i}");
-        on_a.send_message(send_request(&ann, "bob", &key, &key))
-            .await
-            .expect("send");
+        send(&mut on_a, &ann, "bob", &key, &key).await;
     }
     // Nothing is acknowledged yet: nothing may go, however old.
     assert_eq!(history(&mut on_a, &bob).await, [1, 2, 3, 4, 5]);
@@ -384,18 +369,9 @@ async fn wildcard_listing_is_literal_paginated_and_injection_proof() {
 #[tokio::test]
 async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
     let store = SharedStore::new();
-    let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
-    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
-    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+    let (_a, _b, mut on_a, mut on_b, alice, bob) = alice_and_bob(&store).await;
 
-    let first = on_a
-        .send_message(send_request(&alice, "BOB", "hello", "key-1"))
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let first = send(&mut on_a, &alice, "BOB", "hello", "key-1").await;
     assert_eq!(
         (
             first.sequence,
@@ -405,57 +381,30 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
         (1, "alice", "bob")
     );
     // The response was "lost": the client retries through replica B.
-    let retried = on_b
-        .send_message(send_request(&alice, "bob", "hello", "key-1"))
-        .await
-        .expect("resend")
-        .into_inner()
-        .message
-        .expect("message");
+    let retried = send(&mut on_b, &alice, "bob", "hello", "key-1").await;
     assert_eq!(retried, first, "a resend returns the original message");
-    let reused = on_b
-        .send_message(send_request(&alice, "bob", "something else", "key-1"))
-        .await
-        .unwrap_err();
-    assert_eq!(reused.code(), Code::AlreadyExists);
+    refused(
+        on_b.send_message(send_request(&alice, "bob", "something else", "key-1")),
+        Code::AlreadyExists,
+    )
+    .await;
 
-    let unknown = on_a
-        .send_message(send_request(&alice, "nobody", "hi", "key-2"))
-        .await
-        .unwrap_err();
-    assert_eq!(unknown.code(), Code::NotFound);
-    let too_long = on_a
-        .send_message(send_request(&alice, "bob", &"x".repeat(4097), "key-3"))
-        .await
-        .unwrap_err();
-    assert_eq!(too_long.code(), Code::InvalidArgument);
-    let oversized = on_a
-        .send_message(send_request(&alice, "bob", &"x".repeat(100_000), "key-4"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        oversized.code(),
-        Code::OutOfRange,
-        "refused before decoding: {oversized:?}"
-    );
-    let bad_key = on_a
-        .send_message(send_request(&alice, "bob", "hi", "not a key!"))
-        .await
-        .unwrap_err();
-    assert_eq!(bad_key.code(), Code::InvalidArgument);
+    let (long, oversized) = ("x".repeat(4097), "x".repeat(100_000));
+    for (to, text, key, code) in [
+        ("nobody", "hi", "key-2", Code::NotFound),
+        ("bob", long.as_str(), "key-3", Code::InvalidArgument),
+        // Refused before decoding.
+        ("bob", oversized.as_str(), "key-4", Code::OutOfRange),
+        ("bob", "hi", "not a key!", Code::InvalidArgument),
+    ] {
+        refused(on_a.send_message(send_request(&alice, to, text, key)), code).await;
+    }
 
     for i in 2..=10 {
         let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        on.send_message(send_request(
-            &alice,
-            "bob",
-            &format!("m{i}"),
-            &format!("key-m{i}"),
-        ))
-        .await
-        .expect("send");
+        send(on, &alice, "bob", &format!("m{i}"), &format!("key-m{i}")).await;
     }
-    let inbox = common::fetch_inbox(&mut on_b, &bob).await;
+    let inbox = chat_testkit::fetch_inbox(&mut on_b, &bob).await;
     let expected: Vec<(u64, String)> = std::iter::once((1, "hello".to_string()))
         .chain((2..=10).map(|i| (i, format!("m{i}"))))
         .collect();
@@ -476,12 +425,12 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
             .acked_sequence;
         assert_eq!(acked, 4);
     }
-    let beyond = on_a
-        .ack_messages(authed(&bob, AckMessagesRequest { up_to_sequence: 99 }))
-        .await
-        .unwrap_err();
-    assert_eq!(beyond.code(), Code::InvalidArgument);
-    let rest = common::fetch_inbox(&mut on_b, &bob).await;
+    refused(
+        on_a.ack_messages(authed(&bob, AckMessagesRequest { up_to_sequence: 99 })),
+        Code::InvalidArgument,
+    )
+    .await;
+    let rest = chat_testkit::fetch_inbox(&mut on_b, &bob).await;
     assert_eq!(rest.first().map(|m| m.0), Some(5));
     assert_eq!(rest.len(), 6);
     // An explicit `after_sequence` reaches back into acknowledged history.
@@ -503,20 +452,17 @@ async fn send_fetch_ack_with_idempotent_resend_through_the_other_replica() {
 #[tokio::test]
 async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica() {
     let store = SharedStore::new();
-    let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
-    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
-    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+    let (_a, b, mut on_a, mut on_b, alice, bob) = alice_and_bob(&store).await;
 
     for i in 1..=3 {
-        on_a.send_message(send_request(
+        send(
+            &mut on_a,
             &alice,
             "bob",
             &format!("old {i}"),
             &format!("old-{i}"),
-        ))
-        .await
-        .expect("send");
+        )
+        .await;
     }
     let response = on_b
         .subscribe(authed(&bob, SubscribeRequest::default()))
@@ -530,7 +476,7 @@ async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica(
     assert!(
         serving_replica
             .as_deref()
-            .is_some_and(|id| id.starts_with(&b.address.to_string())),
+            .is_some_and(|id| id.starts_with(&b.address().to_string())),
         "the stream names its replica: {serving_replica:?}"
     );
     let mut stream = response.into_inner();
@@ -542,19 +488,15 @@ async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica(
     let mut latencies = Vec::new();
     for i in 4..=23u64 {
         let sent_at = Instant::now();
-        on_a.send_message(send_request(
+        send(
+            &mut on_a,
             &alice,
             "bob",
             &format!("live {i}"),
             &format!("live-{i}"),
-        ))
-        .await
-        .expect("send");
-        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("live message arrives without asking")
-            .expect("stream open")
-            .expect("message");
+        )
+        .await;
+        let message = chat_testkit::next_message(&mut stream, Duration::from_secs(10)).await;
         latencies.push(sent_at.elapsed());
         assert_eq!((message.sequence, message.text), (i, format!("live {i}")));
     }
@@ -578,136 +520,81 @@ async fn subscribe_gets_backlog_then_live_messages_sent_through_another_replica(
 #[tokio::test]
 async fn delete_account_keeps_sent_messages_and_revokes_sessions() {
     let store = SharedStore::new();
-    let (a, b) = (Replica::start(&store), Replica::start(&store));
-    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
-    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
-    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+    let (_a, _b, mut on_a, mut on_b, alice, bob) = alice_and_bob(&store).await;
     let bob_elsewhere = login(&mut on_a, "bob", PASSWORD).await;
 
-    on_b.send_message(send_request(&bob, "alice", "bye from bob", "bye"))
-        .await
-        .expect("send");
-    on_a.send_message(send_request(&alice, "bob", "unread by bob", "unread"))
-        .await
-        .expect("send");
+    send(&mut on_b, &bob, "alice", "bye from bob", "bye").await;
+    send(&mut on_a, &alice, "bob", "unread by bob", "unread").await;
 
-    let wrong = on_b
-        .delete_account(authed(
-            &bob,
-            DeleteAccountRequest {
-                password: "not it at all".into(),
-            },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(wrong.code(), Code::Unauthenticated);
-    on_b.list_accounts(authed(&bob, ListAccountsRequest::default()))
-        .await
-        .expect("a wrong password deletes nothing");
+    let delete = |password: &str| {
+        let request = DeleteAccountRequest {
+            password: password.into(),
+        };
+        authed(&bob, request)
+    };
+    let wrong = on_b.delete_account(delete("not it at all"));
+    refused(wrong, Code::Unauthenticated).await;
+    let listed = on_b.list_accounts(authed(&bob, ListAccountsRequest::default()));
+    listed.await.expect("a wrong password deletes nothing");
 
-    on_b.delete_account(authed(
-        &bob,
-        DeleteAccountRequest {
-            password: PASSWORD.into(),
-        },
-    ))
-    .await
-    .expect("delete");
+    on_b.delete_account(delete(PASSWORD)).await.expect("delete");
     // A retry through the other replica (the response was lost) succeeds too.
-    on_a.delete_account(authed(
-        &bob,
-        DeleteAccountRequest {
-            password: PASSWORD.into(),
-        },
-    ))
-    .await
-    .expect("delete is idempotent");
+    let retried = on_a.delete_account(delete(PASSWORD)).await;
+    retried.expect("delete is idempotent");
 
-    let revoked = on_a
-        .fetch_messages(authed(&bob_elsewhere, FetchMessagesRequest::default()))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        revoked.code(),
+    // Every session of bob ends.
+    refused(
+        on_a.fetch_messages(authed(&bob_elsewhere, FetchMessagesRequest::default())),
         Code::Unauthenticated,
-        "every session of bob ends"
-    );
-    let gone = on_a
-        .send_message(send_request(&alice, "bob", "anyone there?", "after-delete"))
-        .await
-        .unwrap_err();
-    assert_eq!(gone.code(), Code::NotFound);
+    )
+    .await;
+    refused(
+        on_a.send_message(send_request(&alice, "bob", "anyone there?", "after-delete")),
+        Code::NotFound,
+    )
+    .await;
     assert_eq!(
-        common::fetch_inbox(&mut on_a, &alice).await,
+        chat_testkit::fetch_inbox(&mut on_a, &alice).await,
         [(1, "bye from bob".to_string())],
         "messages bob sent stay"
     );
 
     // The name is free again, for a new account with an empty inbox.
     let new_bob = register_and_login(&mut on_b, "bob", "a new password").await;
-    assert!(common::fetch_inbox(&mut on_b, &new_bob).await.is_empty());
+    assert!(
+        chat_testkit::fetch_inbox(&mut on_b, &new_bob)
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn kill_9_of_one_replica_loses_nothing_and_the_other_keeps_serving() {
     let store = SharedStore::new();
-    let (mut a, b) = (Replica::start(&store), Replica::start(&store));
-    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
-    let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
-    let bob = register_and_login(&mut on_b, "bob", PASSWORD).await;
+    let (mut a, _b, mut on_a, mut on_b, alice, bob) = alice_and_bob(&store).await;
 
     let mut acknowledged = Vec::new();
     for i in 1..=20 {
         let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        let message = on
-            .send_message(send_request(
-                &alice,
-                "bob",
-                &format!("m{i}"),
-                &format!("k{i}"),
-            ))
-            .await
-            .expect("send before the kill")
-            .into_inner();
-        acknowledged.push(message.message.expect("message").text);
+        let message = send(on, &alice, "bob", &format!("m{i}"), &format!("k{i}")).await;
+        acknowledged.push(message.text);
     }
-    a.kill();
-    assert!(
-        on_a.health_check(HealthCheckRequest {}).await.is_err(),
-        "the killed replica is really gone"
-    );
+    kill_for_good(&mut a, &mut on_a).await;
     for i in 21..=40 {
-        let message = on_b
-            .send_message(send_request(
-                &alice,
-                "bob",
-                &format!("m{i}"),
-                &format!("k{i}"),
-            ))
-            .await
-            .expect("the surviving replica serves every user")
-            .into_inner();
-        acknowledged.push(message.message.expect("message").text);
+        // The surviving replica serves every user.
+        let message = send(&mut on_b, &alice, "bob", &format!("m{i}"), &format!("k{i}")).await;
+        acknowledged.push(message.text);
     }
-    let inbox: Vec<String> = common::fetch_inbox(&mut on_b, &bob)
-        .await
-        .into_iter()
-        .map(|m| m.1)
-        .collect();
     assert_eq!(
-        inbox, acknowledged,
+        inbox_texts(&mut on_b, &bob).await,
+        acknowledged,
         "every acknowledged send is there, in order"
     );
 
     // The killed replica comes back on the same port and sees everything.
-    a.restart();
+    a.restart().await.expect("restart the replica");
     let mut on_a = client(&a).await;
-    let inbox: Vec<String> = common::fetch_inbox(&mut on_a, &bob)
-        .await
-        .into_iter()
-        .map(|m| m.1)
-        .collect();
-    assert_eq!(inbox.len(), 40);
+    assert_eq!(inbox_texts(&mut on_a, &bob).await.len(), 40);
 }
 
 #[tokio::test]
@@ -719,12 +606,7 @@ async fn sigterm_reports_not_serving_ends_streams_and_exits_zero() {
     let mut on_a = client(&a).await;
     let bob = register_and_login(&mut on_a, "bob", PASSWORD).await;
 
-    let channel = Channel::from_shared(a.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = HealthClient::new(a.channel().await);
     let overall = health
         .check(GrpcHealthRequest {
             service: String::new(),
@@ -786,12 +668,7 @@ async fn health_check_and_reflection_answer() {
     assert_eq!(health.replica_id, "replica-under-test");
     assert!(health.store_reachable);
 
-    let channel = Channel::from_shared(a.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(a.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -830,9 +707,9 @@ async fn a_drain_file_takes_the_replica_out_of_rotation_and_back() {
             "50ms",
         ],
     );
-    common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
+    chat_testkit::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
     std::fs::write(&drain_file, b"").expect("create drain file");
-    common::wait_for_status(&a, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    chat_testkit::wait_for_status(&a, ServingStatus::NotServing, Duration::from_secs(5)).await;
     let health = client(&a)
         .await
         .health_check(HealthCheckRequest {})
@@ -845,7 +722,7 @@ async fn a_drain_file_takes_the_replica_out_of_rotation_and_back() {
     let mut on_a = client(&a).await;
     register_and_login(&mut on_a, "carol", PASSWORD).await;
     std::fs::remove_file(&drain_file).expect("remove drain file");
-    common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
+    chat_testkit::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -864,12 +741,12 @@ async fn a_store_that_cannot_be_written_turns_the_replica_not_serving_until_it_r
     let alice = register_and_login(&mut on_a, "alice", PASSWORD).await;
 
     // Another process holds the database's write lock, as a stuck writer would.
-    let path = store.uri().trim_start_matches("sqlite:").to_owned();
+    let path = store.path();
     let blocker = rusqlite::Connection::open(&path).expect("open the shared database");
     blocker
         .execute_batch("BEGIN IMMEDIATE")
         .expect("take the write lock");
-    common::wait_for_status(&a, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    chat_testkit::wait_for_status(&a, ServingStatus::NotServing, Duration::from_secs(10)).await;
     let health = on_a
         .health_check(HealthCheckRequest {})
         .await
@@ -877,19 +754,17 @@ async fn a_store_that_cannot_be_written_turns_the_replica_not_serving_until_it_r
         .into_inner();
     assert!(!health.store_reachable);
     assert!(health.detail.contains("store unreachable"), "{health:?}");
-    let refused = on_a
-        .send_message(send_request(&alice, "alice", "while locked", "locked-1"))
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let refused = refused(
+        on_a.send_message(send_request(&alice, "alice", "while locked", "locked-1")),
+        Code::Unavailable,
+    )
+    .await;
     assert!(
         refused.message().contains("store unavailable"),
         "{refused:?}"
     );
 
     blocker.execute_batch("ROLLBACK").expect("release the lock");
-    common::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(10)).await;
-    on_a.send_message(send_request(&alice, "alice", "after recovery", "locked-2"))
-        .await
-        .expect("the replica recovered by itself");
+    chat_testkit::wait_for_status(&a, ServingStatus::Serving, Duration::from_secs(10)).await;
+    send(&mut on_a, &alice, "alice", "after recovery", "locked-2").await;
 }

@@ -3,27 +3,19 @@
 //! misconfigurations a person makes (wrong CA, wrong name, plaintext against TLS and
 //! the reverse), mutual TLS, certificate rotation on SIGHUP, and start-up errors.
 
-mod common;
-
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use chat_lb_client::{Balancer, RetrySafe};
 use chat_proto::v1::{
-    AckMessagesRequest, DeleteAccountRequest, FetchMessagesRequest, HealthCheckRequest,
+    AckMessagesRequest, DeleteAccountRequest, HealthCheckRequest, HealthCheckResponse,
     ListAccountsRequest, LogoutRequest, SubscribeRequest, chat_service_client::ChatServiceClient,
 };
-use common::{Replica, SharedStore, authed, send_request, tls::Pki};
-use futures::StreamExt;
-use tonic::Code;
+use chat_testkit::{PASSWORD, Replica, SendLoad, SharedStore, authed, start_up_error, tls::Pki};
+use tonic::{Code, Response, Status};
 
-const PASSWORD: &str = "correct horse battery";
 /// What a misconfigured call may take at most: its deadline plus slack. A hang fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -60,7 +52,7 @@ async fn every_rpc_through_the_balancer_over_tls() {
         start_tls(&store, &pki.server_args()),
         start_tls(&store, &pki.server_args()),
     );
-    let lb = tls_balancer(&pki, &[a.address, b.address]);
+    let lb = tls_balancer(&pki, &[a.address(), b.address()]);
     let mut client = ChatServiceClient::new(lb.clone());
 
     let health = client
@@ -69,8 +61,8 @@ async fn every_rpc_through_the_balancer_over_tls() {
         .expect("HealthCheck over TLS")
         .into_inner();
     assert!(health.store_reachable);
-    let alice = common::register_and_login(&mut client, "alice", PASSWORD).await;
-    let bob = common::register_and_login(&mut client, "bob", PASSWORD).await;
+    let alice = chat_testkit::register_and_login(&mut client, "alice", PASSWORD).await;
+    let bob = chat_testkit::register_and_login(&mut client, "bob", PASSWORD).await;
     let listed = client
         .list_accounts(authed(&alice, ListAccountsRequest::default()))
         .await
@@ -84,30 +76,20 @@ async fn every_rpc_through_the_balancer_over_tls() {
         .expect("Subscribe")
         .into_inner();
     for i in 0..6 {
-        client
-            .send_message(send_request(
-                &alice,
-                "bob",
-                &format!("hi {i}"),
-                &format!("k{i}"),
-            ))
-            .await
-            .expect("SendMessage");
+        chat_testkit::send(
+            &mut client,
+            &alice,
+            "bob",
+            &format!("hi {i}"),
+            &format!("k{i}"),
+        )
+        .await;
     }
     for i in 0..6 {
-        let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("live message in time")
-            .expect("stream open")
-            .expect("message");
+        let message = chat_testkit::next_message(&mut stream, Duration::from_secs(5)).await;
         assert_eq!(message.text, format!("hi {i}"));
     }
-    let fetched = client
-        .fetch_messages(authed(&bob, FetchMessagesRequest::default()))
-        .await
-        .expect("FetchMessages")
-        .into_inner();
-    assert_eq!(fetched.messages.len(), 6);
+    assert_eq!(chat_testkit::fetch_inbox(&mut client, &bob).await.len(), 6);
     client
         .ack_messages(authed(&bob, AckMessagesRequest { up_to_sequence: 6 }))
         .await
@@ -133,7 +115,7 @@ async fn every_rpc_through_the_balancer_over_tls() {
 
     // The standard health service over TLS, on a direct channel.
     let mut health =
-        tonic_health::pb::health_client::HealthClient::new(pki.channel(a.address, false).await);
+        tonic_health::pb::health_client::HealthClient::new(pki.channel(a.address(), false).await);
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -151,73 +133,42 @@ async fn every_rpc_through_the_balancer_over_tls() {
 #[tokio::test]
 async fn sigkill_under_concurrent_tls_load_fails_no_retry_safe_call() {
     let (store, pki) = (SharedStore::new(), Pki::new());
-    let mut replicas = [
-        start_tls(&store, &pki.server_args()),
-        start_tls(&store, &pki.server_args()),
-        start_tls(&store, &pki.server_args()),
-    ];
-    let addresses: Vec<SocketAddr> = replicas.iter().map(|r| r.address).collect();
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| start_tls(&store, &pki.server_args()))
+        .collect();
+    let addresses: Vec<SocketAddr> = replicas.iter().map(|r| r.address()).collect();
     let lb = tls_balancer(&pki, &addresses);
     let mut client = ChatServiceClient::new(lb.clone());
-    let token = Arc::new(common::register_and_login(&mut client, "carol", PASSWORD).await);
-    let completed = Arc::new(AtomicU64::new(0));
+    let token = chat_testkit::register_and_login(&mut client, "carol", PASSWORD).await;
     let (workers, per_worker) = (8, 100);
-    let tasks: Vec<_> = (0..workers)
-        .map(|worker| {
-            let (mut client, token, completed) = (client.clone(), token.clone(), completed.clone());
-            tokio::spawn(async move {
-                for i in 0..per_worker {
-                    let key = format!("w{worker}-{i}");
-                    client
-                        .send_message(send_request(&token, "carol", &key, &key))
-                        .await
-                        .map_err(|status| format!("worker {worker} call {i}: {status:?}"))?;
-                    completed.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok::<(), String>(())
-            })
-        })
-        .collect();
-    while completed.load(Ordering::Relaxed) < 200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    replicas[0].kill();
-    for task in tasks {
-        task.await.expect("worker").expect("no failed call");
-    }
+    let load = SendLoad::start(&client, &token, "carol", workers, per_worker);
+    load.wait_for(200).await;
+    replicas[0].kill().await.expect("kill the replica");
+    load.finish().await;
     // Every acknowledged send is stored once.
-    let mut direct = ChatServiceClient::new(pki.channel(replicas[1].address, false).await);
-    let mut stored = 0;
-    let mut after = Some(0);
-    loop {
-        let page = direct
-            .fetch_messages(authed(
-                &token,
-                FetchMessagesRequest {
-                    after_sequence: after,
-                    page_size: 500,
-                },
-            ))
-            .await
-            .expect("fetch")
-            .into_inner();
-        stored += page.messages.len();
-        after = page.messages.last().map(|m| m.sequence);
-        if !page.has_more {
-            break;
-        }
-    }
-    assert_eq!(stored, workers * per_worker);
+    let mut direct = ChatServiceClient::new(pki.channel(replicas[1].address(), false).await);
+    let stored = chat_testkit::fetch_all(&mut direct, &token, Some(0), 500).await;
+    assert_eq!(stored.len(), workers * per_worker);
 }
 
-/// Runs `call` and checks it fails, in time, with an error whose text has `needle`.
-async fn fails_clearly<T: std::fmt::Debug>(
-    what: &str,
-    needle: &str,
-    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
-) {
+/// A balancer for one replica at `address` (`https://` for TLS), with the call timeout.
+fn lb_for(address: String) -> chat_lb_client::Builder {
+    Balancer::builder().address(address).timeout(CALL_TIMEOUT)
+}
+
+/// A health check through the balancer `lb` builds.
+async fn health(lb: chat_lb_client::Builder) -> Result<Response<HealthCheckResponse>, Status> {
+    let lb = lb.build().expect("balancer");
+    ChatServiceClient::new(lb)
+        .health_check(HealthCheckRequest {})
+        .await
+}
+
+/// Runs a health check through `lb` and checks it fails, in time, with an error whose
+/// text has `needle`.
+async fn fails_clearly(what: &str, needle: &str, lb: chat_lb_client::Builder) {
     let started = Instant::now();
-    let result = tokio::time::timeout(CALL_TIMEOUT + Duration::from_secs(2), call)
+    let result = tokio::time::timeout(CALL_TIMEOUT + Duration::from_secs(2), health(lb))
         .await
         .unwrap_or_else(|_| panic!("{what}: hung"));
     let status = result.expect_err(what);
@@ -238,119 +189,51 @@ async fn tls_misconfigurations_are_clear_errors_not_hangs() {
     let (store, pki, other) = (SharedStore::new(), Pki::new(), Pki::new());
     let tls = start_tls(&store, &pki.server_args());
     let plain = Replica::start(&store);
-    let health = |lb: Balancer| async move {
-        ChatServiceClient::new(lb)
-            .health_check(HealthCheckRequest {})
-            .await
-    };
+    let https = || lb_for(format!("https://{}", tls.address()));
 
     // A CA that did not sign the replica's certificate.
-    let wrong_ca = Balancer::builder()
-        .address(format!("https://{}", tls.address))
-        .tls_ca_file(&other.ca)
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .expect("balancer");
+    let wrong_ca = https().tls_ca_file(&other.ca);
     // Both CAs are named alike (as gen-certs names them), so the message adds a hint.
     let expected = format!(
         "{} (TLS: certificate signed by an unknown authority",
-        tls.address
+        tls.address()
     );
-    fails_clearly("wrong CA", &expected, health(wrong_ca)).await;
+    fails_clearly("wrong CA", &expected, wrong_ca).await;
 
     // A name the certificate does not hold.
-    let wrong_name = Balancer::builder()
-        .address(format!("https://{}", tls.address))
+    let wrong_name = https()
         .tls_ca_file(&pki.ca)
-        .tls_server_name("chat.example.org")
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .expect("balancer");
-    fails_clearly(
-        "wrong server name",
-        "not valid for name",
-        health(wrong_name),
-    )
-    .await;
+        .tls_server_name("chat.example.org");
+    fails_clearly("wrong server name", "not valid for name", wrong_name).await;
 
     // The right name overrides an address the certificate does not hold.
-    let renamed = Balancer::builder()
-        .address(format!("https://{}", tls.address))
-        .tls_ca_file(&pki.ca)
-        .tls_server_name("localhost")
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .expect("balancer");
+    let renamed = https().tls_ca_file(&pki.ca).tls_server_name("localhost");
     health(renamed).await.expect("server name override");
 
-    // A plaintext client against the TLS replica.
-    let plaintext = Balancer::builder()
-        .address(tls.address)
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .expect("balancer");
-    // The replica just closes the connection; the error names it and says why that may be.
-    fails_clearly(
-        "plaintext client",
-        "if it expects TLS, use https:// addresses",
-        health(plaintext),
-    )
-    .await;
+    // A plaintext client against the TLS replica. The replica just closes the
+    // connection; the error names it and says why that may be.
+    let plaintext = lb_for(tls.address().to_string());
+    let why = "if it expects TLS, use https:// addresses";
+    fails_clearly("plaintext client", why, plaintext).await;
 
     // A TLS client against a plaintext replica.
-    let tls_client = Balancer::builder()
-        .address(format!("https://{}", plain.address))
-        .tls_ca_file(&pki.ca)
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .expect("balancer");
-    fails_clearly(
-        "TLS client",
-        "TLS: the server does not speak TLS",
-        health(tls_client),
-    )
-    .await;
+    let tls_client = lb_for(format!("https://{}", plain.address())).tls_ca_file(&pki.ca);
+    let why = "TLS: the server does not speak TLS";
+    fails_clearly("TLS client", why, tls_client).await;
 }
 
 #[tokio::test]
 async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() {
     let (store, pki, other) = (SharedStore::new(), Pki::new(), Pki::new());
     let replica = start_tls(&store, &pki.mutual_server_args());
-    let health = |lb: Balancer| async move {
-        ChatServiceClient::new(lb)
-            .health_check(HealthCheckRequest {})
-            .await
-    };
-    let builder = || {
-        Balancer::builder()
-            .address(format!("https://{}", replica.address))
-            .tls_ca_file(&pki.ca)
-            .timeout(CALL_TIMEOUT)
-    };
+    let builder = || lb_for(format!("https://{}", replica.address())).tls_ca_file(&pki.ca);
 
-    let anonymous = builder().build().expect("balancer");
-    fails_clearly(
-        "no client certificate",
-        "client certificate",
-        health(anonymous),
-    )
-    .await;
+    let needle = "client certificate";
+    fails_clearly("no client certificate", needle, builder()).await;
+    let stranger = builder().tls_identity_files(&other.client_cert, &other.client_key);
+    fails_clearly("certificate from another CA", needle, stranger).await;
 
-    let stranger = builder()
-        .tls_identity_files(&other.client_cert, &other.client_key)
-        .build()
-        .expect("balancer");
-    fails_clearly(
-        "certificate from another CA",
-        "client certificate",
-        health(stranger),
-    )
-    .await;
-
-    let member = builder()
-        .tls_identity_files(&pki.client_cert, &pki.client_key)
-        .build()
-        .expect("balancer");
+    let member = builder().tls_identity_files(&pki.client_cert, &pki.client_key);
     let answer = health(member)
         .await
         .expect("the right certificate is served");
@@ -363,11 +246,11 @@ async fn sighup_rotates_the_certificate_and_keeps_open_streams() {
     let args = pki.server_args();
     let replica =
         Replica::start_logged(&store, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let first_serial = pki.served_serial(replica.address).await;
+    let first_serial = pki.served_serial(replica.address()).await;
 
     // A stream opened before the rotation.
-    let mut client = ChatServiceClient::new(pki.channel(replica.address, false).await);
-    let dave = common::register_and_login(&mut client, "dave", PASSWORD).await;
+    let mut client = ChatServiceClient::new(pki.channel(replica.address(), false).await);
+    let dave = chat_testkit::register_and_login(&mut client, "dave", PASSWORD).await;
     let mut stream = client
         .subscribe(authed(&dave, SubscribeRequest::default()))
         .await
@@ -379,22 +262,15 @@ async fn sighup_rotates_the_certificate_and_keeps_open_streams() {
     replica
         .wait_for_log("TLS certificate reloaded", 1, Duration::from_secs(10))
         .await;
-    let second_serial = pki.served_serial(replica.address).await;
+    let second_serial = pki.served_serial(replica.address()).await;
     assert_ne!(
         second_serial, first_serial,
         "new handshakes get the new certificate"
     );
 
     // The stream opened before still delivers, on its old connection.
-    client
-        .send_message(send_request(&dave, "dave", "after rotation", "rot-1"))
-        .await
-        .expect("send");
-    let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("message");
+    chat_testkit::send(&mut client, &dave, "dave", "after rotation", "rot-1").await;
+    let message = chat_testkit::next_message(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(message.text, "after rotation");
 
     // Bad files on SIGHUP: logged, and the previous certificate stays.
@@ -403,122 +279,59 @@ async fn sighup_rotates_the_certificate_and_keeps_open_streams() {
     replica
         .wait_for_log("TLS reload failed", 1, Duration::from_secs(10))
         .await;
-    assert_eq!(pki.served_serial(replica.address).await, second_serial);
-    client
-        .send_message(send_request(&dave, "dave", "still here", "rot-2"))
-        .await
-        .expect("send after a failed reload");
-    let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("message");
+    assert_eq!(pki.served_serial(replica.address()).await, second_serial);
+    chat_testkit::send(&mut client, &dave, "dave", "still here", "rot-2").await;
+    let message = chat_testkit::next_message(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(message.text, "still here");
-}
-
-/// Starts `chat-server` on `store` with `args`; it must exit by itself.
-fn start_fails(store: &SharedStore, args: &[&str]) -> (i32, String, String) {
-    let store = store.uri();
-    let all: Vec<&str> = ["--store", store.as_str()]
-        .into_iter()
-        .chain(args.iter().copied())
-        .collect();
-    common::run_server_to_exit(None, &all)
 }
 
 #[test]
 fn bad_tls_files_are_one_line_start_up_errors() {
     let (store, pki) = (SharedStore::new(), Pki::new());
+    let store = chat_testkit::StoreFixture::uri(&store);
     let (cert, key) = (
-        common::tls::path(&pki.server_cert),
-        common::tls::path(&pki.server_key),
+        chat_testkit::tls::path(&pki.server_cert),
+        chat_testkit::tls::path(&pki.server_key),
     );
-    let missing = common::tls::path(&pki.dir.path().join("missing.pem"));
+    let missing = chat_testkit::tls::path(&pki.dir.path().join("missing.pem"));
     let not_pem = pki.dir.path().join("notes.txt");
     std::fs::write(&not_pem, "hello").expect("write");
-    let not_pem = common::tls::path(&not_pem);
-    let client_key = common::tls::path(&pki.client_key);
+    let not_pem = chat_testkit::tls::path(&not_pem);
+    let client_key = chat_testkit::tls::path(&pki.client_key);
     let (expired_cert, expired_key) = pki.expired_server_certificate();
     let (expired_cert, expired_key) = (
-        common::tls::path(&expired_cert),
-        common::tls::path(&expired_key),
+        chat_testkit::tls::path(&expired_cert),
+        chat_testkit::tls::path(&expired_key),
     );
-    let cases: [(&str, Vec<&str>, &str, &str); 7] = [
-        (
-            "missing certificate",
-            vec!["--tls-cert", &missing, "--tls-key", &key],
-            &missing,
-            "No such file",
-        ),
-        (
-            "missing key",
-            vec!["--tls-cert", &cert, "--tls-key", &missing],
-            &missing,
-            "No such file",
-        ),
-        (
-            "certificate not PEM",
-            vec!["--tls-cert", &not_pem, "--tls-key", &key],
-            &not_pem,
-            "no PEM certificate",
-        ),
-        (
-            "key not PEM",
-            vec!["--tls-cert", &cert, "--tls-key", &not_pem],
-            &not_pem,
-            "no PEM private key",
-        ),
-        (
-            "key of another certificate",
-            vec!["--tls-cert", &cert, "--tls-key", &client_key],
-            &client_key,
-            "does not match",
-        ),
-        (
-            "expired certificate",
-            vec!["--tls-cert", &expired_cert, "--tls-key", &expired_key],
-            &expired_cert,
-            "expired",
-        ),
-        (
-            "client CA not PEM",
-            vec![
-                "--tls-cert",
-                &cert,
-                "--tls-key",
-                &key,
-                "--tls-client-ca",
-                &not_pem,
-            ],
-            &not_pem,
-            "no PEM certificate",
-        ),
+    // (what, --tls-cert, --tls-key, --tls-client-ca, the file named, the reason given)
+    #[rustfmt::skip]
+    let cases = [
+        ("missing certificate", &missing, &key, None, &missing, "No such file"),
+        ("missing key", &cert, &missing, None, &missing, "No such file"),
+        ("certificate not PEM", &not_pem, &key, None, &not_pem, "no PEM certificate"),
+        ("key not PEM", &cert, &not_pem, None, &not_pem, "no PEM private key"),
+        ("key of another certificate", &cert, &client_key, None, &client_key, "does not match"),
+        ("expired certificate", &expired_cert, &expired_key, None, &expired_cert, "expired"),
+        ("client CA not PEM", &cert, &key, Some(&not_pem), &not_pem, "no PEM certificate"),
     ];
-    for (what, args, file, reason) in cases {
-        let (code, stdout, stderr) = start_fails(&store, &args);
-        assert_eq!(code, 1, "{what}: {stderr}");
-        assert!(stdout.is_empty(), "{what}: it never listened: {stdout}");
-        assert_eq!(
-            stderr.trim_end().lines().count(),
-            1,
-            "{what}: one line: {stderr}"
-        );
-        assert!(
-            stderr.contains(file) && stderr.contains(reason),
-            "{what}: {stderr}"
-        );
+    for (what, cert, key, client_ca, file, reason) in cases {
+        let mut args = vec!["--store", &store, "--tls-cert", cert, "--tls-key", key];
+        if let Some(client_ca) = client_ca {
+            args.extend(["--tls-client-ca", client_ca.as_str()]);
+        }
+        let stderr = start_up_error(None, &args, 1);
+        let named = stderr.contains(file.as_str()) && stderr.contains(reason);
+        assert!(named, "{what}: {stderr}");
     }
 
     // One of the pair without the other is a usage error.
-    let (code, _, stderr) = start_fails(&store, &["--tls-cert", &cert]);
+    let args = ["--store", &store, "--tls-cert", &cert];
+    let (code, _, stderr) = chat_testkit::run_server_to_exit(None, &args);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--tls-key"), "{stderr}");
 
     // MongoDB over TLS: a missing CA file is a clear start-up error naming it.
     let mongo = format!("mongodb://127.0.0.1:1/chat?tls=true&tlsCAFile={missing}");
-    let (code, stdout, stderr) = common::run_server_to_exit(None, &["--store", &mongo]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stdout.is_empty());
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let stderr = start_up_error(None, &["--store", &mongo], 1);
     assert!(stderr.contains(&missing), "{stderr}");
 }

@@ -7,9 +7,9 @@
 //! - for every valid username, each of these agrees with the reference matcher in
 //!   `src/lib.rs` (case-insensitive; `*` any run, `?` one character) on the raw pattern:
 //!   `Pattern::matches`; SQLite's `username_key GLOB pattern` (evaluated by SQLite,
-//!   with the key lowered as `store/sqlite.rs` does) together with the literal-prefix
-//!   range the store scans (`key >= prefix AND key < upper`); and the anchored regex
-//!   MongoDB gets (it must compile), with the same range.
+//!   with the key lowered as the SQLite store does) together with the literal-prefix
+//!   range the store scans (`key >= prefix AND key < Pattern::literal_prefix_end()`);
+//!   and the anchored regex MongoDB gets (it must compile), with the same range.
 //!
 //! Candidates are the input lines and, so that matches are common, the pattern itself
 //! with its wildcards filled in from each line and its letters' case flipped.
@@ -17,7 +17,7 @@
 
 use std::{cell::RefCell, collections::HashMap};
 
-use chat_fuzz::{prefix_upper_bound, wildcard_matches as reference};
+use chat_fuzz::wildcard_matches as reference;
 use chat_server::{
     validate,
     wildcard::{MAX_PATTERN_LEN, Pattern, PatternError},
@@ -108,7 +108,7 @@ fn check_name(raw: &str, pattern: &Pattern, regex: &regex::Regex, name: &str) {
     assert_eq!(pattern.matches(&key), want, "matches: {raw:?} vs {name:?}");
 
     let prefix = pattern.literal_prefix();
-    let upper = prefix_upper_bound(prefix);
+    let upper = pattern.literal_prefix_end();
     let (glob, in_range) = sqlite(&key, pattern.to_sqlite_glob(), prefix, upper.as_deref());
     assert_eq!(glob, want, "SQLite GLOB {pattern} vs {name:?}");
     assert!(

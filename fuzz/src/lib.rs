@@ -31,18 +31,6 @@ pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
     matched[name.len()]
 }
 
-/// A copy of the stores' private `prefix_upper_bound` (`store/sqlite.rs` and
-/// `store/mongo.rs`): the exclusive upper end of the key range a listing scans.
-pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
-    let mut bytes = prefix.as_bytes().to_vec();
-    let last = bytes.last_mut()?;
-    if *last >= 0x7f {
-        return None;
-    }
-    *last += 1;
-    String::from_utf8(bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::wildcard_matches as m;

@@ -3,15 +3,13 @@
 //! feed's handling of out-of-order commits, resumable deletion, unavailability and
 //! recovery, index and schema set-up.
 //!
-//! The server is nx-27017 (see `support/nx27017.rs`; `scripts/test` installs it), one
+//! The server is nx-27017 (see `chat_testkit::nx27017`; `scripts/test` installs it), one
 //! per test binary. When `CHAT_TEST_MONGODB_URI` names a real MongoDB (a replica set,
 //! for instance the one in `deploy/mongo-replica-set/`), the whole suite runs against it
 //! too, in the `real_mongodb` module.
 
 #[macro_use]
 mod conformance;
-#[path = "support/nx27017.rs"]
-mod nx27017;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use chat_server::store::mongo::{MongoOptions, MongoStore};
 use chat_server::store::{AccountId, NewMessage, SessionLookup, Store, StoreError, StoredMessage};
+use chat_testkit::nx27017::{self, NxServer, nx_executable};
 use mongodb::bson::{Document, doc};
-use nx27017::{NxServer, nx_executable};
 
 /// Conformance checks that cannot pass against nx-27017 because of one of its
 /// documented gaps, with the reason. They still run against a real MongoDB.
@@ -179,22 +177,22 @@ async fn take_message_id(store: &MongoStore) -> i64 {
         .unwrap_or_else(|_| i64::from(counter.get_i32("value").expect("numeric counter")))
 }
 
-/// Polls the feed until `deadline`, collecting every message; returns them when
-/// `done` says so.
+/// Polls the feed (for up to ten seconds) from `cursor`, collecting every message in
+/// `seen`, until `seen` holds `count` messages.
 async fn poll_until(
     store: &MongoStore,
     cursor: &mut u64,
     seen: &mut Vec<StoredMessage>,
-    within: Duration,
-    done: impl Fn(&[StoredMessage]) -> bool,
+    count: usize,
 ) {
+    let within = Duration::from_secs(10);
     let deadline = Instant::now() + within;
     loop {
         let page = store.message_feed(Some(*cursor), 3).await.expect("feed");
         assert!(page.cursor >= *cursor, "the cursor never moves back");
         *cursor = page.cursor;
         seen.extend(page.messages);
-        if done(seen) {
+        if seen.len() >= count {
             return;
         }
         assert!(
@@ -254,14 +252,7 @@ async fn feed_sees_out_of_order_commits_exactly_once() {
         })
         .await
         .expect("the slow insert");
-    poll_until(
-        &store,
-        &mut cursor,
-        &mut seen,
-        Duration::from_secs(10),
-        |seen| seen.len() >= 2,
-    )
-    .await;
+    poll_until(&store, &mut cursor, &mut seen, 2).await;
     let ids: Vec<u64> = seen.iter().map(|m| m.id).collect();
     assert_eq!(ids, [slow_id as u64, fast.id]);
     let late_page = store
@@ -280,14 +271,7 @@ async fn feed_sees_out_of_order_commits_exactly_once() {
     let dead_id = take_message_id(&store).await;
     let after_dead = send(&store, alice.id, "bob", "after-dead").await;
     let stalled_at = Instant::now();
-    poll_until(
-        &store,
-        &mut cursor,
-        &mut seen,
-        Duration::from_secs(10),
-        |seen| seen.len() >= 3,
-    )
-    .await;
+    poll_until(&store, &mut cursor, &mut seen, 3).await;
     assert!(
         stalled_at.elapsed() >= grace,
         "released the hole before the grace period"
@@ -303,14 +287,7 @@ async fn feed_sees_out_of_order_commits_exactly_once() {
         .await;
     assert!(late.is_err(), "the released id must stay released");
     let next = send(&store, bob.id, "alice", "next").await;
-    poll_until(
-        &store,
-        &mut cursor,
-        &mut seen,
-        Duration::from_secs(10),
-        |seen| seen.len() >= 4,
-    )
-    .await;
+    poll_until(&store, &mut cursor, &mut seen, 4).await;
     assert_eq!(seen[3], next);
     let unique: HashSet<u64> = seen.iter().map(|m| m.id).collect();
     assert_eq!(unique.len(), seen.len(), "each message exactly once");
@@ -459,6 +436,11 @@ async fn interrupted_deletion_is_finished_by_readers_and_at_start_up() {
         }
     };
     interrupt(bob.id).await;
+    // How many documents of `collection` match `filter`.
+    let count = |collection: &mongodb::Collection<Document>, filter: Document| {
+        let collection = collection.clone();
+        async move { collection.count_documents(filter).await.expect("count") }
+    };
 
     // Deleted for every purpose, and the name is free.
     assert_eq!(store.find_account("bob").await.expect("find"), None);
@@ -472,20 +454,8 @@ async fn interrupted_deletion_is_finished_by_readers_and_at_start_up() {
         .expect("name is free");
     assert_ne!(new_bob.id, bob.id);
     // The fetch above finished the deletion: the old inbox is gone, the account too.
-    assert_eq!(
-        messages
-            .count_documents(doc! { "recipient_id": bob.id })
-            .await
-            .expect("count"),
-        0
-    );
-    assert_eq!(
-        accounts
-            .count_documents(doc! { "_id": bob.id })
-            .await
-            .expect("count"),
-        0
-    );
+    assert_eq!(count(&messages, doc! { "recipient_id": bob.id }).await, 0);
+    assert_eq!(count(&accounts, doc! { "_id": bob.id }).await, 0);
     assert_eq!(
         store.lookup_session(&token, 0).await.expect("lookup"),
         SessionLookup::AccountDeleted
@@ -499,33 +469,15 @@ async fn interrupted_deletion_is_finished_by_readers_and_at_start_up() {
     // Interrupted again, for carol; a new replica starting up finishes it.
     interrupt(carol.id).await;
     let _second = open(&uri, MongoOptions::default()).await;
-    assert_eq!(
-        messages
-            .count_documents(doc! { "recipient_id": carol.id })
-            .await
-            .expect("count"),
-        0
-    );
-    assert_eq!(
-        accounts
-            .count_documents(doc! { "_id": carol.id })
-            .await
-            .expect("count"),
-        0
-    );
+    assert_eq!(count(&messages, doc! { "recipient_id": carol.id }).await, 0);
+    assert_eq!(count(&accounts, doc! { "_id": carol.id }).await, 0);
     // And a repeated delete_account of a half-deleted account succeeds.
     interrupt(alice.id).await;
     store
         .delete_account(alice.id)
         .await
         .expect("finish by delete");
-    assert_eq!(
-        accounts
-            .count_documents(doc! { "_id": alice.id })
-            .await
-            .expect("count"),
-        0
-    );
+    assert_eq!(count(&accounts, doc! { "_id": alice.id }).await, 0);
 }
 
 /// With the server gone, calls fail quickly with a readable `Unavailable`; when it is

@@ -48,6 +48,17 @@ pub type CheckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A check: takes a fresh empty store, panics on a contract violation.
 pub type Check = fn(SharedStore) -> CheckFuture;
 
+/// Asserts that `$result` is an `Err` matching `$pattern`; shows what came back
+/// otherwise.
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat) => {
+        match $result {
+            Err($pattern) => {}
+            other => panic!("expected {}, got {other:?}", stringify!($pattern)),
+        }
+    };
+}
+
 /// Calls `$callback! { { $args } check, check, ... }` with the name of every check:
 /// the single list that both [`conformance_tests!`] and [`all_checks`] are built from.
 macro_rules! with_conformance_checks {
@@ -189,6 +200,18 @@ async fn create(store: &dyn Store, username: &str) -> Account {
         .create_account(username, PASSWORD_HASH, T0)
         .await
         .unwrap_or_else(|e| panic!("create_account({username:?}): {e}"))
+}
+
+/// Accounts `alice_SUFFIX` and `bob_SUFFIX`.
+async fn alice_and_bob(store: &dyn Store, suffix: &str) -> (Account, Account) {
+    let alice = create(store, &format!("alice_{suffix}")).await;
+    (alice, create(store, &format!("bob_{suffix}")).await)
+}
+
+/// Session `token(n)` for `account`, expiring at `T0 + 1_000`.
+async fn open_session(store: &dyn Store, n: u8, account: AccountId) {
+    let created = store.create_session(&token(n), account, T0 + 1_000).await;
+    created.expect("create_session");
 }
 
 async fn try_send(
@@ -374,41 +397,22 @@ fn failures(count: u32, locked_until_unix_ms: i64) -> LoginFailures {
 /// still the one the caller saw; clearing forgets it (and is idempotent).
 pub async fn login_failures_are_a_compare_and_set_record(store: SharedStore) {
     let ann = create(&*store, "ann").await;
+    // Replaces the record of ann if it is still `seen`; whether it was.
+    let claim = |seen, new| store.replace_login_failures(ann.id, seen, new);
     let none = LoginFailures::default();
     assert_eq!(store.login_failures(ann.id).await.expect("read"), none);
 
     let one = failures(1, T0);
-    assert!(
-        store
-            .replace_login_failures(ann.id, none, one)
-            .await
-            .expect("claim")
-    );
+    assert!(claim(none, one).await.expect("claim"));
     assert_eq!(store.login_failures(ann.id).await.expect("read"), one);
     // A claim from a stale view changes nothing.
-    assert!(
-        !store
-            .replace_login_failures(ann.id, none, failures(1, T0 + 1))
-            .await
-            .expect("stale claim")
-    );
+    assert!(!claim(none, failures(1, T0 + 1)).await.expect("stale claim"));
     let two = failures(2, T0 + 5);
-    assert!(
-        store
-            .replace_login_failures(ann.id, one, two)
-            .await
-            .expect("claim")
-    );
-    assert!(
-        !store
-            .replace_login_failures(ann.id, one, failures(2, T0 + 9))
-            .await
-            .expect("stale claim")
-    );
+    assert!(claim(one, two).await.expect("claim"));
+    assert!(!claim(one, failures(2, T0 + 9)).await.expect("stale claim"));
     // Same count, other lock time: still stale.
     assert!(
-        !store
-            .replace_login_failures(ann.id, failures(2, T0), failures(3, T0))
+        !claim(failures(2, T0), failures(3, T0))
             .await
             .expect("stale claim")
     );
@@ -421,31 +425,13 @@ pub async fn login_failures_are_a_compare_and_set_record(store: SharedStore) {
         .await
         .expect("clear again");
     assert!(
-        !store
-            .replace_login_failures(ann.id, two, failures(3, T0))
-            .await
-            .expect("stale claim"),
+        !claim(two, failures(3, T0)).await.expect("stale claim"),
         "a cleared record is not the one seen before"
     );
-    assert!(
-        store
-            .replace_login_failures(ann.id, none, one)
-            .await
-            .expect("claim after clear")
-    );
+    assert!(claim(none, one).await.expect("claim after clear"));
     // A claim back to no failures works like clearing, from the record seen only.
-    assert!(
-        !store
-            .replace_login_failures(ann.id, two, none)
-            .await
-            .expect("stale")
-    );
-    assert!(
-        store
-            .replace_login_failures(ann.id, one, none)
-            .await
-            .expect("claim to none")
-    );
+    assert!(!claim(two, none).await.expect("stale"));
+    assert!(claim(one, none).await.expect("claim to none"));
     assert_eq!(store.login_failures(ann.id).await.expect("read"), none);
 }
 
@@ -669,14 +655,8 @@ pub async fn list_prefix_patterns(store: SharedStore) {
 pub async fn session_create_and_lookup(store: SharedStore) {
     let dora = create(&*store, "dora_s").await;
     let other = create(&*store, "other_s").await;
-    store
-        .create_session(&token(1), dora.id, T0 + 1_000)
-        .await
-        .expect("create_session");
-    store
-        .create_session(&token(2), other.id, T0 + 1_000)
-        .await
-        .expect("create_session");
+    open_session(&*store, 1, dora.id).await;
+    open_session(&*store, 2, other.id).await;
     assert_eq!(
         lookup(&*store, &token(1), T0).await,
         SessionLookup::Valid(dora)
@@ -691,10 +671,7 @@ pub async fn session_create_and_lookup(store: SharedStore) {
 /// A session is valid before its expiry time and invalid from it on.
 pub async fn session_expires_at_its_expiry_time(store: SharedStore) {
     let erin = create(&*store, "erin_s").await;
-    store
-        .create_session(&token(4), erin.id, T0 + 1_000)
-        .await
-        .expect("create_session");
+    open_session(&*store, 4, erin.id).await;
     assert_eq!(
         lookup(&*store, &token(4), T0 + 999).await,
         SessionLookup::Valid(erin.clone())
@@ -717,14 +694,8 @@ pub async fn session_expires_at_its_expiry_time(store: SharedStore) {
 /// Deleting a session ends it, only it, and can be repeated.
 pub async fn delete_session_is_idempotent(store: SharedStore) {
     let fay = create(&*store, "fay_s").await;
-    store
-        .create_session(&token(5), fay.id, T0 + 1_000)
-        .await
-        .expect("create_session");
-    store
-        .create_session(&token(6), fay.id, T0 + 1_000)
-        .await
-        .expect("create_session");
+    open_session(&*store, 5, fay.id).await;
+    open_session(&*store, 6, fay.id).await;
     store.delete_session(&token(5)).await.expect("delete");
     assert_eq!(lookup(&*store, &token(5), T0).await, SessionLookup::Invalid);
     assert_eq!(
@@ -791,10 +762,7 @@ pub async fn purge_expired_sessions_counts_and_deletes(store: SharedStore) {
 /// Sessions of a deleted account resolve to `AccountDeleted` until they expire.
 pub async fn session_of_deleted_account_is_account_deleted(store: SharedStore) {
     let hal = create(&*store, "hal_s").await;
-    store
-        .create_session(&token(7), hal.id, T0 + 1_000)
-        .await
-        .expect("create_session");
+    open_session(&*store, 7, hal.id).await;
     store.delete_account(hal.id).await.expect("delete account");
     assert_eq!(
         lookup(&*store, &token(7), T0).await,
@@ -841,8 +809,7 @@ pub async fn send_returns_the_stored_message(store: SharedStore) {
 
 /// Sequence numbers count from 1 per recipient; ids are unique and increase.
 pub async fn sequences_are_per_recipient_and_ids_increase(store: SharedStore) {
-    let alice = create(&*store, "alice_seq").await;
-    let bob = create(&*store, "bob_seq").await;
+    let (alice, bob) = alice_and_bob(&*store, "seq").await;
     let carol = create(&*store, "carol_seq").await;
     let plan = [
         (alice.id, "bob_seq", 1),
@@ -913,26 +880,24 @@ pub async fn duplicate_key_returns_first_message_and_stores_nothing(store: Share
 
 /// The same key for a different text fails and stores nothing.
 pub async fn key_reused_with_different_text_fails(store: SharedStore) {
-    let alice = create(&*store, "alice_kt").await;
-    let bob = create(&*store, "bob_kt").await;
+    let (alice, bob) = alice_and_bob(&*store, "kt").await;
     let first = send(&*store, alice.id, "bob_kt", "original", "key").await;
-    match try_send(&*store, alice.id, "bob_kt", "changed", "key").await {
-        Err(StoreError::IdempotencyKeyReused(_)) => {}
-        other => panic!("expected IdempotencyKeyReused, got {other:?}"),
-    }
+    assert_err!(
+        try_send(&*store, alice.id, "bob_kt", "changed", "key").await,
+        StoreError::IdempotencyKeyReused(_)
+    );
     assert_eq!(inbox(&*store, bob.id).await, [first.message]);
 }
 
 /// The same key for a different recipient fails and stores nothing.
 pub async fn key_reused_with_different_recipient_fails(store: SharedStore) {
-    let alice = create(&*store, "alice_kr").await;
-    let bob = create(&*store, "bob_kr").await;
+    let (alice, bob) = alice_and_bob(&*store, "kr").await;
     let carol = create(&*store, "carol_kr").await;
     let first = send(&*store, alice.id, "bob_kr", "same text", "key").await;
-    match try_send(&*store, alice.id, "carol_kr", "same text", "key").await {
-        Err(StoreError::IdempotencyKeyReused(_)) => {}
-        other => panic!("expected IdempotencyKeyReused, got {other:?}"),
-    }
+    assert_err!(
+        try_send(&*store, alice.id, "carol_kr", "same text", "key").await,
+        StoreError::IdempotencyKeyReused(_)
+    );
     assert!(inbox(&*store, carol.id).await.is_empty());
     assert_eq!(inbox(&*store, bob.id).await, [first.message]);
 }
@@ -954,13 +919,12 @@ pub async fn same_key_from_different_senders_is_independent(store: SharedStore) 
 
 /// Sending to a name nobody has fails, stores nothing and leaves the key unused.
 pub async fn unknown_recipient_is_no_such_account(store: SharedStore) {
-    let alice = create(&*store, "alice_ur").await;
-    let bob = create(&*store, "bob_ur").await;
+    let (alice, bob) = alice_and_bob(&*store, "ur").await;
     let start = store.message_feed(None, 10).await.expect("feed").cursor;
-    match try_send(&*store, alice.id, "nobody_ur", "hello?", "key").await {
-        Err(StoreError::NoSuchAccount(_)) => {}
-        other => panic!("expected NoSuchAccount, got {other:?}"),
-    }
+    assert_err!(
+        try_send(&*store, alice.id, "nobody_ur", "hello?", "key").await,
+        StoreError::NoSuchAccount(_)
+    );
     let feed = store.message_feed(Some(start), 10).await.expect("feed");
     assert!(feed.messages.is_empty());
     // The key was not consumed by the failed send.
@@ -969,10 +933,10 @@ pub async fn unknown_recipient_is_no_such_account(store: SharedStore) {
     assert_eq!(sent.message.sequence, 1);
     // A deleted account is not a recipient either.
     store.delete_account(bob.id).await.expect("delete");
-    match try_send(&*store, alice.id, "bob_ur", "still there?", "key-2").await {
-        Err(StoreError::NoSuchAccount(_)) => {}
-        other => panic!("expected NoSuchAccount after deletion, got {other:?}"),
-    }
+    assert_err!(
+        try_send(&*store, alice.id, "bob_ur", "still there?", "key-2").await,
+        StoreError::NoSuchAccount(_)
+    );
 }
 
 /// The recipient may be named in any case.
@@ -991,17 +955,16 @@ pub async fn recipient_name_in_any_case(store: SharedStore) {
 /// A deleted sender sends nothing new, but a repeat of a message it had sent is still
 /// answered with that message.
 pub async fn send_from_deleted_sender(store: SharedStore) {
-    let alice = create(&*store, "alice_ds").await;
-    let bob = create(&*store, "bob_ds").await;
+    let (alice, bob) = alice_and_bob(&*store, "ds").await;
     let first = send(&*store, alice.id, "bob_ds", "before", "k1").await;
     store.delete_account(alice.id).await.expect("delete");
     let repeat = send(&*store, alice.id, "bob_ds", "before", "k1").await;
     assert!(repeat.duplicate);
     assert_eq!(repeat.message, first.message);
-    match try_send(&*store, alice.id, "bob_ds", "after", "k2").await {
-        Err(StoreError::NoSuchAccount(_)) => {}
-        other => panic!("expected NoSuchAccount for a deleted sender, got {other:?}"),
-    }
+    assert_err!(
+        try_send(&*store, alice.id, "bob_ds", "after", "k2").await,
+        StoreError::NoSuchAccount(_)
+    );
     assert_eq!(inbox(&*store, bob.id).await, [first.message]);
 }
 
@@ -1020,8 +983,7 @@ pub async fn fetch_empty_inbox(store: SharedStore) {
 
 /// Pages come oldest first, with `has_more` telling whether more follow.
 pub async fn fetch_is_oldest_first_with_pagination(store: SharedStore) {
-    let alice = create(&*store, "alice_fp").await;
-    let bob = create(&*store, "bob_fp").await;
+    let (alice, bob) = alice_and_bob(&*store, "fp").await;
     for i in 1..=7 {
         send(
             &*store,
@@ -1065,8 +1027,7 @@ pub async fn fetch_is_oldest_first_with_pagination(store: SharedStore) {
 /// An explicit `after_sequence` overrides the acknowledged one (acknowledged messages
 /// are still there), and the acknowledged sequence is reported either way.
 pub async fn fetch_after_sequence_overrides_ack(store: SharedStore) {
-    let alice = create(&*store, "alice_fo").await;
-    let bob = create(&*store, "bob_fo").await;
+    let (alice, bob) = alice_and_bob(&*store, "fo").await;
     for i in 1..=5 {
         send(&*store, alice.id, "bob_fo", "m", &format!("k{i}")).await;
     }
@@ -1091,8 +1052,7 @@ pub async fn fetch_after_sequence_overrides_ack(store: SharedStore) {
 
 /// Acknowledging twice, or an older sequence, changes nothing.
 pub async fn ack_is_idempotent_and_never_moves_backwards(store: SharedStore) {
-    let alice = create(&*store, "alice_ai").await;
-    let bob = create(&*store, "bob_ai").await;
+    let (alice, bob) = alice_and_bob(&*store, "ai").await;
     for i in 1..=5 {
         send(&*store, alice.id, "bob_ai", "m", &format!("k{i}")).await;
     }
@@ -1106,32 +1066,31 @@ pub async fn ack_is_idempotent_and_never_moves_backwards(store: SharedStore) {
 
 /// Acknowledging past the latest message fails and changes nothing.
 pub async fn ack_beyond_latest_fails(store: SharedStore) {
-    let alice = create(&*store, "alice_ab").await;
-    let bob = create(&*store, "bob_ab").await;
+    let (alice, bob) = alice_and_bob(&*store, "ab").await;
     assert_eq!(store.ack_messages(bob.id, 0).await.expect("ack 0"), 0);
-    match store.ack_messages(bob.id, 1).await {
-        Err(StoreError::AckBeyondLatest {
+    assert_err!(
+        store.ack_messages(bob.id, 1).await,
+        StoreError::AckBeyondLatest {
             requested: 1,
-            latest: 0,
-        }) => {}
-        other => panic!("expected AckBeyondLatest {{ 1, 0 }}, got {other:?}"),
-    }
+            latest: 0
+        }
+    );
     send(&*store, alice.id, "bob_ab", "m", "k1").await;
     send(&*store, alice.id, "bob_ab", "m", "k2").await;
-    match store.ack_messages(bob.id, 3).await {
-        Err(StoreError::AckBeyondLatest {
+    assert_err!(
+        store.ack_messages(bob.id, 3).await,
+        StoreError::AckBeyondLatest {
             requested: 3,
-            latest: 2,
-        }) => {}
-        other => panic!("expected AckBeyondLatest {{ 3, 2 }}, got {other:?}"),
-    }
-    match store.ack_messages(bob.id, u64::MAX).await {
-        Err(StoreError::AckBeyondLatest {
+            latest: 2
+        }
+    );
+    assert_err!(
+        store.ack_messages(bob.id, u64::MAX).await,
+        StoreError::AckBeyondLatest {
             requested: u64::MAX,
-            latest: 2,
-        }) => {}
-        other => panic!("expected AckBeyondLatest {{ MAX, 2 }}, got {other:?}"),
-    }
+            latest: 2
+        }
+    );
     assert_eq!(
         fetch(&*store, bob.id, None, 10).await,
         (vec![1, 2], false, 0)
@@ -1141,8 +1100,7 @@ pub async fn ack_beyond_latest_fails(store: SharedStore) {
 
 /// A fetch without `after_sequence` skips what was acknowledged.
 pub async fn fetch_after_ack_excludes_acknowledged(store: SharedStore) {
-    let alice = create(&*store, "alice_fa").await;
-    let bob = create(&*store, "bob_fa").await;
+    let (alice, bob) = alice_and_bob(&*store, "fa").await;
     for i in 1..=4 {
         send(&*store, alice.id, "bob_fa", "m", &format!("k{i}")).await;
     }
@@ -1165,14 +1123,14 @@ pub async fn fetch_after_ack_excludes_acknowledged(store: SharedStore) {
 pub async fn fetch_and_ack_of_missing_account(store: SharedStore) {
     let gone = create(&*store, "gone_fm").await;
     store.delete_account(gone.id).await.expect("delete");
-    match store.fetch_messages(gone.id, None, 10).await {
-        Err(StoreError::NoSuchAccount(_)) => {}
-        other => panic!("expected NoSuchAccount from fetch, got {other:?}"),
-    }
-    match store.ack_messages(gone.id, 0).await {
-        Err(StoreError::NoSuchAccount(_)) => {}
-        other => panic!("expected NoSuchAccount from ack, got {other:?}"),
-    }
+    assert_err!(
+        store.fetch_messages(gone.id, None, 10).await,
+        StoreError::NoSuchAccount(_)
+    );
+    assert_err!(
+        store.ack_messages(gone.id, 0).await,
+        StoreError::NoSuchAccount(_)
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -1301,8 +1259,7 @@ pub async fn message_feed_without_cursor_returns_starting_point(store: SharedSto
 /// Polling with the returned cursor sees every later message once, in id order, at most
 /// `limit` at a time.
 pub async fn message_feed_polls_see_each_message_once_in_id_order(store: SharedStore) {
-    let alice = create(&*store, "alice_fd").await;
-    let bob = create(&*store, "bob_fd").await;
+    let (alice, bob) = alice_and_bob(&*store, "fd").await;
     create(&*store, "carol_fd").await;
     send(&*store, alice.id, "bob_fd", "before the start", "k0").await;
     let mut cursor = store.message_feed(None, 10).await.expect("feed").cursor;
@@ -1413,8 +1370,7 @@ pub async fn concurrent_sends_get_gap_free_sequences(store: SharedStore) {
 /// told about that one.
 pub async fn concurrent_duplicate_sends_store_one_message(store: SharedStore) {
     const TASKS: usize = 8;
-    let alice = create(&*store, "alice_cd").await;
-    let bob = create(&*store, "bob_cd").await;
+    let (alice, bob) = alice_and_bob(&*store, "cd").await;
     for round in 0..5 {
         let key = format!("key-{round}");
         let tasks: Vec<_> = (0..TASKS)

@@ -1,13 +1,16 @@
-//! Certificates made at test time, and TLS clients that look at what a replica serves.
+//! Certificates made at test time (by `chat-server gen-certs`, as an operator makes
+//! them), and TLS clients that look at what a replica serves.
 
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    process::Command,
     sync::Arc,
 };
 
-use chat_server::certs::{CertRequest, generate};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::binary::workspace_binary;
 
 /// A CA with a server certificate for `localhost` and `127.0.0.1` and a client
 /// certificate, in a temporary folder (as `chat-server gen-certs` writes them).
@@ -30,14 +33,15 @@ impl Pki {
     /// A new CA and its certificates.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let made = generate(&request(dir.path(), &["localhost", "127.0.0.1"]))
-            .expect("generate certificates");
+        let ca = gen_certs(dir.path(), &["localhost", "127.0.0.1"]);
+        assert!(ca.contains("(new)"), "a new CA: {ca}");
+        let file = |name: &str| dir.path().join(name);
         Self {
-            ca: made.ca_cert,
-            server_cert: made.server_cert,
-            server_key: made.server_key,
-            client_cert: made.client_cert,
-            client_key: made.client_key,
+            ca: file("ca.pem"),
+            server_cert: file("server.pem"),
+            server_key: file("server.key"),
+            client_cert: file("client.pem"),
+            client_key: file("client.key"),
             dir,
         }
     }
@@ -45,8 +49,8 @@ impl Pki {
     /// Replaces the server and client certificates with new ones from the same CA,
     /// valid for `hosts` (what an operator does before sending SIGHUP).
     pub fn renew(&self, hosts: &[&str]) {
-        let made = generate(&request(self.dir.path(), hosts)).expect("renew certificates");
-        assert!(made.ca_reused, "renewal keeps the CA");
+        let ca = gen_certs(self.dir.path(), hosts);
+        assert!(ca.contains("(reused)"), "renewal keeps the CA: {ca}");
     }
 
     /// `--tls-cert FILE --tls-key FILE` for a replica.
@@ -156,13 +160,40 @@ impl Pki {
     }
 }
 
-fn request(out: &Path, hosts: &[&str]) -> CertRequest {
-    CertRequest {
-        out: out.to_owned(),
-        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
-        days: 30,
-        client_name: "test-client".into(),
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
     }
+}
+
+/// Runs `chat-server gen-certs` into `out` for `hosts` (30 days, client `test-client`);
+/// returns its line about the CA (`CA (new): ...` or `CA (reused): ...`).
+fn gen_certs(out: &Path, hosts: &[&str]) -> String {
+    let output = Command::new(workspace_binary("chat-server"))
+        .arg("gen-certs")
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--host",
+            &hosts.join(","),
+            "--days",
+            "30",
+            "--client-name",
+            "test-client",
+        ])
+        .output()
+        .expect("run chat-server gen-certs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "chat-server gen-certs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find(|line| line.starts_with("CA ("))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A path as a command-line argument.

@@ -16,7 +16,6 @@
 //! majority read and write concerns without meaning, returns small Int64 values as
 //! Int32, swallows errors of `findAndModify`, and serialises all commands on one
 //! database.
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 use std::{
     io::Read,

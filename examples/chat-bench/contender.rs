@@ -1,0 +1,143 @@
+//! The contenders, which carry the same calls, and their transports.
+//!
+//! - `direct`: one tonic `Channel` to the scenario's reference replica (`A`, `P1` in
+//!   `steady-one-process`; see `Cluster::reference`) — the reference;
+//! - `tonic-balance`: `Channel::balance_list` over the scenario's address list;
+//! - `chat-lb`: `chat_lb_client::Balancer` over the same list, with its defaults plus
+//!   retry-safety for `/chat.v1.ChatService/` (every chat RPC is safe to retry), and
+//!   any `--lb-set` overrides;
+//! - `chat-lb-single` (steady scenarios only): the same balancer given `direct`'s one
+//!   replica. Same replica, same single connection as `direct`: the difference between
+//!   the two is the balancer's own cost per call, apart from the cost of spreading
+//!   calls over several connections and processes.
+//!
+//! The tonic endpoints get the balancer's connection settings (1s connect timeout,
+//! `TCP_NODELAY`, HTTP/2 keepalive 10s/5s).
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use chat_lb_client::{Balancer, RetrySafe};
+use clap::ValueEnum;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::{cluster::Cluster, lb_settings, plan::Plan, scenario::Scenario, tls::BenchTls};
+
+/// Who carries the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Contender {
+    Direct,
+    TonicBalance,
+    ChatLb,
+    ChatLbSingle,
+}
+
+impl Contender {
+    /// Every contender.
+    pub const ALL: [Contender; 4] = [
+        Contender::Direct,
+        Contender::TonicBalance,
+        Contender::ChatLb,
+        Contender::ChatLbSingle,
+    ];
+
+    /// The name in flags and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct",
+            Contender::TonicBalance => "tonic-balance",
+            Contender::ChatLb => "chat-lb",
+            Contender::ChatLbSingle => "chat-lb-single",
+        }
+    }
+
+    /// Whether it runs in `scenario`: `chat-lb-single` only in the steady ones,
+    /// where it measures the balancer's own cost.
+    pub fn runs_in(self, scenario: Scenario) -> bool {
+        self != Contender::ChatLbSingle || scenario.is_steady()
+    }
+}
+
+/// A contender's transport, ready for calls.
+#[derive(Clone)]
+pub enum Transport {
+    /// `direct` and `tonic-balance`.
+    Channel(Channel),
+    /// `chat-lb` and `chat-lb-single`.
+    Balancer(Balancer),
+}
+
+/// A tonic endpoint with the balancer's default connection settings, over TLS when
+/// the run has certificates.
+pub fn endpoint(address: SocketAddr, tls: Option<&BenchTls>) -> anyhow::Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(match tls {
+        Some(tls) => endpoint.tls_config(
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem)),
+        )?,
+        None => endpoint,
+    })
+}
+
+/// Call attempts per endpoint so far (chat-lb only; empty for tonic channels).
+pub fn attempts(transport: &Transport) -> Vec<(SocketAddr, u64)> {
+    match transport {
+        Transport::Channel(_) => Vec::new(),
+        Transport::Balancer(balancer) => balancer
+            .snapshot()
+            .iter()
+            .map(|endpoint| (endpoint.address, endpoint.calls))
+            .collect(),
+    }
+}
+
+/// Builds a contender's transport for `scenario` and waits until it can call.
+pub async fn connect(
+    contender: Contender,
+    cluster: &Cluster,
+    scenario: Scenario,
+    plan: &Plan,
+) -> anyhow::Result<Transport> {
+    let addresses = cluster.addresses(scenario);
+    Ok(match contender {
+        Contender::Direct => Transport::Channel(
+            endpoint(cluster.reference(scenario), plan.tls.as_ref())?
+                .connect()
+                .await
+                .context("cannot connect to the reference replica")?,
+        ),
+        Contender::TonicBalance => {
+            let endpoints = addresses
+                .iter()
+                .map(|&a| endpoint(a, plan.tls.as_ref()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Transport::Channel(Channel::balance_list(endpoints.into_iter()))
+        }
+        Contender::ChatLb => Transport::Balancer(balancer(addresses, plan).await?),
+        Contender::ChatLbSingle => {
+            Transport::Balancer(balancer(vec![cluster.reference(scenario)], plan).await?)
+        }
+    })
+}
+
+/// chat-lb over `addresses`, started from probed endpoints, as a long-running client
+/// would be.
+async fn balancer(addresses: Vec<SocketAddr>, plan: &Plan) -> anyhow::Result<Balancer> {
+    let mut builder = Balancer::builder().retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"));
+    for address in addresses {
+        builder = builder.address(address);
+    }
+    builder = lb_settings::apply(&plan.lb_settings, builder);
+    if let Some(tls) = &plan.tls {
+        builder = builder.tls_ca_pem(tls.ca_pem.clone());
+    }
+    let balancer = builder.build()?;
+    balancer.wait_for_probe_round().await;
+    Ok(balancer)
+}

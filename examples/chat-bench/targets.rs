@@ -1,0 +1,155 @@
+//! The balancer's targets (issue 6), checked against the run's numbers and reported
+//! as met or not met (or left out when the run did not measure them).
+
+use crate::{
+    contender::Contender,
+    plan::Plan,
+    report::failures_text,
+    scenario::Scenario,
+    stats::{Row, find},
+};
+
+/// One of the balancer's targets, checked.
+pub struct Verdict {
+    target: String,
+    /// `None` when the run did not measure it.
+    met: Option<bool>,
+    details: String,
+}
+
+/// Judges `contender`'s rows in `scenario` at every concurrency level (`judge`
+/// gives whether the target is met and the numbers); measured only when every
+/// scenario in `needs` ran.
+fn check(
+    rows: &[Row],
+    plan: &Plan,
+    target: String,
+    (contender, scenario): (Contender, Scenario),
+    needs: &[Scenario],
+    judge: impl Fn(&Row, u32) -> Option<(bool, String)>,
+) -> Verdict {
+    let mut met = None;
+    let mut details = Vec::new();
+    if needs
+        .iter()
+        .chain([&scenario])
+        .all(|s| plan.scenarios.contains(s))
+    {
+        for &c in &plan.concurrency {
+            let Some(row) = find(rows, contender, scenario, c) else {
+                continue;
+            };
+            if let Some((ok, text)) = judge(row, c) {
+                met = Some(met.unwrap_or(true) && ok);
+                details.push(format!("c={c}: {text}"));
+            }
+        }
+    }
+    Verdict {
+        target,
+        met,
+        details: details.join("; "),
+    }
+}
+
+/// The issue's targets, for chat-lb in each steady scenario, and the same two
+/// "close to direct" targets for `chat-lb-single` (the balancer's own cost).
+pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
+    let other = |contender, scenario, c| find(rows, contender, scenario, c);
+    let mut verdicts = Vec::new();
+    for scenario in [Scenario::Steady, Scenario::SteadyOneProcess] {
+        let name = scenario.name();
+        for contender in [Contender::ChatLb, Contender::ChatLbSingle] {
+            let who = contender.name();
+            verdicts.push(check(
+                rows,
+                plan,
+                format!("{name}: {who} throughput within 5% of direct"),
+                (contender, scenario),
+                &[],
+                |r, _| {
+                    let ratio = r.ratio_to_direct?;
+                    Some((ratio >= 0.95, format!("{:.1}% of direct", ratio * 100.0)))
+                },
+            ));
+            verdicts.push(check(
+                rows,
+                plan,
+                format!("{name}: {who} p50 within 50µs of direct"),
+                (contender, scenario),
+                &[],
+                |r, c| {
+                    let (own, direct) = (
+                        r.latency.p50?,
+                        other(Contender::Direct, scenario, c)?.latency.p50?,
+                    );
+                    let diff = i64::from(own) - i64::from(direct);
+                    Some((diff <= 50, format!("{diff:+}µs ({own} vs {direct})")))
+                },
+            ));
+        }
+        verdicts.push(check(
+            rows,
+            plan,
+            format!("{name}: chat-lb throughput at least tonic balance_list's"),
+            (Contender::ChatLb, scenario),
+            &[],
+            |r, c| {
+                let tonic = other(Contender::TonicBalance, scenario, c)?.calls_per_sec;
+                Some((
+                    r.calls_per_sec >= tonic,
+                    format!(
+                        "{:.0} vs {tonic:.0} calls/s ({:.2}x)",
+                        r.calls_per_sec,
+                        r.calls_per_sec / tonic.max(1e-9)
+                    ),
+                ))
+            },
+        ));
+    }
+    for (scenario, fault) in [
+        (Scenario::DeadAddress, "a dead address"),
+        (Scenario::KilledReplica, "a killed replica"),
+    ] {
+        verdicts.push(check(
+            rows,
+            plan,
+            format!("chat-lb: no failed call with {fault}"),
+            (Contender::ChatLb, scenario),
+            &[],
+            |r, _| Some((r.failed == 0, failures_text(r))),
+        ));
+    }
+    verdicts.push(check(
+        rows,
+        plan,
+        "chat-lb: p99 with a slowed replica at most 1.5x steady p99".to_owned(),
+        (Contender::ChatLb, Scenario::SlowReplica),
+        &[Scenario::Steady],
+        |r, c| {
+            let (slow, base) = (
+                r.latency.p99?,
+                other(Contender::ChatLb, Scenario::Steady, c)?.latency.p99?,
+            );
+            let factor = f64::from(slow) / f64::from(base.max(1));
+            Some((
+                factor <= 1.5,
+                format!("{slow}µs vs {base}µs ({factor:.2}x)"),
+            ))
+        },
+    ));
+    verdicts.retain(|v| v.met.is_some());
+    verdicts
+}
+
+pub fn print(verdicts: &[Verdict]) {
+    println!("Targets (issue 6), for what this run measured:");
+    for v in verdicts {
+        let status = match v.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        };
+        println!("  [{status:^12}] {}: {}", v.target, v.details);
+    }
+}
