@@ -59,12 +59,15 @@ impl Service {
     }
 }
 
+/// What a fake RPC answers.
+type Answer<T> = Result<Response<T>, Status>;
+
 #[tonic::async_trait]
 impl ChatService for Service {
     async fn health_check(
         &self,
         _: Request<pb::HealthCheckRequest>,
-    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+    ) -> Answer<pb::HealthCheckResponse> {
         let (status, detail) = match &self.0.not_serving {
             Some(detail) => (ServingStatus::NotServing, detail.clone()),
             None => (ServingStatus::Serving, String::new()),
@@ -80,16 +83,13 @@ impl ChatService for Service {
     async fn create_account(
         &self,
         request: Request<pb::CreateAccountRequest>,
-    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+    ) -> Answer<pb::CreateAccountResponse> {
         Ok(Response::new(pb::CreateAccountResponse {
             username: request.into_inner().username,
         }))
     }
 
-    async fn login(
-        &self,
-        request: Request<pb::LoginRequest>,
-    ) -> Result<Response<pb::LoginResponse>, Status> {
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Answer<pb::LoginResponse> {
         if let Some(error) = &self.0.login_error {
             return Err(Status::new(error.code(), error.message()));
         }
@@ -100,17 +100,14 @@ impl ChatService for Service {
         }))
     }
 
-    async fn logout(
-        &self,
-        _: Request<pb::LogoutRequest>,
-    ) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(&self, _: Request<pb::LogoutRequest>) -> Answer<pb::LogoutResponse> {
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
     async fn list_accounts(
         &self,
         _: Request<pb::ListAccountsRequest>,
-    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+    ) -> Answer<pb::ListAccountsResponse> {
         Ok(Response::new(pb::ListAccountsResponse {
             usernames: self.0.accounts.clone(),
             next_page_token: String::new(),
@@ -120,7 +117,7 @@ impl ChatService for Service {
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
-    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+    ) -> Answer<pb::SendMessageResponse> {
         let request = request.into_inner();
         let mut sent = self.0.sent.lock().unwrap();
         sent.push((request.recipient.clone(), request.text.clone()));
@@ -140,7 +137,7 @@ impl ChatService for Service {
     async fn fetch_messages(
         &self,
         request: Request<pb::FetchMessagesRequest>,
-    ) -> Result<Response<pb::FetchMessagesResponse>, Status> {
+    ) -> Answer<pb::FetchMessagesResponse> {
         let after = request.into_inner().after_sequence.unwrap_or(0);
         Ok(Response::new(pb::FetchMessagesResponse {
             messages: self.unacked(after),
@@ -152,7 +149,7 @@ impl ChatService for Service {
     async fn ack_messages(
         &self,
         request: Request<pb::AckMessagesRequest>,
-    ) -> Result<Response<pb::AckMessagesResponse>, Status> {
+    ) -> Answer<pb::AckMessagesResponse> {
         let up_to = request.into_inner().up_to_sequence;
         let acked = self.0.acked.fetch_max(up_to, Ordering::SeqCst).max(up_to);
         Ok(Response::new(pb::AckMessagesResponse {
@@ -177,7 +174,7 @@ impl ChatService for Service {
     async fn delete_account(
         &self,
         _: Request<pb::DeleteAccountRequest>,
-    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+    ) -> Answer<pb::DeleteAccountResponse> {
         Ok(Response::new(pb::DeleteAccountResponse {}))
     }
 }

@@ -93,36 +93,21 @@ fn clap_usage_errors_are_one_line() {
 
 #[test]
 fn degenerate_settings_are_refused_naming_the_flag_and_range() {
-    for (args, flag, range) in [
-        (&["--timeout", "0s"][..], "--timeout", "from 10ms to 1h"),
-        (&["--keepalive", "0s"], "--keepalive", "from 100ms to 1h"),
-        (&["--try-timeout", "0s"], "--try-timeout", "from 10ms to 1h"),
-        (
-            &["--health-interval", "0s"],
-            "--health-interval",
-            "from 10ms to 1h",
-        ),
-        (
-            &["--health-timeout", "0s"],
-            "--health-timeout",
-            "from 10ms to 1m",
-        ),
-        (
-            &["--connect-timeout", "0s"],
-            "--connect-timeout",
-            "from 10ms to 5m",
-        ),
-        (&["--timeout", "3h"], "--timeout", "from 10ms to 1h"),
-        (
-            &["--unhealthy-threshold", "0"],
-            "--unhealthy-threshold",
-            "1..=100",
-        ),
+    for (flag, value, range) in [
+        ("--timeout", "0s", "from 10ms to 1h"),
+        ("--keepalive", "0s", "from 100ms to 1h"),
+        ("--try-timeout", "0s", "from 10ms to 1h"),
+        ("--health-interval", "0s", "from 10ms to 1h"),
+        ("--health-timeout", "0s", "from 10ms to 1m"),
+        ("--connect-timeout", "0s", "from 10ms to 5m"),
+        ("--timeout", "3h", "from 10ms to 1h"),
+        ("--unhealthy-threshold", "0", "1..=100"),
     ] {
+        let args = [flag, value];
         // Unreachable servers: a setting that were accepted would fail
         // differently (exit code 5), not with a usage error.
         let mut full = vec!["--servers", "127.0.0.1:1"];
-        full.extend_from_slice(args);
+        full.extend_from_slice(&args);
         full.push("status");
         let line = usage_error(chat_cli(&full), &format!("{args:?}"));
         assert!(
@@ -202,6 +187,33 @@ fn usage_error(output: std::process::Output, what: &str) -> String {
     stderr.trim_end().to_owned()
 }
 
+/// The one-line usage error of `chat-cli ARGS` (`what` names the case), which must
+/// start with `prefix`.
+fn usage_error_starting(args: &[&str], what: &str, prefix: &str) -> String {
+    let line = usage_error(chat_cli(args), what);
+    assert!(line.starts_with(prefix), "{what}: {line}");
+    line
+}
+
+/// The scheme errors of `--servers`: mixed schemes, and http:// with TLS flags
+/// (`ca`: a CA file).
+fn address_list_errors(ca: &str) {
+    usage_error_starting(
+        &[
+            "--servers",
+            "https://127.0.0.1:1,http://127.0.0.1:2",
+            "status",
+        ],
+        "mixed schemes",
+        "chat-cli: --servers: the address list mixes https://",
+    );
+    usage_error_starting(
+        &["--servers", "http://127.0.0.1:1", "--ca-cert", ca, "status"],
+        "http:// with TLS flags",
+        "chat-cli: --servers: http://127.0.0.1:1 asks for plaintext",
+    );
+}
+
 #[test]
 fn tls_flag_errors_exit_2_in_one_line_naming_the_flag_and_file() {
     let pem = Pem::new("tls-flags");
@@ -252,8 +264,8 @@ fn tls_flag_errors_exit_2_in_one_line_naming_the_flag_and_file() {
             Path::new(&junk)
         )
     );
-    let line = usage_error(
-        chat_cli(&[
+    usage_error_starting(
+        &[
             "--ca-cert",
             &ca,
             "--client-cert",
@@ -261,15 +273,12 @@ fn tls_flag_errors_exit_2_in_one_line_naming_the_flag_and_file() {
             "--client-key",
             &key,
             "status",
-        ]),
+        ],
         "client certificate without PEM",
+        "chat-cli: --client-cert: TLS client certificate file",
     );
-    assert!(
-        line.starts_with("chat-cli: --client-cert: TLS client certificate file"),
-        "{line}"
-    );
-    let line = usage_error(
-        chat_cli(&[
+    let line = usage_error_starting(
+        &[
             "--ca-cert",
             &ca,
             "--client-cert",
@@ -277,54 +286,23 @@ fn tls_flag_errors_exit_2_in_one_line_naming_the_flag_and_file() {
             "--client-key",
             &other_key,
             "status",
-        ]),
+        ],
         "a key that is not the certificate's",
-    );
-    assert!(
-        line.starts_with("chat-cli: --client-key: TLS client key file"),
-        "{line}"
+        "chat-cli: --client-key: TLS client key file",
     );
     assert!(line.contains("does not match"), "{line}");
 
-    let line = usage_error(
-        chat_cli(&[
+    usage_error_starting(
+        &[
             "--ca-cert",
             &ca,
             "--tls-server-name",
             "not a name",
             "status",
-        ]),
+        ],
         "bad server name",
-    );
-    assert!(
-        line.starts_with("chat-cli: --tls-server-name: invalid TLS server name"),
-        "{line}"
+        "chat-cli: --tls-server-name: invalid TLS server name",
     );
 
-    let line = usage_error(
-        chat_cli(&[
-            "--servers",
-            "https://127.0.0.1:1,http://127.0.0.1:2",
-            "status",
-        ]),
-        "mixed schemes",
-    );
-    assert!(
-        line.starts_with("chat-cli: --servers: the address list mixes https://"),
-        "{line}"
-    );
-    let line = usage_error(
-        chat_cli(&[
-            "--servers",
-            "http://127.0.0.1:1",
-            "--ca-cert",
-            &ca,
-            "status",
-        ]),
-        "http:// with TLS flags",
-    );
-    assert!(
-        line.starts_with("chat-cli: --servers: http://127.0.0.1:1 asks for plaintext"),
-        "{line}"
-    );
+    address_list_errors(&ca);
 }
