@@ -8,8 +8,8 @@ use tower::discover::Change;
 use crate::{
     Balancer,
     address::{IntoTarget, Target, parse_address_list},
-    config::{Config, parse_duration},
-    error::{BoxError, BuildError, ConfigError},
+    config::Config,
+    error::{BoxError, BuildError},
     health::{ChatHealthProbe, HealthProbe},
     picker::Policy,
     retry::RetrySafe,
@@ -21,9 +21,7 @@ type DiscoverTask = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send
 
 /// Configures and builds a [`Balancer`].
 ///
-/// Every setting has a default suited to replicas on one LAN; durations can be
-/// read from text with [`crate::parse_duration`] or set by name with
-/// [`Builder::set`].
+/// Every setting has a default suited to replicas on one LAN.
 ///
 /// ```no_run
 /// use chat_lb_client::{Balancer, Policy, RetrySafe};
@@ -373,103 +371,6 @@ impl Builder {
         self
     }
 
-    // ---- by name -------------------------------------------------------------
-
-    /// Sets one setting from text, e.g. from a command line or environment:
-    /// `set("probe_interval", "300ms")`. Keys (`-` and `_` are equivalent):
-    /// `policy` (`p2c` | `round_robin` | `pick_first`), `probe_interval`,
-    /// `probe_timeout`, `probe_jitter`, `unhealthy_threshold`,
-    /// `healthy_threshold`, `health_watch`, `slow_endpoint_detection`,
-    /// `slow_endpoint_factor`, `slow_endpoint_min_latency`, `outlier_detection`,
-    /// `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`,
-    /// `retry_safe` (`none` | `all` | a method-path prefix), `max_attempts`,
-    /// `per_try_timeout` (`off` or a duration), `retry_budget_ratio`,
-    /// `retry_budget_min_per_sec`, `retry_budget_window`, `max_replay_bytes`,
-    /// `timeout` (`off` or a duration), `wait_for_ready` (`off` or a duration),
-    /// `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
-    /// `ewma_decay`.
-    pub fn set(self, key: &str, value: &str) -> Result<Self, ConfigError> {
-        let norm = key.trim().to_ascii_lowercase().replace('-', "_");
-        let value = value.trim();
-        let bad = |reason: String| ConfigError::InvalidValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            reason,
-        };
-        let dur = || parse_duration(value).map_err(|e| bad(e.reason));
-        let opt_dur = || match value {
-            "off" | "none" => Ok(None),
-            _ => dur().map(Some),
-        };
-        let num = || value.parse::<u32>().map_err(|e| bad(e.to_string()));
-        let float = || value.parse::<f64>().map_err(|e| bad(e.to_string()));
-        let flag = || value.parse::<bool>().map_err(|e| bad(e.to_string()));
-        Ok(match norm.as_str() {
-            "policy" => self.policy(match value {
-                "p2c" | "power_of_two_choices" => Policy::PowerOfTwoChoices,
-                "round_robin" | "rr" => Policy::RoundRobin,
-                "pick_first" | "first" => Policy::PickFirst,
-                _ => return Err(bad("expected p2c, round_robin or pick_first".into())),
-            }),
-            "probe_interval" => self.probe_interval(dur()?),
-            "probe_timeout" => self.probe_timeout(dur()?),
-            "probe_jitter" => self.probe_jitter(float()?),
-            "unhealthy_threshold" => self.unhealthy_threshold(num()?),
-            "healthy_threshold" => self.healthy_threshold(num()?),
-            "health_watch" => self.health_watch(flag()?),
-            "slow_endpoint_detection" => self.slow_endpoint_detection(flag()?),
-            "slow_endpoint_factor" => self.slow_endpoint_factor(float()?),
-            "slow_endpoint_min_latency" => self.slow_endpoint_min_latency(dur()?),
-            "outlier_detection" => self.outlier_detection(flag()?),
-            "base_ejection_time" => self.base_ejection_time(dur()?),
-            "max_ejection_time" => self.max_ejection_time(dur()?),
-            "max_ejection_percent" => {
-                let p = value.parse::<u8>().map_err(|e| bad(e.to_string()))?;
-                self.max_ejection_percent(p)
-            }
-            "retry_safe" => self.retry_safe(match value {
-                "none" => RetrySafe::None,
-                "all" => RetrySafe::All,
-                prefix if prefix.starts_with('/') => RetrySafe::prefix(prefix),
-                _ => {
-                    return Err(bad(
-                        "expected none, all or a method path prefix such as /pkg.Service/".into(),
-                    ));
-                }
-            }),
-            "max_attempts" => self.max_attempts(num()?),
-            "per_try_timeout" => self.per_try_timeout(opt_dur()?),
-            "retry_budget_ratio" => {
-                let ratio = float()?;
-                self.retry_budget_ratio(ratio)
-            }
-            "retry_budget_min_per_sec" => {
-                let min = num()?;
-                let ratio = self.cfg.retry.budget_ratio;
-                self.retry_budget(ratio, min)
-            }
-            "retry_budget_window" => self.retry_budget_window(dur()?),
-            "max_replay_bytes" => self.max_replay_bytes(
-                value
-                    .parse()
-                    .map_err(|e: std::num::ParseIntError| bad(e.to_string()))?,
-            ),
-            "timeout" => self.timeout(opt_dur()?),
-            "wait_for_ready" => self.wait_for_ready(opt_dur()?),
-            "connect_timeout" => self.connect_timeout(dur()?),
-            "resolve_interval" => self.resolve_interval(dur()?),
-            "resolve_timeout" => self.resolve_timeout(dur()?),
-            "default_rtt" => self.default_rtt(dur()?),
-            "ewma_decay" => self.ewma_decay(dur()?),
-            _ => return Err(ConfigError::UnknownKey(key.to_owned())),
-        })
-    }
-
-    fn retry_budget_ratio(mut self, ratio: f64) -> Self {
-        self.cfg.retry.budget_ratio = ratio;
-        self
-    }
-
     // ---- build -------------------------------------------------------------
 
     /// Builds the balancer and starts its background tasks on the current
@@ -510,9 +411,10 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ConfigError;
 
     #[test]
-    fn slow_endpoint_settings_by_name_and_their_defaults() {
+    fn slow_endpoint_settings_and_their_defaults() {
         let b = Builder::new();
         assert!(b.cfg.slow.enabled);
         assert_eq!(b.cfg.slow.factor, 3.0);
@@ -520,24 +422,15 @@ mod tests {
         assert_eq!(b.cfg.slow.min_latency, Duration::from_millis(10));
 
         let b = b
-            .set("slow-endpoint-detection", "false")
-            .unwrap()
-            .set("slow_endpoint_factor", "4.5")
-            .unwrap()
-            .set("slow_endpoint_min_latency", "5ms")
-            .unwrap();
+            .slow_endpoint_detection(false)
+            .slow_endpoint_factor(4.5)
+            .slow_endpoint_min_latency(Duration::from_millis(5));
         assert!(!b.cfg.slow.enabled);
         assert_eq!(b.cfg.slow.factor, 4.5);
         assert_eq!(b.cfg.slow.clear_factor(), 3.0);
         assert_eq!(b.cfg.slow.min_latency, Duration::from_millis(5));
         assert!(b.cfg.validate().is_ok());
 
-        assert!(Builder::new().set("slow_endpoint_factor", "x").is_err());
-        assert!(
-            Builder::new()
-                .set("slow_endpoint_min_latency", "soon")
-                .is_err()
-        );
         for factor in [1.2, f64::NAN, f64::INFINITY] {
             let b = Builder::new().slow_endpoint_factor(factor);
             assert!(

@@ -6,27 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{
-    error::{ConfigError, DurationError},
-    picker::Policy,
-    retry::RetrySafe,
-    tls::ClientTls,
-};
-
-/// Parses a human-readable duration such as `"250ms"`, `"2s"` or `"1m 30s"`
-/// (humantime syntax).
-///
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(chat_lb_client::parse_duration("1s 500ms").unwrap(), Duration::from_millis(1500));
-/// assert!(chat_lb_client::parse_duration("soon").is_err());
-/// ```
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    humantime::parse_duration(text.trim()).map_err(|e| DurationError {
-        input: text.to_owned(),
-        reason: e.to_string(),
-    })
-}
+use crate::{error::ConfigError, picker::Policy, retry::RetrySafe, tls::ClientTls};
 
 /// Hook to adjust each endpoint's `tonic::transport::Endpoint` (user agent, window
 /// sizes, ...) after the balancer applied its own connection settings.

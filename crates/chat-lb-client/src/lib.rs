@@ -320,11 +320,9 @@ mod tls;
 pub use address::{Host, IntoTarget, Scheme, Target, parse_address_list};
 pub use balancer::Balancer;
 pub use builder::Builder;
-pub use config::parse_duration;
 pub use discover::Change;
 pub use error::{
-    AddressError, BoxError, BuildError, ConfigError, DurationError, PemOrigin, PemRole,
-    TlsConfigError,
+    AddressError, BoxError, BuildError, ConfigError, PemOrigin, PemRole, TlsConfigError,
 };
 pub use health::{ChatHealthProbe, GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
 pub use picker::Policy;
