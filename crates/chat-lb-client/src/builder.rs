@@ -282,15 +282,18 @@ impl Builder {
         self
     }
 
-    /// The retry budget: retries allowed per call (`ratio`) plus a floor of
-    /// retries per second. Default 0.2 and 10/s.
+    /// The retry budget: retries allowed per call (`ratio`, 0 to 1000; up to 1
+    /// it allows one retry per `1 / ratio` calls, rounded down) plus a floor
+    /// of retries per second. Default 0.2 and 10/s. Counted by tower's
+    /// `TpsBudget` (see `retry/budget.rs`).
     pub fn retry_budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
         self.cfg.retry.budget_ratio = ratio;
         self.cfg.retry.budget_min_per_sec = min_per_sec;
         self
     }
 
-    /// The window the retry budget counts calls and retries over. Default 10s.
+    /// The window the retry budget counts calls and retries over, from 1s to
+    /// 60s. Default 10s.
     pub fn retry_budget_window(mut self, window: Duration) -> Self {
         self.cfg.retry.budget_window = window;
         self
