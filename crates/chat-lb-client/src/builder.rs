@@ -10,7 +10,7 @@ use crate::{
     address::{IntoTarget, Target, parse_address_list},
     config::Config,
     error::{BoxError, BuildError},
-    health::{ChatHealthProbe, HealthProbe},
+    health::{HealthProbe, default_probe},
     picker::Policy,
     retry::RetrySafe,
     shared::Shared,
@@ -149,8 +149,9 @@ impl Builder {
 
     // ---- active health -----------------------------------------------------
 
-    /// The health probe. Default: [`ChatHealthProbe`] (`chat.v1` `HealthCheck`);
-    /// use [`crate::GrpcHealthProbe`] for any server with the standard gRPC
+    /// The health probe. Default: `ChatHealthProbe` (`chat.v1` `HealthCheck`)
+    /// with the `chat-probe` feature (on by default), else
+    /// [`crate::GrpcHealthProbe`], for any server with the standard gRPC
     /// health service.
     pub fn probe(mut self, probe: impl HealthProbe) -> Self {
         self.probe = Some(Arc::new(probe));
@@ -393,9 +394,7 @@ impl Builder {
         cfg.connect.tls =
             crate::tls::resolve(&self.tls, &self.targets, cfg.connect.connect_timeout)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let probe = self
-            .probe
-            .unwrap_or_else(|| Arc::new(ChatHealthProbe::new()));
+        let probe = self.probe.unwrap_or_else(default_probe);
         let shared = Arc::new(Shared::new(cfg, probe, runtime));
         // The guard inside the balancer stops every task spawned below.
         let balancer = Balancer::new(shared.clone());
