@@ -293,7 +293,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .addresses(&addresses.join(","))
         .probe(GrpcHealthProbe::new().service(SERVICE))
         .policy(Policy::PowerOfTwoChoices)
-        .probe_interval(chat_lb_client::parse_duration("200ms")?)
+        .probe_interval(Duration::from_millis(200))
         .probe_timeout(Duration::from_millis(100))
         .unhealthy_threshold(2)
         .base_ejection_time(Duration::from_millis(500))

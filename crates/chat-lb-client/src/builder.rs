@@ -8,9 +8,9 @@ use tower::discover::Change;
 use crate::{
     Balancer,
     address::{IntoTarget, Target, parse_address_list},
-    config::{Config, parse_duration},
-    error::{BoxError, BuildError, ConfigError},
-    health::{ChatHealthProbe, HealthProbe},
+    config::Config,
+    error::{BoxError, BuildError},
+    health::{HealthProbe, default_probe},
     picker::Policy,
     retry::RetrySafe,
     shared::Shared,
@@ -21,9 +21,7 @@ type DiscoverTask = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send
 
 /// Configures and builds a [`Balancer`].
 ///
-/// Every setting has a default suited to replicas on one LAN; durations can be
-/// read from text with [`crate::parse_duration`] or set by name with
-/// [`Builder::set`].
+/// Every setting has a default suited to replicas on one LAN.
 ///
 /// ```no_run
 /// use chat_lb_client::{Balancer, Policy, RetrySafe};
@@ -151,8 +149,9 @@ impl Builder {
 
     // ---- active health -----------------------------------------------------
 
-    /// The health probe. Default: [`ChatHealthProbe`] (`chat.v1` `HealthCheck`);
-    /// use [`crate::GrpcHealthProbe`] for any server with the standard gRPC
+    /// The health probe. Default: `ChatHealthProbe` (`chat.v1` `HealthCheck`)
+    /// with the `chat-probe` feature (on by default), else
+    /// [`crate::GrpcHealthProbe`], for any server with the standard gRPC
     /// health service.
     pub fn probe(mut self, probe: impl HealthProbe) -> Self {
         self.probe = Some(Arc::new(probe));
@@ -284,15 +283,18 @@ impl Builder {
         self
     }
 
-    /// The retry budget: retries allowed per call (`ratio`) plus a floor of
-    /// retries per second. Default 0.2 and 10/s.
+    /// The retry budget: retries allowed per call (`ratio`, 0 to 1000; up to 1
+    /// it allows one retry per `1 / ratio` calls, rounded down) plus a floor
+    /// of retries per second. Default 0.2 and 10/s. Counted by tower's
+    /// `TpsBudget` (see `retry/budget.rs`).
     pub fn retry_budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
         self.cfg.retry.budget_ratio = ratio;
         self.cfg.retry.budget_min_per_sec = min_per_sec;
         self
     }
 
-    /// The window the retry budget counts calls and retries over. Default 10s.
+    /// The window the retry budget counts calls and retries over, from 1s to
+    /// 60s. Default 10s.
     pub fn retry_budget_window(mut self, window: Duration) -> Self {
         self.cfg.retry.budget_window = window;
         self
@@ -373,103 +375,6 @@ impl Builder {
         self
     }
 
-    // ---- by name -------------------------------------------------------------
-
-    /// Sets one setting from text, e.g. from a command line or environment:
-    /// `set("probe_interval", "300ms")`. Keys (`-` and `_` are equivalent):
-    /// `policy` (`p2c` | `round_robin` | `pick_first`), `probe_interval`,
-    /// `probe_timeout`, `probe_jitter`, `unhealthy_threshold`,
-    /// `healthy_threshold`, `health_watch`, `slow_endpoint_detection`,
-    /// `slow_endpoint_factor`, `slow_endpoint_min_latency`, `outlier_detection`,
-    /// `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`,
-    /// `retry_safe` (`none` | `all` | a method-path prefix), `max_attempts`,
-    /// `per_try_timeout` (`off` or a duration), `retry_budget_ratio`,
-    /// `retry_budget_min_per_sec`, `retry_budget_window`, `max_replay_bytes`,
-    /// `timeout` (`off` or a duration), `wait_for_ready` (`off` or a duration),
-    /// `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
-    /// `ewma_decay`.
-    pub fn set(self, key: &str, value: &str) -> Result<Self, ConfigError> {
-        let norm = key.trim().to_ascii_lowercase().replace('-', "_");
-        let value = value.trim();
-        let bad = |reason: String| ConfigError::InvalidValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            reason,
-        };
-        let dur = || parse_duration(value).map_err(|e| bad(e.reason));
-        let opt_dur = || match value {
-            "off" | "none" => Ok(None),
-            _ => dur().map(Some),
-        };
-        let num = || value.parse::<u32>().map_err(|e| bad(e.to_string()));
-        let float = || value.parse::<f64>().map_err(|e| bad(e.to_string()));
-        let flag = || value.parse::<bool>().map_err(|e| bad(e.to_string()));
-        Ok(match norm.as_str() {
-            "policy" => self.policy(match value {
-                "p2c" | "power_of_two_choices" => Policy::PowerOfTwoChoices,
-                "round_robin" | "rr" => Policy::RoundRobin,
-                "pick_first" | "first" => Policy::PickFirst,
-                _ => return Err(bad("expected p2c, round_robin or pick_first".into())),
-            }),
-            "probe_interval" => self.probe_interval(dur()?),
-            "probe_timeout" => self.probe_timeout(dur()?),
-            "probe_jitter" => self.probe_jitter(float()?),
-            "unhealthy_threshold" => self.unhealthy_threshold(num()?),
-            "healthy_threshold" => self.healthy_threshold(num()?),
-            "health_watch" => self.health_watch(flag()?),
-            "slow_endpoint_detection" => self.slow_endpoint_detection(flag()?),
-            "slow_endpoint_factor" => self.slow_endpoint_factor(float()?),
-            "slow_endpoint_min_latency" => self.slow_endpoint_min_latency(dur()?),
-            "outlier_detection" => self.outlier_detection(flag()?),
-            "base_ejection_time" => self.base_ejection_time(dur()?),
-            "max_ejection_time" => self.max_ejection_time(dur()?),
-            "max_ejection_percent" => {
-                let p = value.parse::<u8>().map_err(|e| bad(e.to_string()))?;
-                self.max_ejection_percent(p)
-            }
-            "retry_safe" => self.retry_safe(match value {
-                "none" => RetrySafe::None,
-                "all" => RetrySafe::All,
-                prefix if prefix.starts_with('/') => RetrySafe::prefix(prefix),
-                _ => {
-                    return Err(bad(
-                        "expected none, all or a method path prefix such as /pkg.Service/".into(),
-                    ));
-                }
-            }),
-            "max_attempts" => self.max_attempts(num()?),
-            "per_try_timeout" => self.per_try_timeout(opt_dur()?),
-            "retry_budget_ratio" => {
-                let ratio = float()?;
-                self.retry_budget_ratio(ratio)
-            }
-            "retry_budget_min_per_sec" => {
-                let min = num()?;
-                let ratio = self.cfg.retry.budget_ratio;
-                self.retry_budget(ratio, min)
-            }
-            "retry_budget_window" => self.retry_budget_window(dur()?),
-            "max_replay_bytes" => self.max_replay_bytes(
-                value
-                    .parse()
-                    .map_err(|e: std::num::ParseIntError| bad(e.to_string()))?,
-            ),
-            "timeout" => self.timeout(opt_dur()?),
-            "wait_for_ready" => self.wait_for_ready(opt_dur()?),
-            "connect_timeout" => self.connect_timeout(dur()?),
-            "resolve_interval" => self.resolve_interval(dur()?),
-            "resolve_timeout" => self.resolve_timeout(dur()?),
-            "default_rtt" => self.default_rtt(dur()?),
-            "ewma_decay" => self.ewma_decay(dur()?),
-            _ => return Err(ConfigError::UnknownKey(key.to_owned())),
-        })
-    }
-
-    fn retry_budget_ratio(mut self, ratio: f64) -> Self {
-        self.cfg.retry.budget_ratio = ratio;
-        self
-    }
-
     // ---- build -------------------------------------------------------------
 
     /// Builds the balancer and starts its background tasks on the current
@@ -489,9 +394,7 @@ impl Builder {
         cfg.connect.tls =
             crate::tls::resolve(&self.tls, &self.targets, cfg.connect.connect_timeout)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let probe = self
-            .probe
-            .unwrap_or_else(|| Arc::new(ChatHealthProbe::new()));
+        let probe = self.probe.unwrap_or_else(default_probe);
         let shared = Arc::new(Shared::new(cfg, probe, runtime));
         // The guard inside the balancer stops every task spawned below.
         let balancer = Balancer::new(shared.clone());
@@ -510,9 +413,10 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ConfigError;
 
     #[test]
-    fn slow_endpoint_settings_by_name_and_their_defaults() {
+    fn slow_endpoint_settings_and_their_defaults() {
         let b = Builder::new();
         assert!(b.cfg.slow.enabled);
         assert_eq!(b.cfg.slow.factor, 3.0);
@@ -520,24 +424,15 @@ mod tests {
         assert_eq!(b.cfg.slow.min_latency, Duration::from_millis(10));
 
         let b = b
-            .set("slow-endpoint-detection", "false")
-            .unwrap()
-            .set("slow_endpoint_factor", "4.5")
-            .unwrap()
-            .set("slow_endpoint_min_latency", "5ms")
-            .unwrap();
+            .slow_endpoint_detection(false)
+            .slow_endpoint_factor(4.5)
+            .slow_endpoint_min_latency(Duration::from_millis(5));
         assert!(!b.cfg.slow.enabled);
         assert_eq!(b.cfg.slow.factor, 4.5);
         assert_eq!(b.cfg.slow.clear_factor(), 3.0);
         assert_eq!(b.cfg.slow.min_latency, Duration::from_millis(5));
         assert!(b.cfg.validate().is_ok());
 
-        assert!(Builder::new().set("slow_endpoint_factor", "x").is_err());
-        assert!(
-            Builder::new()
-                .set("slow_endpoint_min_latency", "soon")
-                .is_err()
-        );
         for factor in [1.2, f64::NAN, f64::INFINITY] {
             let b = Builder::new().slow_endpoint_factor(factor);
             assert!(

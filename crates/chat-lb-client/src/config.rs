@@ -6,27 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{
-    error::{ConfigError, DurationError},
-    picker::Policy,
-    retry::RetrySafe,
-    tls::ClientTls,
-};
-
-/// Parses a human-readable duration such as `"250ms"`, `"2s"` or `"1m 30s"`
-/// (humantime syntax).
-///
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(chat_lb_client::parse_duration("1s 500ms").unwrap(), Duration::from_millis(1500));
-/// assert!(chat_lb_client::parse_duration("soon").is_err());
-/// ```
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    humantime::parse_duration(text.trim()).map_err(|e| DurationError {
-        input: text.to_owned(),
-        reason: e.to_string(),
-    })
-}
+use crate::{error::ConfigError, picker::Policy, retry::RetrySafe, tls::ClientTls};
 
 /// Hook to adjust each endpoint's `tonic::transport::Endpoint` (user agent, window
 /// sizes, ...) after the balancer applied its own connection settings.
@@ -247,15 +227,21 @@ impl Config {
         )?;
         let r = &self.retry;
         check(r.max_attempts >= 1, "max_attempts", "must be at least 1")?;
+        // The ranges tower's `TpsBudget::new` accepts (it panics outside them).
         check(
-            r.budget_ratio >= 0.0 && r.budget_ratio.is_finite(),
+            (0.0..=1000.0).contains(&r.budget_ratio),
             "retry_budget ratio",
-            "must be a finite number >= 0",
+            "must be a number from 0 to 1000",
         )?;
         check(
-            r.budget_window >= Duration::from_secs(1),
+            r.budget_min_per_sec < i32::MAX as u32,
+            "retry_budget min_per_sec",
+            "must be below 2^31 - 1",
+        )?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(60)).contains(&r.budget_window),
             "retry_budget_window",
-            "must be at least 1s",
+            "must be from 1s to 60s",
         )?;
         check(
             r.per_try_timeout.is_none_or(|d| !d.is_zero()),
@@ -273,5 +259,77 @@ impl Config {
             "must be above zero",
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out_of_range(cfg: &Config) -> Option<&'static str> {
+        match cfg.validate() {
+            Ok(()) => None,
+            Err(ConfigError::OutOfRange { setting, .. }) => Some(setting),
+        }
+    }
+
+    #[test]
+    fn retry_budget_limits_are_those_tower_accepts() {
+        let with = |f: fn(&mut RetryConfig)| {
+            let mut cfg = Config::default();
+            f(&mut cfg.retry);
+            out_of_range(&cfg)
+        };
+        assert_eq!(with(|_| {}), None, "the defaults");
+        assert_eq!(with(|r| r.budget_ratio = 0.0), None);
+        assert_eq!(with(|r| r.budget_ratio = 1000.0), None);
+        assert_eq!(with(|r| r.budget_min_per_sec = i32::MAX as u32 - 1), None);
+        assert_eq!(with(|r| r.budget_window = Duration::from_secs(1)), None);
+        assert_eq!(with(|r| r.budget_window = Duration::from_secs(60)), None);
+
+        for ratio in [-0.1, 1000.5, f64::NAN, f64::INFINITY] {
+            let mut cfg = Config::default();
+            cfg.retry.budget_ratio = ratio;
+            assert_eq!(out_of_range(&cfg), Some("retry_budget ratio"), "{ratio}");
+        }
+        assert_eq!(
+            with(|r| r.budget_min_per_sec = i32::MAX as u32),
+            Some("retry_budget min_per_sec")
+        );
+        assert_eq!(
+            with(|r| r.budget_window = Duration::from_millis(999)),
+            Some("retry_budget_window")
+        );
+        assert_eq!(
+            with(|r| r.budget_window = Duration::from_secs(61)),
+            Some("retry_budget_window")
+        );
+    }
+
+    #[test]
+    fn a_bad_retry_budget_is_a_build_error_not_a_panic() {
+        // `build` checks the settings before it needs a runtime.
+        let error = crate::Builder::new()
+            .retry_budget(1001.0, 10)
+            .build()
+            .expect_err("ratio over 1000");
+        assert_eq!(
+            error.to_string(),
+            "balancer setting retry_budget ratio must be a number from 0 to 1000"
+        );
+        let error = crate::Builder::new()
+            .retry_budget_window(Duration::from_secs(120))
+            .build()
+            .expect_err("window over 60s");
+        assert!(
+            matches!(
+                error,
+                crate::BuildError::Config(ConfigError::OutOfRange {
+                    setting: "retry_budget_window",
+                    ..
+                })
+            ),
+            "{error}"
+        );
     }
 }

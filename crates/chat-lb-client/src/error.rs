@@ -1,9 +1,10 @@
 //! Error types.
 //!
-//! Errors of the *configuration* (a bad address, a bad duration, an impossible
-//! setting) are typed enums. Errors of a *call* follow tonic's conventions: the
-//! balancer answers with a gRPC status (see [`crate::Balancer`]) or passes the
-//! transport error of the last attempt through as a [`BoxError`].
+//! Errors of the *configuration* (a bad address, an impossible setting, TLS
+//! settings that cannot work) are typed enums. Errors of a *call* follow
+//! tonic's conventions: the balancer answers with a gRPC status (see
+//! [`crate::Balancer`]) or passes the transport error of the last attempt
+//! through as a [`BoxError`].
 
 use std::{fmt, path::PathBuf};
 
@@ -26,33 +27,10 @@ pub enum AddressError {
     },
 }
 
-/// A duration that [`crate::parse_duration`] could not read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (expected e.g. \"250ms\", \"2s\", \"1m 30s\")")]
-pub struct DurationError {
-    /// The text as given.
-    pub input: String,
-    /// Why humantime rejected it.
-    pub reason: String,
-}
-
-/// A setting that is out of range or unknown.
+/// A setting that is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// `Builder::set` got a key it does not know.
-    #[error("unknown balancer setting {0:?}")]
-    UnknownKey(String),
-    /// A value could not be parsed for its key.
-    #[error("invalid value {value:?} for balancer setting {key:?}: {reason}")]
-    InvalidValue {
-        /// The setting's key.
-        key: String,
-        /// The value as given.
-        value: String,
-        /// Why it was rejected.
-        reason: String,
-    },
-    /// A value parsed but is outside its allowed range.
+    /// A value is outside its allowed range.
     #[error("balancer setting {setting} {problem}")]
     OutOfRange {
         /// The setting's name.

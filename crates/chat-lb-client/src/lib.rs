@@ -144,7 +144,7 @@
 //! | setting | default |
 //! |---|---|
 //! | policy | power of two choices (peak EWMA, decay 10s, initial 1ms) |
-//! | probe | [`ChatHealthProbe`] every 500ms ±10%, timeout 250ms |
+//! | probe | `ChatHealthProbe` with the `chat-probe` feature (on by default), [`GrpcHealthProbe`] without; every 500ms ±10%, timeout 250ms ([features](#cargo-features)) |
 //! | unhealthy / healthy threshold | 2 failed / 1 successful probes in a row |
 //! | slow endpoints | on: probe latency (fastest of last 3) over 3x the others' median and over 10ms; cleared under 2x |
 //! | ejection | 1s × offences in a row, at most 30s, at most 50% of endpoints |
@@ -157,6 +157,15 @@
 //! | connect timeout, keepalive | 1s; HTTP/2 ping every 10s, 5s timeout |
 //! | DNS | re-resolved every 30s, 5s timeout |
 //! | TLS | off; on with any `tls_*` setting or an `https://` address ([TLS](#tls)) |
+//!
+//! # Cargo features
+//!
+//! `chat-probe` (on by default) adds `ChatHealthProbe`, the chat service's
+//! own `HealthCheck` RPC as a probe, and makes it the default probe. The
+//! balancer itself serves any tonic service: with `default-features = false`
+//! it does not depend on the chat protocol crate at all, and its default probe
+//! is [`GrpcHealthProbe`] (the standard `grpc.health.v1.Health` service, as
+//! `tonic-health` serves it).
 //!
 //! # TLS
 //!
@@ -320,13 +329,13 @@ mod tls;
 pub use address::{Host, IntoTarget, Scheme, Target, parse_address_list};
 pub use balancer::Balancer;
 pub use builder::Builder;
-pub use config::parse_duration;
 pub use discover::Change;
 pub use error::{
-    AddressError, BoxError, BuildError, ConfigError, DurationError, PemOrigin, PemRole,
-    TlsConfigError,
+    AddressError, BoxError, BuildError, ConfigError, PemOrigin, PemRole, TlsConfigError,
 };
-pub use health::{ChatHealthProbe, GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
+#[cfg(feature = "chat-probe")]
+pub use health::ChatHealthProbe;
+pub use health::{GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
 pub use picker::Policy;
 pub use retry::{RetrySafe, SafeToRetry};
 pub use service::ResponseFuture;

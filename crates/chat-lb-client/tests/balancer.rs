@@ -919,8 +919,7 @@ async fn slow_endpoint_detection_can_be_turned_off() {
     slow.knobs.health_delay_ms.store(25, Ordering::SeqCst);
     let lb = Balancer::builder()
         .probe_interval(Duration::from_millis(50))
-        .set("slow_endpoint_detection", "false")
-        .unwrap()
+        .slow_endpoint_detection(false)
         .policy(Policy::RoundRobin)
         .addresses(&format!("{},{},{}", fast1.addr, fast2.addr, slow.addr))
         .build()

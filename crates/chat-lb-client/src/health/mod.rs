@@ -8,20 +8,36 @@
 //! rotation at once. Probes whose [`HealthProbe::watch`] pushes updates (the
 //! standard `grpc.health.v1.Health/Watch`) learn of a change as it happens.
 
+#[cfg(feature = "chat-probe")]
 mod chat;
 mod grpc;
 mod probe;
 pub(crate) mod prober;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use rand::Rng;
 
+#[cfg(feature = "chat-probe")]
 pub use chat::ChatHealthProbe;
 pub use grpc::GrpcHealthProbe;
 pub use probe::{HealthProbe, ProbeStatus, ProbeTarget};
 
 use crate::config::HealthConfig;
+
+/// The probe of a balancer built without one: [`ChatHealthProbe`] with the
+/// `chat-probe` feature (on by default), which the chat replicas answer.
+#[cfg(feature = "chat-probe")]
+pub(crate) fn default_probe() -> Arc<dyn HealthProbe> {
+    Arc::new(ChatHealthProbe::new())
+}
+
+/// The probe of a balancer built without one: [`GrpcHealthProbe`] without the
+/// `chat-probe` feature, for any server with the standard gRPC health service.
+#[cfg(not(feature = "chat-probe"))]
+pub(crate) fn default_probe() -> Arc<dyn HealthProbe> {
+    Arc::new(GrpcHealthProbe::new())
+}
 
 /// What the probes say about an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,102 +1,52 @@
-//! The retry budget, in the manner of `tower::retry::budget::TpsBudget`.
+//! The retry budget: tower's [`TpsBudget`].
 //!
 //! Every call deposits one token; every retry of a call that may have reached a
 //! server withdraws one. Retries are allowed while the withdrawals of the last
-//! `window` stay below `ratio * calls + min_per_sec * window_secs`: with the
+//! `window` stay within `ratio * calls + min_per_sec * window_secs`: with the
 //! defaults (20% + 10/s over 10s) a healthy client may retry one call in five,
 //! and a sick cluster sees at most 20% extra load, never a retry storm.
 //!
-//! The window is split in ten slots kept in atomics, so depositing on the hot
-//! path takes no lock. Slot rotation may race with a concurrent deposit and lose
-//! it; the budget is an estimate and that is fine.
+//! How tower counts, where it differs from the formula above:
+//! * the floor counts whole seconds of the window (`min_per_sec *
+//!   window.as_secs()`);
+//! * a ratio up to 1 allows one retry per *whole* number of calls,
+//!   `1 / ratio` rounded down (0.2: one per 5 calls; 0.3: one per 3); a ratio
+//!   above 1 is counted in thousandths the same way;
+//! * it reads tokio's clock (`tokio::time::Instant`) itself, so a paused test
+//!   clock drives it.
+//!
+//! `TpsBudget::new` panics on a window outside 1s..=60s, a ratio outside
+//! 0..=1000 and a floor of `i32::MAX` or more: `Config::validate` rejects those
+//! values first (as a `ConfigError`), so they never reach it.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tokio::time::Instant;
-
-const SLOTS: u64 = 10;
-
-#[derive(Debug, Default)]
-struct Slot {
-    /// The period this slot counts for (`0` = never used).
-    period: AtomicU64,
-    deposits: AtomicU64,
-    withdrawals: AtomicU64,
-}
+use tower::retry::budget::{Budget, TpsBudget};
 
 /// A sliding-window retry budget.
 #[derive(Debug)]
-pub(crate) struct RetryBudget {
-    origin: Instant,
-    slot_nanos: u64,
-    slots: [Slot; SLOTS as usize],
-    ratio: f64,
-    reserve: f64,
-}
+pub(crate) struct RetryBudget(TpsBudget);
 
 impl RetryBudget {
     /// A budget allowing `ratio` retries per call plus `min_per_sec` retries per
-    /// second, over a sliding `window`.
-    pub fn new(ratio: f64, min_per_sec: u32, window: Duration, now: Instant) -> Self {
-        let window = window.max(Duration::from_secs(1));
-        Self {
-            origin: now,
-            slot_nanos: (window.as_nanos() / u128::from(SLOTS)).max(1) as u64,
-            slots: Default::default(),
-            ratio,
-            reserve: f64::from(min_per_sec) * window.as_secs_f64(),
-        }
-    }
-
-    fn period(&self, now: Instant) -> u64 {
-        let nanos = now.saturating_duration_since(self.origin).as_nanos();
-        (nanos / u128::from(self.slot_nanos)) as u64 + 1
-    }
-
-    fn slot(&self, period: u64) -> &Slot {
-        let slot = &self.slots[(period % SLOTS) as usize];
-        let seen = slot.period.load(Ordering::Acquire);
-        if seen != period
-            && slot
-                .period
-                .compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            slot.deposits.store(0, Ordering::Release);
-            slot.withdrawals.store(0, Ordering::Release);
-        }
-        slot
+    /// second, over a sliding `window`. The values must have passed
+    /// `Config::validate` (see the module notes).
+    ///
+    /// The `now` arguments here and below are not needed (tower reads tokio's
+    /// clock itself); they keep the callers' interface.
+    pub fn new(ratio: f64, min_per_sec: u32, window: Duration, _now: Instant) -> Self {
+        Self(TpsBudget::new(window, min_per_sec, ratio as f32))
     }
 
     /// Records one call.
-    pub fn deposit(&self, now: Instant) {
-        self.slot(self.period(now))
-            .deposits
-            .fetch_add(1, Ordering::AcqRel);
+    pub fn deposit(&self, _now: Instant) {
+        self.0.deposit();
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
-    pub fn try_withdraw(&self, now: Instant) -> bool {
-        let current = self.period(now);
-        let (mut deposits, mut withdrawals) = (0u64, 0u64);
-        for slot in &self.slots {
-            let period = slot.period.load(Ordering::Acquire);
-            if period != 0 && period <= current && current - period < SLOTS {
-                deposits += slot.deposits.load(Ordering::Acquire);
-                withdrawals += slot.withdrawals.load(Ordering::Acquire);
-            }
-        }
-        let allowed = self.reserve + self.ratio * deposits as f64;
-        if (withdrawals + 1) as f64 > allowed {
-            return false;
-        }
-        self.slot(current)
-            .withdrawals
-            .fetch_add(1, Ordering::AcqRel);
-        true
+    pub fn try_withdraw(&self, _now: Instant) -> bool {
+        self.0.withdraw()
     }
 }
 
@@ -147,5 +97,19 @@ mod tests {
         budget.deposit(Instant::now());
         assert!(budget.try_withdraw(Instant::now()));
         assert!(!budget.try_withdraw(Instant::now()));
+    }
+
+    #[test]
+    fn the_extremes_that_validation_lets_through_do_not_panic() {
+        let now = Instant::now();
+        for (ratio, min_per_sec, window) in [
+            (0.0, 0, Duration::from_secs(1)),
+            (1000.0, i32::MAX as u32 - 1, Duration::from_secs(60)),
+            (1e-30, 0, Duration::from_millis(1500)),
+        ] {
+            let budget = RetryBudget::new(ratio, min_per_sec, window, now);
+            budget.deposit(now);
+            budget.try_withdraw(now);
+        }
     }
 }
