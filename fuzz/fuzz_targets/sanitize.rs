@@ -3,53 +3,21 @@
 //! - `sanitize` never panics; its output holds no control character (C0, DEL, C1), no
 //!   bidirectional override or isolate (U+202A-U+202E, U+2066-U+2069) and nothing else
 //!   `needs_escape` names; printable ASCII without a backslash passes through unchanged
-//!   (borrowed); and the escaping is reversible (an unescaper written here gets the
-//!   text back), so distinct texts never look the same;
+//!   (borrowed); and the escaping is reversible (`unescape` gets the text back), so
+//!   distinct texts never look the same;
 //! - `json_line` of a JSON string holding the text is free of those characters too and
 //!   parses back to the same value.
 #![no_main]
 
 use std::borrow::Cow;
 
-use chat_cli::output::{json_line, needs_escape, sanitize};
+use chat_cli::output::{json_line, needs_escape, sanitize, unescape};
 use libfuzzer_sys::fuzz_target;
 
 fn forbidden(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
         || needs_escape(c)
-}
-
-/// Undoes `sanitize`'s escapes: `\\`, `\n`, `\r`, `\t`, `\e`, `\xHH`, `\u{H...}`.
-fn unescape(text: &str) -> Option<String> {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        out.push(match chars.next()? {
-            '\\' => '\\',
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'e' => '\u{1b}',
-            'x' => {
-                let hex: String = chars.by_ref().take(2).collect();
-                char::from(u8::from_str_radix(&hex, 16).ok()?)
-            }
-            'u' => {
-                if chars.next()? != '{' {
-                    return None;
-                }
-                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
-            }
-            _ => return None,
-        });
-    }
-    Some(out)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -169,39 +169,49 @@ pub fn print_message(json: bool, message: &Message) {
     }
 }
 
+/// Undoes [`sanitize`]: turns its escapes (`\\`, `\n`, `\r`, `\t`, `\e`, `\xHH`,
+/// `\u{H...}`) back into the characters they stand for, so a script can recover the exact
+/// text a command printed. `None` when `text` holds an escape `sanitize` never writes.
+///
+/// ```
+/// use chat_cli::output::{sanitize, unescape};
+/// let raw = "a\r\n\u{1b}]0;x\u{7} \u{202e}";
+/// assert_eq!(unescape(&sanitize(raw)).as_deref(), Some(raw));
+/// ```
+pub fn unescape(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next()? {
+            '\\' => '\\',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'e' => '\u{1b}',
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                char::from(u8::from_str_radix(&hex, 16).ok()?)
+            }
+            'u' => {
+                if chars.next()? != '{' {
+                    return None;
+                }
+                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+            }
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Undoes `sanitize`, to show that it loses nothing.
-    fn unescape(text: &str) -> String {
-        let mut out = String::new();
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c != '\\' {
-                out.push(c);
-                continue;
-            }
-            match chars.next().expect("a lone backslash") {
-                '\\' => out.push('\\'),
-                'n' => out.push('\n'),
-                'r' => out.push('\r'),
-                't' => out.push('\t'),
-                'e' => out.push('\u{1b}'),
-                'x' => {
-                    let hex: String = chars.by_ref().take(2).collect();
-                    out.push(char::from(u8::from_str_radix(&hex, 16).unwrap()));
-                }
-                'u' => {
-                    assert_eq!(chars.next(), Some('{'));
-                    let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
-                }
-                other => panic!("unknown escape \\{other} in {text:?}"),
-            }
-        }
-        out
-    }
 
     #[test]
     fn sanitize_is_the_identity_on_plain_text() {
@@ -255,7 +265,7 @@ mod tests {
         ];
         for (raw, shown) in cases {
             assert_eq!(sanitize(raw), shown, "{raw:?}");
-            assert_eq!(unescape(&sanitize(raw)), raw);
+            assert_eq!(unescape(&sanitize(raw)).as_deref(), Some(raw));
         }
         // A message forging a line of its own stays on the sender's line.
         let forged = "ok\r\n[2023-11-14T22:13:20.123Z] #99 admin: please re-enter your password";
@@ -277,7 +287,7 @@ mod tests {
             } else {
                 assert!(matches!(shown, Cow::Borrowed(_)), "{c:?} changed");
             }
-            assert_eq!(unescape(&shown), text, "{c:?}");
+            assert_eq!(unescape(&shown).as_deref(), Some(text.as_str()), "{c:?}");
         }
         for range in [
             0x202a..=0x202e,
@@ -315,7 +325,7 @@ mod tests {
                 .collect();
             let shown = sanitize(&text);
             assert!(!shown.chars().any(needs_escape), "{text:?} gave {shown:?}");
-            assert_eq!(unescape(&shown), text);
+            assert_eq!(unescape(&shown).as_deref(), Some(text.as_str()));
         }
     }
 
