@@ -13,11 +13,12 @@ use crate::{
     health::{ChatHealthProbe, HealthProbe},
     picker::Policy,
     retry::RetrySafe,
-    shared::Shared,
     tls::TlsSettings,
+    update::{Update, Updates},
 };
 
-type DiscoverTask = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send>;
+/// Starts following a discovery stream, given its id and where to report.
+type DiscoverTask = Box<dyn FnOnce(u64, Updates) -> BoxFuture<'static, ()> + Send>;
 
 /// Configures and builds a [`Balancer`].
 ///
@@ -122,8 +123,8 @@ impl Builder {
         K: Hash + Eq + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        self.discover.push(Box::new(move |shared| {
-            Box::pin(crate::discover::run(shared, stream))
+        self.discover.push(Box::new(move |id, updates| {
+            Box::pin(crate::discover::run(id, updates, stream))
         }));
         self
     }
@@ -492,16 +493,18 @@ impl Builder {
         let probe = self
             .probe
             .unwrap_or_else(|| Arc::new(ChatHealthProbe::new()));
-        let shared = Arc::new(Shared::new(cfg, probe, runtime));
-        // The guard inside the balancer stops every task spawned below.
-        let balancer = Balancer::new(shared.clone());
+        // Dropping the last clone of the balancer stops every task started here.
+        let balancer = Balancer::start(cfg, probe, runtime);
+        let membership = &balancer.membership;
         for target in self.targets {
-            shared.add_target(target);
+            membership.apply(Update::AddTarget(target));
         }
         for task in self.discover {
-            shared.expect_source();
-            let handle = shared.spawn(task(shared.clone()));
-            shared.adopt_task(handle.abort_handle());
+            membership.apply(Update::ExpectStream);
+            membership.spawn(task(
+                membership.stream_id(),
+                balancer.context.updates.clone(),
+            ));
         }
         Ok(balancer)
     }

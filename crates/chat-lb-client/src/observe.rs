@@ -21,16 +21,16 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::{Status, body::Body};
 
 use crate::{
+    context::CallContext,
     endpoint::{CallFailure, Endpoint},
     retry::describe,
-    shared::Shared,
 };
 
 /// A response body that reports a late failure to its endpoint.
 pub(crate) struct Observed {
     inner: Body,
     endpoint: Arc<Endpoint>,
-    shared: Arc<Shared>,
+    context: Arc<CallContext>,
     reported: bool,
 }
 
@@ -38,13 +38,13 @@ impl Observed {
     pub fn wrap(
         response: http::Response<Body>,
         endpoint: Arc<Endpoint>,
-        shared: Arc<Shared>,
+        context: Arc<CallContext>,
     ) -> http::Response<Body> {
         response.map(|inner| {
             Body::new(Observed {
                 inner,
                 endpoint,
-                shared,
+                context,
                 reported: false,
             })
         })
@@ -53,8 +53,8 @@ impl Observed {
     fn report(&mut self, message: &str) {
         if !self.reported {
             self.reported = true;
-            self.endpoint.on_failure(
-                &self.shared,
+            self.context.count_failure(
+                &self.endpoint,
                 CallFailure::Transport,
                 message,
                 Duration::ZERO,

@@ -33,13 +33,14 @@ use tower::{Service, ServiceExt};
 use crate::{
     Balancer,
     body::Replay,
+    context::CallContext,
     deadline,
     endpoint::{CallFailure, Endpoint},
     error::BoxError,
+    members::EndpointList,
     observe::Observed,
     picker::pick,
     retry::{SafeToRetry, is_timeout, never_sent, unavailable},
-    shared::{EndpointList, Shared},
 };
 
 type Response = http::Response<Body>;
@@ -76,9 +77,9 @@ impl Service<http::Request<Body>> for Balancer {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> ResponseFuture {
-        let list = self.endpoints();
+        let list = self.context.endpoints();
         ResponseFuture {
-            inner: Box::pin(run(self.shared.clone(), list, request)),
+            inner: Box::pin(run(self.context.clone(), list, request)),
         }
     }
 }
@@ -172,7 +173,7 @@ enum Event {
 }
 
 struct Call {
-    shared: Arc<Shared>,
+    shared: Arc<CallContext>,
     list: EndpointList,
     start: Instant,
     deadline: Option<Instant>,
@@ -191,7 +192,7 @@ struct Call {
 /// is left running and no retry is possible (attempts, budget or endpoints used
 /// up), with the outcome of the attempt that finished last.
 async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<CallContext>,
     list: EndpointList,
     request: http::Request<Body>,
 ) -> Result<Response, BoxError> {
@@ -290,8 +291,8 @@ async fn run(
                 live = false;
                 timer.set(call.deadline.map(sleep_until));
                 let waited = Instant::now().saturating_duration_since(call.start);
-                current.on_failure(
-                    &call.shared,
+                call.shared.count_failure(
+                    &current,
                     CallFailure::Timeout,
                     "no response headers within the per-try timeout",
                     waited,
@@ -327,7 +328,12 @@ async fn run(
                 }
                 Some(message) => {
                     if was_live {
-                        endpoint.on_failure(&call.shared, CallFailure::Unavailable, &message, rtt);
+                        call.shared.count_failure(
+                            &endpoint,
+                            CallFailure::Unavailable,
+                            &message,
+                            rtt,
+                        );
                         call.tried.add(&endpoint);
                     }
                     if live {
@@ -351,7 +357,7 @@ async fn run(
                 }
             },
             Outcome::NotSent(error) => {
-                let text = endpoint.explain(&call.shared, &*error);
+                let text = call.shared.explain(&endpoint, &*error);
                 if was_live {
                     call.transport_failure(&endpoint, &text);
                 }
@@ -360,7 +366,7 @@ async fn run(
                 }
                 // Transparent retry: no budget, each endpoint once.
                 if replay.can_replay() {
-                    call.list = call.shared.list();
+                    call.list = call.shared.endpoints();
                     if let Some(other) = call.pick() {
                         tracing::debug!(from = %endpoint.addr, to = %other.addr, error = %text, "call never reached the server; retrying");
                         current = other;
@@ -386,7 +392,7 @@ async fn run(
                 }
             }
             Outcome::Failed(error) => {
-                let text = endpoint.explain(&call.shared, &*error);
+                let text = call.shared.explain(&endpoint, &*error);
                 if was_live {
                     call.transport_failure(&endpoint, &text);
                 }
@@ -455,7 +461,8 @@ impl Call {
     /// Counts a transport failure against the endpoint of a live attempt (which
     /// ejects it) and keeps the call from trying it again.
     fn transport_failure(&mut self, endpoint: &Arc<Endpoint>, error: &str) {
-        endpoint.on_failure(&self.shared, CallFailure::Transport, error, Duration::ZERO);
+        self.shared
+            .count_failure(endpoint, CallFailure::Transport, error, Duration::ZERO);
         self.tried.add(endpoint);
     }
 
@@ -503,7 +510,7 @@ impl Call {
         if self.deadline.is_some_and(|d| now >= d) {
             return None;
         }
-        self.list = self.shared.list();
+        self.list = self.shared.endpoints();
         let other = self.pick()?;
         if !self.shared.budget.try_withdraw(now) {
             tracing::debug!("retry budget exhausted; not retrying");
@@ -521,16 +528,16 @@ impl Call {
             return Ok(endpoint);
         }
         let cfg = &self.shared.cfg;
-        let shared = self.shared.clone();
+        let mut members = self.shared.members.clone();
         loop {
-            let changed = shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            self.list = shared.list();
+            let settling = {
+                let members = members.borrow_and_update();
+                self.list = members.endpoints.clone();
+                members.unsettled && self.list.is_empty()
+            };
             if let Some(endpoint) = self.pick() {
                 return Ok(endpoint);
             }
-            let settling = shared.unsettled() && self.list.is_empty();
             let limit = match (cfg.wait_for_ready, settling) {
                 (Some(wait), _) => Some(self.start + wait),
                 (None, true) => Some(self.start + cfg.resolve_timeout),
@@ -546,7 +553,7 @@ impl Call {
                 }
                 return Err(self.unavailable());
             };
-            let _ = timeout_at(limit, changed).await;
+            let _ = timeout_at(limit, members.changed()).await;
         }
     }
 
@@ -591,7 +598,7 @@ impl Call {
             let unresolved = unresolved(&self.shared);
             if !unresolved.is_empty() {
                 format!("chat-lb-client: no endpoint: {}", unresolved.join("; "))
-            } else if self.shared.unsettled() {
+            } else if self.shared.members.borrow().unsettled {
                 "chat-lb-client: no endpoint yet (host names or discovery still pending)".to_owned()
             } else {
                 "chat-lb-client: no endpoints configured".to_owned()
@@ -625,10 +632,12 @@ impl Call {
 }
 
 /// The configured host names without an address, as `name:port (why)`.
-fn unresolved(shared: &Shared) -> Vec<String> {
+fn unresolved(shared: &CallContext) -> Vec<String> {
     shared
-        .unresolved()
-        .into_iter()
+        .members
+        .borrow()
+        .unresolved
+        .iter()
         .map(|(target, why)| format!("{target} ({why})"))
         .collect()
 }
