@@ -9,8 +9,9 @@ use std::{
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
+    classify::CallFailure,
     config::Config,
-    endpoint::{CallFailure, Endpoint},
+    endpoint::Endpoint,
     members::{EndpointList, Members},
     outlier::EjectionCap,
     retry::budget::RetryBudget,

@@ -15,8 +15,8 @@ use futures::{Stream, StreamExt};
 pub use tower::discover::Change;
 
 use crate::{
+    classify::describe,
     error::BoxError,
-    retry::describe,
     update::{Update, Updates, report},
 };
 

@@ -26,27 +26,16 @@ use tokio::{sync::Notify, time::Instant};
 use tonic::transport::Channel;
 
 use crate::{
+    classify::{CallFailure, describe},
     config::{HealthConfig, OutlierConfig, SlowConfig},
     ewma::PeakEwma,
     health::{Active, HealthTracker, ProbeStatus, Verdict},
     outlier::{Ejection, EjectionCap},
     picker::{Candidate, Tier},
-    retry::describe,
     slow::ProbeWindow,
     snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
 };
-
-/// Why a call counted against an endpoint's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallFailure {
-    /// No connection, or the connection failed under the call.
-    Transport,
-    /// The server answered `UNAVAILABLE`.
-    Unavailable,
-    /// No response headers within the per-try timeout.
-    Timeout,
-}
 
 /// A balancer endpoint.
 #[derive(Debug)]

@@ -20,11 +20,11 @@ use super::{
     probe::{ProbeStatus, ProbeTarget},
 };
 use crate::{
+    classify::{describe, is_timeout, status_code},
     config::Config,
     endpoint::Endpoint,
     error::BoxError,
     outlier::EjectionCap,
-    retry::{describe, is_timeout, status_code},
     update::{Update, Updates, report},
 };
 
