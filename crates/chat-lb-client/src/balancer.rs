@@ -16,6 +16,7 @@ use crate::{
     members::{self, Env, Membership},
     outlier::EjectionCap,
     snapshot::EndpointSnapshot,
+    transport::MakeTransport,
     update::Update,
 };
 
@@ -72,7 +73,12 @@ impl Balancer {
 
     /// A balancer without endpoints yet, its membership owner running on
     /// `runtime`.
-    pub(crate) fn start(cfg: Config, probe: Arc<dyn HealthProbe>, runtime: Handle) -> Self {
+    pub(crate) fn start(
+        cfg: Config,
+        probe: Arc<dyn HealthProbe>,
+        runtime: Handle,
+        transport: Option<MakeTransport>,
+    ) -> Self {
         let cfg = Arc::new(cfg);
         let cancel = CancellationToken::new();
         let ejections = Arc::new(EjectionCap::default());
@@ -84,6 +90,7 @@ impl Balancer {
             runtime,
             cancel: cancel.clone(),
             updates: updates.clone(),
+            transport,
         }));
         membership.spawn(Box::pin(members::run(membership.clone(), updates_rx)));
         let context = CallContext::new(cfg, membership.subscribe(), updates, ejections);

@@ -14,6 +14,7 @@ use crate::{
     picker::Policy,
     retry::RetrySafe,
     tls::TlsSettings,
+    transport::{self, MakeTransport},
     update::{Update, Updates},
 };
 
@@ -46,6 +47,8 @@ pub struct Builder {
     error: Option<BuildError>,
     probe: Option<Arc<dyn HealthProbe>>,
     discover: Vec<DiscoverTask>,
+    /// Replaces each endpoint's channel for its calls (tests).
+    transport: Option<MakeTransport>,
     /// The `tls_*` settings (their methods are in `tls.rs`).
     pub(crate) tls: TlsSettings,
 }
@@ -79,6 +82,7 @@ impl Builder {
             error: None,
             probe: None,
             discover: Vec::new(),
+            transport: None,
             tls: TlsSettings::default(),
         }
     }
@@ -126,6 +130,29 @@ impl Builder {
         self.discover.push(Box::new(move |id, updates| {
             Box::pin(crate::discover::run(id, updates, stream))
         }));
+        self
+    }
+
+    /// For tests: each endpoint sends its calls to the service `make` gives
+    /// its address instead of a connection to it (probes still get the
+    /// endpoint's channel, never connected unless the probe uses it). With
+    /// in-memory services and a probe that needs no network, a balancer runs
+    /// without sockets, on tokio's paused clock.
+    #[doc(hidden)]
+    pub fn transport<F, S>(mut self, make: F) -> Self
+    where
+        F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+    {
+        self.transport = Some(transport::from_services(make));
         self
     }
 
@@ -494,7 +521,7 @@ impl Builder {
             .probe
             .unwrap_or_else(|| Arc::new(ChatHealthProbe::new()));
         // Dropping the last clone of the balancer stops every task started here.
-        let balancer = Balancer::start(cfg, probe, runtime);
+        let balancer = Balancer::start(cfg, probe, runtime, self.transport);
         let membership = &balancer.membership;
         for target in self.targets {
             membership.apply(Update::AddTarget(target));

@@ -1,4 +1,4 @@
-//! One endpoint: its channel, its load, and its health.
+//! One endpoint: its transport, its load, and its health.
 //!
 //! What the hot path reads (tier, outstanding calls, latency estimate) lives in
 //! atomics or a tiny per-endpoint lock. The health record (probe state machine,
@@ -16,7 +16,7 @@ use std::{
     error::Error as StdError,
     net::SocketAddr,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -35,13 +35,17 @@ use crate::{
     slow::ProbeWindow,
     snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
+    transport::Transport,
 };
 
 /// A balancer endpoint.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub addr: SocketAddr,
+    /// The lazily connected channel to it, which probes use.
     pub channel: Channel,
+    /// What calls are sent over: the channel, unless a test replaced it.
+    pub transport: Arc<dyn Transport>,
     tier: AtomicU8,
     /// Bumped each time the endpoint becomes routable again, so a call that
     /// already tried it may try it once more.
@@ -134,7 +138,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl Candidate for std::sync::Arc<Endpoint> {
+impl Candidate for Arc<Endpoint> {
     fn tier(&self) -> Tier {
         Tier::from_u8(self.tier.load(Ordering::Acquire))
     }
@@ -146,10 +150,17 @@ impl Candidate for std::sync::Arc<Endpoint> {
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, channel: Channel, default_rtt: Duration, decay: Duration) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        channel: Channel,
+        transport: Arc<dyn Transport>,
+        default_rtt: Duration,
+        decay: Duration,
+    ) -> Self {
         Self {
             addr,
             channel,
+            transport,
             tier: AtomicU8::new(Tier::Fallback as u8),
             epoch: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),

@@ -318,6 +318,7 @@ mod retry;
 mod slow;
 mod snapshot;
 mod tls;
+mod transport;
 mod update;
 
 pub use address::{Host, IntoTarget, Scheme, Target, parse_address_list};

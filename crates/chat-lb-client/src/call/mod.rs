@@ -28,8 +28,9 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 use tonic::body::Body;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
+use crate::transport::SendError;
 use crate::{Balancer, classify::Outcome, context::CallContext, error::BoxError, members::Members};
 use state::{Action, Attempt, Call, Done, Response};
 
@@ -150,17 +151,13 @@ async fn send(attempt: Attempt, tls: bool) -> Done {
     let outcome = {
         let _in_flight = endpoint.start();
         let sent = Instant::now();
-        let mut channel = endpoint.channel.clone();
-        match channel.ready().await {
-            Err(error) => Outcome::of_error(error.into(), true, false),
-            Ok(_) => match channel.call(request).await {
-                Ok(response) => Outcome::of_response(response, sent.elapsed()),
-                Err(error) => {
-                    let error: BoxError = error.into();
-                    let closed_unanswered = tls && endpoint.closed_unanswered(&*error);
-                    Outcome::of_error(error, false, closed_unanswered)
-                }
-            },
+        match endpoint.transport.send(request).await {
+            Ok(response) => Outcome::of_response(response, sent.elapsed()),
+            Err(SendError::NotReady(error)) => Outcome::of_error(error, true, false),
+            Err(SendError::Failed(error)) => {
+                let closed_unanswered = tls && endpoint.closed_unanswered(&*error);
+                Outcome::of_error(error, false, closed_unanswered)
+            }
         }
     };
     Done {

@@ -47,6 +47,7 @@ use crate::{
     health::{HealthProbe, prober},
     outlier::EjectionCap,
     resolve, slow,
+    transport::{MakeTransport, ServiceTransport, Transport},
     update::{Update, Updates},
 };
 pub(crate) use registry::Registry;
@@ -74,6 +75,8 @@ pub(crate) struct Env {
     /// Cancelled when the last balancer clone drops.
     pub cancel: CancellationToken,
     pub updates: Updates,
+    /// Replaces each endpoint's channel for its calls (tests).
+    pub transport: Option<MakeTransport>,
 }
 
 #[derive(Debug)]
@@ -268,9 +271,14 @@ impl Membership {
                 return None;
             }
         };
+        let transport: Arc<dyn Transport> = match &env.transport {
+            Some(make) => make(addr),
+            None => Arc::new(ServiceTransport(channel.clone())),
+        };
         let endpoint = Arc::new(Endpoint::new(
             addr,
             channel,
+            transport,
             env.cfg.default_rtt,
             env.cfg.ewma_decay,
         ));
