@@ -303,10 +303,9 @@ impl Builder {
     }
 
     /// How long a retry-safe attempt may wait for response headers before a
-    /// retry starts on another endpoint (if a retry is allowed). The slow
-    /// attempt is not cancelled: it goes on beside the retry, and whichever
-    /// attempt answers first answers the call; with no retry left, the call
-    /// keeps waiting on it up to the deadline. `None` turns it off. Default 2s.
+    /// retry starts on another endpoint (if a retry is allowed; the slow
+    /// attempt goes on beside it, see [how a call flows](crate#how-a-call-flows)).
+    /// `None` turns it off. Default 2s.
     pub fn per_try_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.cfg.retry.per_try_timeout = timeout.into();
         self

@@ -5,12 +5,11 @@
 //! ejection, last errors) sits behind a per-endpoint `std::sync::Mutex` taken
 //! only by probes, failed calls and snapshots, never across an `.await`.
 //!
-//! The record decides the endpoint's picker tier (see `picker`): healthy →
-//! preferred; healthy but slow (see `slow`) or not probed to a conclusion yet
-//! → fallback; ejected by outlier
-//! detection while its most recent probe succeeded → last resort; unhealthy,
-//! not serving, or ejected after a failed (or without any) probe → excluded.
-//! Every change of state or tier is published to the tier atomic at once.
+//! The record decides the endpoint's picker tier (the tiers: see `picker`;
+//! the mapping: `Record::tier`). Every change of state or tier is published to
+//! the tier atomic at once. The endpoint never reaches into the balancer's
+//! shared state: its methods return whether something changed, and the caller
+//! reports that to the membership owner (see `members`).
 
 use std::{
     error::Error as StdError,
@@ -76,7 +75,7 @@ struct Record {
     /// Latencies of the last successful probe checks (slow-endpoint detection).
     probe_window: ProbeWindow,
     /// Its probes answer much more slowly than the other healthy endpoints'
-    /// (set and cleared by `Shared::reassess_slow`).
+    /// (set and cleared by the membership owner, see `members`).
     slow: bool,
 }
 

@@ -13,8 +13,10 @@
 //! | the endpoints changed while the call waits for one | [`Call::on_endpoints_changed`] |
 //!
 //! At most one attempt is *live*: the newest, while it is within its per-try
-//! timeout. Earlier attempts that exceeded the per-try timeout go on in the
-//! background, since one of them may still answer first. A failure of the
+//! timeout. An attempt that exceeds the per-try timeout is **not cancelled**
+//! when a retry starts: it goes on in the background, since it may still be
+//! the first to get response headers, and the first attempt that does answers
+//! the call (the others are then dropped, which cancels them). A failure of the
 //! live attempt (or, while none is live, of any attempt) leads to a retry if
 //! one is allowed and an endpoint is left; else the call keeps waiting while
 //! any attempt is still running. It gives up only when its deadline passes, or
@@ -209,9 +211,8 @@ impl Call {
         if self.deadline.is_some_and(|d| now >= d) {
             return Action::Answer(Ok(self.deadline_exceeded(&current)));
         }
-        // Per-try timeout: no response headers yet. The attempt is not
-        // cancelled: it goes on beside a retry (it may still be the first to
-        // answer), and only the deadline bounds it now.
+        // Per-try timeout: no response headers yet. The attempt goes on (see
+        // the module docs); only the deadline bounds it now.
         self.live = false;
         self.timer = self.deadline;
         let waited = now.saturating_duration_since(self.start);
