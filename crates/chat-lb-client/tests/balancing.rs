@@ -367,6 +367,31 @@ async fn snapshot_reports_probes_and_calls() {
     );
 }
 
+/// One app call through b then c (pick-first, retry-safe, 300ms per-try
+/// timeout, 5s deadline), both healthy first, then scripted by `script`: the
+/// balancer, the replicas, what the call got and how long it took.
+async fn one_call_over_b_then_c(
+    script: impl FnOnce(&MemReplica, &MemReplica),
+) -> (Balancer, [Arc<MemReplica>; 2], String, Duration) {
+    let net = Net::new();
+    let (b, c) = (net.start("b"), net.start("c"));
+    let lb = retrying_in_order(&net, &[&b, &c])
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_all_healthy(&lb, LIMIT).await;
+    let mut client = ChatServiceClient::new(lb.clone());
+    script(&b, &c);
+    let started = Instant::now();
+    let result = app_call(&mut client).await;
+    let elapsed = started.elapsed();
+    let Ok(got) = result else {
+        panic!("{result:?} after {elapsed:?}: {:#?}", lb.snapshot());
+    };
+    assert!(lb.snapshot().iter().all(|e| e.outstanding == 0));
+    (lb, [b, c], got, elapsed)
+}
+
 /// A retry-safe call must not give up while an attempt that merely exceeded
 /// the per-try timeout is still running: b is slow (1s), c answers
 /// `UNAVAILABLE`, and nothing else is left to try once both were tried. The
@@ -375,32 +400,17 @@ async fn snapshot_reports_probes_and_calls() {
 #[tokio::test(start_paused = true)]
 async fn a_retry_safe_call_waits_for_its_timed_out_attempt_when_nothing_else_is_left() {
     init_tracing();
-    let net = Net::new();
-    let (b, c) = (net.start("b"), net.start("c"));
-    let lb = retrying_in_order(&net, &[&b, &c])
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    wait_all_healthy(&lb, LIMIT).await;
-    let mut client = ChatServiceClient::new(lb.clone());
-    b.knobs.delay_ms.store(1000, Ordering::SeqCst);
-    c.knobs.unavailable.store(true, Ordering::SeqCst);
-
-    let started = Instant::now();
-    let result = app_call(&mut client).await;
-    let elapsed = started.elapsed();
-    assert!(
-        matches!(result.as_deref(), Ok("b")),
-        "{result:?} after {elapsed:?}: {:#?}",
-        lb.snapshot()
-    );
-    assert_eq!(elapsed, Duration::from_secs(1));
+    let (lb, [b, c], got, elapsed) = one_call_over_b_then_c(|b, c| {
+        b.knobs.delay_ms.store(1000, Ordering::SeqCst);
+        c.knobs.unavailable.store(true, Ordering::SeqCst);
+    })
+    .await;
+    assert_eq!((got.as_str(), elapsed), ("b", Duration::from_secs(1)));
     // b's attempt went on: it was not cancelled and sent again.
     let b_ep = endpoint(&lb, b.addr);
     assert_eq!((b.calls(), b_ep.calls), (1, 1), "{b_ep:#?}");
     assert_eq!(b_ep.errors, 1, "the per-try timeout counts once: {b_ep:#?}");
     assert_eq!(endpoint(&lb, c.addr).errors, 1);
-    assert!(lb.snapshot().iter().all(|e| e.outstanding == 0));
 }
 
 /// An attempt past its per-try timeout goes on beside the retry, and the first
@@ -408,29 +418,14 @@ async fn a_retry_safe_call_waits_for_its_timed_out_attempt_when_nothing_else_is_
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_attempt_that_answers_first_answers_the_call() {
     init_tracing();
-    let net = Net::new();
-    let (b, c) = (net.start("b"), net.start("c"));
-    let lb = retrying_in_order(&net, &[&b, &c])
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    wait_all_healthy(&lb, LIMIT).await;
-    let mut client = ChatServiceClient::new(lb.clone());
-    b.knobs.delay_ms.store(500, Ordering::SeqCst);
-    c.knobs.delay_ms.store(2000, Ordering::SeqCst);
-
-    let started = Instant::now();
-    let result = app_call(&mut client).await;
-    let elapsed = started.elapsed();
-    assert!(
-        matches!(result.as_deref(), Ok("b")),
-        "{result:?} after {elapsed:?}: {:#?}",
-        lb.snapshot()
-    );
-    assert_eq!(elapsed, Duration::from_millis(500));
+    let (lb, [_, c], got, elapsed) = one_call_over_b_then_c(|b, c| {
+        b.knobs.delay_ms.store(500, Ordering::SeqCst);
+        c.knobs.delay_ms.store(2000, Ordering::SeqCst);
+    })
+    .await;
+    assert_eq!((got.as_str(), elapsed), ("b", Duration::from_millis(500)));
     let c_ep = endpoint(&lb, c.addr);
     assert_eq!(c_ep.calls, 1, "the retry was sent: {c_ep:#?}");
-    assert!(lb.snapshot().iter().all(|e| e.outstanding == 0));
 }
 
 /// The chaos test's retry scenario: a was ejected once (taking the only
