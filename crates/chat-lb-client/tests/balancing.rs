@@ -32,6 +32,18 @@ fn retrying_in_order(net: &Arc<Net>, replicas: &[&Arc<MemReplica>]) -> chat_lb_c
         .per_try_timeout(Duration::from_millis(300))
 }
 
+/// An app call with a 300ms deadline through `lb` is answered
+/// `DEADLINE_EXCEEDED` when the deadline passes, exactly.
+async fn answers_deadline_exceeded_at_300ms(lb: Balancer) {
+    let mut client = ChatServiceClient::new(lb);
+    let mut request = tonic::Request::new(ListAccountsRequest::default());
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.list_accounts(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+}
+
 #[tokio::test(start_paused = true)]
 async fn all_down_answers_unavailable_fast_then_recovers() {
     init_tracing();
@@ -119,13 +131,7 @@ async fn wait_for_ready_waits_for_a_replica_to_come_back() {
         .wait_for_ready(Duration::from_secs(60))
         .build()
         .unwrap();
-    let mut client = ChatServiceClient::new(lb);
-    let mut request = tonic::Request::new(ListAccountsRequest::default());
-    request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let status = client.list_accounts(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    answers_deadline_exceeded_at_300ms(lb).await;
 }
 
 /// Runs `tasks` concurrent clients making `calls` app calls each; returns how
@@ -288,13 +294,7 @@ async fn a_frozen_replica_is_bypassed_by_the_per_try_timeout() {
         .per_try_timeout(Duration::from_millis(50))
         .build()
         .unwrap();
-    let mut client = ChatServiceClient::new(lb);
-    let mut request = tonic::Request::new(ListAccountsRequest::default());
-    request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let status = client.list_accounts(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    answers_deadline_exceeded_at_300ms(lb).await;
 }
 
 #[tokio::test(start_paused = true)]
