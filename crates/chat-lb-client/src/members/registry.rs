@@ -109,6 +109,10 @@ impl Registry {
     /// name removed while it was being resolved stays removed).
     fn set(&mut self, source: Source, addrs: Vec<SocketAddr>, only_known: bool) -> Applied {
         match self.sources.iter_mut().find(|s| s.source == source) {
+            Some(entry) if entry.addrs == addrs && entry.error.is_none() && entry.settled => {
+                // A re-resolution with the same answer changes nothing.
+                return Applied::default();
+            }
             Some(entry) => {
                 entry.addrs = addrs;
                 entry.error = None;
@@ -207,5 +211,81 @@ impl Registry {
             }
         }
         wanted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IntoTarget;
+
+    fn target(text: &str) -> Target {
+        text.into_target().unwrap()
+    }
+
+    #[test]
+    fn sources_add_up_to_the_wanted_addresses() {
+        let mut registry = Registry::default();
+        let ip: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let applied = registry.apply(Update::AddTarget(target("10.0.0.1:80")));
+        assert!(applied.addresses && !applied.names);
+        assert_eq!(registry.wanted(), [(ip, None)]);
+
+        // A host name waits for its resolution, and settles with it.
+        let name = target("chat-1.lan:80");
+        let applied = registry.apply(Update::AddTarget(name.clone()));
+        assert!(applied.names && !applied.addresses);
+        assert_eq!(registry.names(), std::slice::from_ref(&name));
+        assert!(registry.unsettled());
+        assert_eq!(registry.unresolved()[0].1, "not resolved yet");
+        let resolved: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let both = vec![ip, resolved];
+        assert!(
+            registry
+                .apply(Update::Resolved(name.clone(), both.clone()))
+                .addresses
+        );
+        assert!(!registry.unsettled());
+        assert_eq!(
+            registry.wanted(),
+            [(ip, None), (resolved, Some("chat-1.lan"))],
+            "an address two sources give keeps the first source's"
+        );
+        assert_eq!(
+            registry.apply(Update::Resolved(name.clone(), both)),
+            Applied::default(),
+            "the same answer again changes nothing"
+        );
+
+        // A failed resolution keeps the addresses, and its reason.
+        let failed = Update::ResolutionFailed(name.clone(), "cannot resolve: x".into());
+        assert!(registry.apply(failed).visible);
+        assert_eq!(registry.wanted().len(), 2);
+        assert!(registry.unresolved().is_empty(), "it has addresses");
+
+        // Removed while being resolved: a late answer does not bring it back.
+        assert!(registry.has_target(&name));
+        assert!(registry.apply(Update::RemoveTarget(name.clone())).names);
+        assert!(!registry.has_target(&name));
+        registry.apply(Update::Resolved(name, vec![resolved]));
+        assert_eq!(registry.wanted(), [(ip, None)]);
+    }
+
+    #[test]
+    fn a_discovery_stream_settles_with_its_first_item() {
+        let mut registry = Registry::default();
+        registry.apply(Update::ExpectStream);
+        assert!(registry.unsettled());
+        let addr: SocketAddr = "10.0.0.3:80".parse().unwrap();
+        registry.apply(Update::Discovered {
+            stream: 0,
+            key: 1,
+            addr,
+        });
+        registry.apply(Update::StreamSettled);
+        assert!(!registry.unsettled());
+        assert_eq!(registry.wanted(), [(addr, None)]);
+        registry.apply(Update::Undiscovered { stream: 0, key: 1 });
+        assert!(registry.wanted().is_empty());
     }
 }
