@@ -128,7 +128,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Membership {
-    /// The owner and the receiving end of its update channel (for [`run`]).
+    /// An owner with no endpoints yet; updates sent to `env.updates` reach it
+    /// through [`run`].
     pub fn new(env: Env) -> Self {
         let (members, _) = watch::channel(Members {
             endpoints: Arc::from(Vec::new()),
