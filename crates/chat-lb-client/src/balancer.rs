@@ -1,15 +1,23 @@
 //! The [`Balancer`] handle: what an application holds and clones.
 
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{fmt, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
+use tokio::{runtime::Handle, sync::mpsc, time::timeout_at};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
-    address::IntoTarget,
+    address::{IntoTarget, Target},
     builder::Builder,
+    config::Config,
+    context::CallContext,
     error::{AddressError, BuildError},
-    shared::{EndpointList, Shared, Source},
+    health::HealthProbe,
+    members::{self, Env, Membership},
+    outlier::EjectionCap,
     snapshot::EndpointSnapshot,
+    transport::MakeTransport,
+    update::Update,
 };
 
 /// A client-side gRPC load balancer, usable wherever a `tonic::transport::Channel`
@@ -30,35 +38,23 @@ use crate::{
 /// the request body itself (the caller's stream failed) is passed through as
 /// the service error.
 ///
-/// Background tasks (one prober per endpoint, the resolver, discovery streams)
-/// run on the runtime `build` was called in and stop when the last clone of
-/// the balancer is dropped. Calls in flight then still complete.
+/// Background tasks (one prober per endpoint, the resolver, discovery streams,
+/// the membership owner, see `members`) run on the runtime `build` was called
+/// in and stop when the last clone of the balancer is dropped. Calls in flight
+/// then still complete.
 #[derive(Clone)]
 pub struct Balancer {
-    pub(crate) shared: Arc<Shared>,
-    _tasks: Arc<TaskGuard>,
-    cache: Cache,
-}
-
-#[derive(Clone)]
-struct Cache {
-    generation: u64,
-    list: EndpointList,
-}
-
-/// Stops the background tasks when the last balancer clone is dropped.
-struct TaskGuard(Arc<Shared>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.shutdown();
-    }
+    pub(crate) context: Arc<CallContext>,
+    pub(crate) membership: Arc<Membership>,
+    /// Cancels the background tasks when the last clone drops.
+    _tasks: Arc<DropGuard>,
 }
 
 impl fmt::Debug for Balancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer")
-            .field("shared", &self.shared)
+            .field("membership", &self.membership)
+            .field("policy", &self.context.cfg.policy)
             .finish()
     }
 }
@@ -75,28 +71,34 @@ impl Balancer {
         Builder::new().addresses(list).build()
     }
 
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let cache = Cache {
-            generation: shared.generation(),
-            list: shared.list(),
-        };
+    /// A balancer without endpoints yet, its membership owner running on
+    /// `runtime`.
+    pub(crate) fn start(
+        cfg: Config,
+        probe: Arc<dyn HealthProbe>,
+        runtime: Handle,
+        transport: Option<MakeTransport>,
+    ) -> Self {
+        let cfg = Arc::new(cfg);
+        let cancel = CancellationToken::new();
+        let ejections = Arc::new(EjectionCap::default());
+        let (updates, updates_rx) = mpsc::unbounded_channel();
+        let membership = Arc::new(Membership::new(Env {
+            cfg: cfg.clone(),
+            probe,
+            ejections: ejections.clone(),
+            runtime,
+            cancel: cancel.clone(),
+            updates: updates.clone(),
+            transport,
+        }));
+        membership.spawn(Box::pin(members::run(membership.clone(), updates_rx)));
+        let context = CallContext::new(cfg, membership.subscribe(), updates, ejections);
         Self {
-            _tasks: Arc::new(TaskGuard(shared.clone())),
-            shared,
-            cache,
+            context: Arc::new(context),
+            membership,
+            _tasks: Arc::new(cancel.drop_guard()),
         }
-    }
-
-    /// The endpoint list, from this clone's cache unless it changed.
-    pub(crate) fn endpoints(&mut self) -> EndpointList {
-        let generation = self.shared.generation();
-        if generation != self.cache.generation {
-            self.cache = Cache {
-                generation,
-                list: self.shared.list(),
-            };
-        }
-        self.cache.list.clone()
     }
 
     /// Adds an endpoint address at run time (`"host:port"`, `"ip:port"`, a
@@ -105,7 +107,7 @@ impl Balancer {
     /// that is already configured does nothing.
     pub fn add_endpoint(&self, address: impl IntoTarget) -> Result<(), AddressError> {
         let target = address.into_target()?;
-        self.shared.add_target(target);
+        self.membership.apply(Update::AddTarget(target));
         Ok(())
     }
 
@@ -115,24 +117,60 @@ impl Balancer {
     /// Endpoints that came from a discovery stream are removed by that stream.
     pub fn remove_endpoint(&self, address: impl IntoTarget) -> Result<bool, AddressError> {
         let target = address.into_target()?;
-        Ok(self.shared.remove_source(&Source::Target(target)))
+        let configured = self.membership.has_target(&target);
+        self.membership.apply(Update::RemoveTarget(target));
+        Ok(configured)
     }
 
     /// The socket addresses of the current endpoints, in configuration order.
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.shared.list().iter().map(|e| e.addr).collect()
+        self.context.endpoints().iter().map(|e| e.addr).collect()
     }
 
     /// A point-in-time view of every endpoint, in configuration order.
     pub fn snapshot(&self) -> Vec<EndpointSnapshot> {
-        self.shared.list().iter().map(|e| e.snapshot()).collect()
+        self.context
+            .endpoints()
+            .iter()
+            .map(|e| e.snapshot())
+            .collect()
+    }
+
+    /// The configured host names that have no address now, in configuration
+    /// order, each with why, in words: `cannot resolve: <the resolver's
+    /// error>`, `cannot resolve: no answer within 5s`, `resolved to no
+    /// address`, or `not resolved yet` while the first resolution is pending
+    /// (see `resolve` for when names are resolved).
+    ///
+    /// Such names have no endpoint, so [`Balancer::snapshot`] does not show
+    /// them; a `status` display can list them beside it. A name that resolved
+    /// before keeps its addresses when a later resolution fails, and is not
+    /// listed.
+    ///
+    /// ```no_run
+    /// # async fn demo() {
+    /// let lb = chat_lb_client::Balancer::from_addresses("chat-1.invalid:8500").unwrap();
+    /// lb.wait_for_probe_round().await;
+    /// for (target, why) in lb.unresolved_names() {
+    ///     println!("{target}: {why}"); // chat-1.invalid:8500: cannot resolve: ...
+    /// }
+    /// # }
+    /// ```
+    pub fn unresolved_names(&self) -> Vec<(Target, String)> {
+        self.context.members.borrow().unresolved.to_vec()
     }
 
     /// Resolves at the next change of the endpoint set or of any endpoint's
     /// state (the change that happens after this method is called, even if the
     /// future is polled later).
-    pub fn changed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        self.shared.changed.notified()
+    pub fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut members = self.context.members.clone();
+        members.mark_unchanged();
+        async move {
+            if members.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Probes every endpoint now and resolves once each has completed a probe
@@ -144,38 +182,23 @@ impl Balancer {
     /// progress, then the requested one). Returns `false` if some endpoint's
     /// probe did not complete in that time (its snapshot then shows older data).
     pub async fn wait_for_probe_round(&self) -> bool {
-        let shared = &self.shared;
-        let settle_by = Instant::now() + shared.cfg.resolve_timeout;
-        while shared.unsettled() {
-            let changed = shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if !shared.unsettled() || timeout_at(settle_by, changed).await.is_err() {
-                break;
-            }
-        }
+        let cfg = &self.context.cfg;
+        let settle_by = Instant::now() + cfg.resolve_timeout;
+        let mut members = self.context.members.clone();
+        let _ = timeout_at(settle_by, members.wait_for(|m| !m.unsettled)).await;
 
-        let list = shared.list();
+        let list = self.context.endpoints();
         let marks: Vec<u64> = list.iter().map(|e| e.probes_started()).collect();
         for endpoint in list.iter() {
             endpoint.probe_now.notify_one();
         }
-        let limit =
-            Instant::now() + shared.cfg.health.timeout * 2 + std::time::Duration::from_millis(50);
-        loop {
-            let probed = shared.probed.notified();
-            tokio::pin!(probed);
-            probed.as_mut().enable();
-            let done = list
-                .iter()
+        let limit = Instant::now() + cfg.health.timeout * 2 + Duration::from_millis(50);
+        let mut probed = self.membership.subscribe_probed();
+        let done = probed.wait_for(|_| {
+            list.iter()
                 .zip(&marks)
-                .all(|(endpoint, mark)| endpoint.probes() > *mark);
-            if done {
-                return true;
-            }
-            if timeout_at(limit, probed).await.is_err() {
-                return false;
-            }
-        }
+                .all(|(endpoint, mark)| endpoint.probes() > *mark)
+        });
+        matches!(timeout_at(limit, done).await, Ok(Ok(_)))
     }
 }

@@ -13,11 +13,13 @@ use crate::{
     health::{HealthProbe, default_probe},
     picker::Policy,
     retry::RetrySafe,
-    shared::Shared,
     tls::TlsSettings,
+    transport::{self, MakeTransport},
+    update::{Update, Updates},
 };
 
-type DiscoverTask = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send>;
+/// Starts following a discovery stream, given its id and where to report.
+type DiscoverTask = Box<dyn FnOnce(u64, Updates) -> BoxFuture<'static, ()> + Send>;
 
 /// Configures and builds a [`Balancer`].
 ///
@@ -43,6 +45,8 @@ pub struct Builder {
     error: Option<BuildError>,
     probe: Option<Arc<dyn HealthProbe>>,
     discover: Vec<DiscoverTask>,
+    /// Replaces each endpoint's channel for its calls (tests).
+    transport: Option<MakeTransport>,
     /// The `tls_*` settings (their methods are in `tls.rs`).
     pub(crate) tls: TlsSettings,
 }
@@ -76,6 +80,7 @@ impl Builder {
             error: None,
             probe: None,
             discover: Vec::new(),
+            transport: None,
             tls: TlsSettings::default(),
         }
     }
@@ -120,9 +125,32 @@ impl Builder {
         K: Hash + Eq + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        self.discover.push(Box::new(move |shared| {
-            Box::pin(crate::discover::run(shared, stream))
+        self.discover.push(Box::new(move |id, updates| {
+            Box::pin(crate::discover::run(id, updates, stream))
         }));
+        self
+    }
+
+    /// For tests: each endpoint sends its calls to the service `make` gives
+    /// its address instead of a connection to it (probes still get the
+    /// endpoint's channel, never connected unless the probe uses it). With
+    /// in-memory services and a probe that needs no network, a balancer runs
+    /// without sockets, on tokio's paused clock.
+    #[doc(hidden)]
+    pub fn transport<F, S>(mut self, make: F) -> Self
+    where
+        F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+    {
+        self.transport = Some(transport::from_services(make));
         self
     }
 
@@ -274,10 +302,9 @@ impl Builder {
     }
 
     /// How long a retry-safe attempt may wait for response headers before a
-    /// retry starts on another endpoint (if a retry is allowed). The slow
-    /// attempt is not cancelled: it goes on beside the retry, and whichever
-    /// attempt answers first answers the call; with no retry left, the call
-    /// keeps waiting on it up to the deadline. `None` turns it off. Default 2s.
+    /// retry starts on another endpoint (if a retry is allowed; the slow
+    /// attempt goes on beside it, see [how a call flows](crate#how-a-call-flows)).
+    /// `None` turns it off. Default 2s.
     pub fn per_try_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.cfg.retry.per_try_timeout = timeout.into();
         self
@@ -395,16 +422,18 @@ impl Builder {
             crate::tls::resolve(&self.tls, &self.targets, cfg.connect.connect_timeout)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let probe = self.probe.unwrap_or_else(default_probe);
-        let shared = Arc::new(Shared::new(cfg, probe, runtime));
-        // The guard inside the balancer stops every task spawned below.
-        let balancer = Balancer::new(shared.clone());
+        // Dropping the last clone of the balancer stops every task started here.
+        let balancer = Balancer::start(cfg, probe, runtime, self.transport);
+        let membership = &balancer.membership;
         for target in self.targets {
-            shared.add_target(target);
+            membership.apply(Update::AddTarget(target));
         }
         for task in self.discover {
-            shared.expect_source();
-            let handle = shared.spawn(task(shared.clone()));
-            shared.adopt_task(handle.abort_handle());
+            membership.apply(Update::ExpectStream);
+            membership.spawn(task(
+                membership.stream_id(),
+                balancer.context.updates.clone(),
+            ));
         }
         Ok(balancer)
     }

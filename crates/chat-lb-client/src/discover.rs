@@ -9,24 +9,24 @@
 //! before its first item wait for it, up to `resolve_timeout`) until it yields
 //! its first item.
 
-use std::{collections::HashMap, hash::Hash, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, hash::Hash, net::SocketAddr};
 
 use futures::{Stream, StreamExt};
 pub use tower::discover::Change;
 
 use crate::{
+    classify::describe,
     error::BoxError,
-    retry::describe,
-    shared::{Shared, Source},
+    update::{Update, Updates, report},
 };
 
-pub(crate) async fn run<S, K, E>(shared: Arc<Shared>, stream: S)
+/// Follows one discovery stream (`stream`: its id), reporting its changes.
+pub(crate) async fn run<S, K, E>(stream_id: u64, updates: Updates, stream: S)
 where
     S: Stream<Item = Result<Change<K, SocketAddr>, E>> + Send + 'static,
     K: Hash + Eq + Send + 'static,
     E: Into<BoxError>,
 {
-    let id = shared.stream_id();
     let mut keys: HashMap<K, u64> = HashMap::new();
     let mut next_key = 0u64;
     let mut settled = false;
@@ -38,11 +38,13 @@ where
                     next_key += 1;
                     next_key
                 });
-                shared.set_source(Source::Discovered { stream: id, key }, vec![addr]);
+                let stream = stream_id;
+                report(&updates, Update::Discovered { stream, key, addr });
             }
             Ok(Change::Remove(key)) => {
                 if let Some(key) = keys.remove(&key) {
-                    shared.remove_source(&Source::Discovered { stream: id, key });
+                    let stream = stream_id;
+                    report(&updates, Update::Undiscovered { stream, key });
                 }
             }
             Err(error) => {
@@ -52,11 +54,11 @@ where
         }
         if !settled {
             settled = true;
-            shared.settle_expected();
+            report(&updates, Update::StreamSettled);
         }
     }
     if !settled {
-        shared.settle_expected();
+        report(&updates, Update::StreamSettled);
     }
     tracing::debug!("endpoint discovery stream ended; its endpoints stay");
 }

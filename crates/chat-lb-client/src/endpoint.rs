@@ -1,22 +1,21 @@
-//! One endpoint: its channel, its load, and its health.
+//! One endpoint: its transport, its load, and its health.
 //!
 //! What the hot path reads (tier, outstanding calls, latency estimate) lives in
 //! atomics or a tiny per-endpoint lock. The health record (probe state machine,
 //! ejection, last errors) sits behind a per-endpoint `std::sync::Mutex` taken
 //! only by probes, failed calls and snapshots, never across an `.await`.
 //!
-//! The record decides the endpoint's picker tier (see `picker`): healthy →
-//! preferred; healthy but slow (see `slow`) or not probed to a conclusion yet
-//! → fallback; ejected by outlier
-//! detection while its most recent probe succeeded → last resort; unhealthy,
-//! not serving, or ejected after a failed (or without any) probe → excluded.
-//! Every change of state or tier is published to the tier atomic at once.
+//! The record decides the endpoint's picker tier (the tiers: see `picker`;
+//! the mapping: `Record::tier`). Every change of state or tier is published to
+//! the tier atomic at once. The endpoint never reaches into the balancer's
+//! shared state: its methods return whether something changed, and the caller
+//! reports that to the membership owner (see `members`).
 
 use std::{
     error::Error as StdError,
     net::SocketAddr,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -26,33 +25,26 @@ use tokio::{sync::Notify, time::Instant};
 use tonic::transport::Channel;
 
 use crate::{
+    classify::{CallFailure, describe},
+    config::{HealthConfig, OutlierConfig, SlowConfig},
     ewma::PeakEwma,
     health::{Active, HealthTracker, ProbeStatus, Verdict},
-    outlier::Ejection,
+    outlier::{Ejection, EjectionCap},
     picker::{Candidate, Tier},
-    retry::describe,
-    shared::Shared,
     slow::ProbeWindow,
     snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
-    tls,
+    tls::{self, ClientTls},
+    transport::Transport,
 };
-
-/// Why a call counted against an endpoint's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallFailure {
-    /// No connection, or the connection failed under the call.
-    Transport,
-    /// The server answered `UNAVAILABLE`.
-    Unavailable,
-    /// No response headers within the per-try timeout.
-    Timeout,
-}
 
 /// A balancer endpoint.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub addr: SocketAddr,
+    /// The lazily connected channel to it, which probes use.
     pub channel: Channel,
+    /// What calls are sent over: the channel, unless a test replaced it.
+    pub transport: Arc<dyn Transport>,
     tier: AtomicU8,
     /// Bumped each time the endpoint becomes routable again, so a call that
     /// already tried it may try it once more.
@@ -83,7 +75,7 @@ struct Record {
     /// Latencies of the last successful probe checks (slow-endpoint detection).
     probe_window: ProbeWindow,
     /// Its probes answer much more slowly than the other healthy endpoints'
-    /// (set and cleared by `Shared::reassess_slow`).
+    /// (set and cleared by the membership owner, see `members`).
     slow: bool,
 }
 
@@ -145,7 +137,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl Candidate for std::sync::Arc<Endpoint> {
+impl Candidate for Arc<Endpoint> {
     fn tier(&self) -> Tier {
         Tier::from_u8(self.tier.load(Ordering::Acquire))
     }
@@ -157,10 +149,17 @@ impl Candidate for std::sync::Arc<Endpoint> {
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, channel: Channel, default_rtt: Duration, decay: Duration) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        channel: Channel,
+        transport: Arc<dyn Transport>,
+        default_rtt: Duration,
+        decay: Duration,
+    ) -> Self {
         Self {
             addr,
             channel,
+            transport,
             tier: AtomicU8::new(Tier::Fallback as u8),
             epoch: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
@@ -190,12 +189,12 @@ impl Endpoint {
     /// server which never answered closed at once gets a likely reason: with
     /// plaintext, that is how a TLS server treats a plaintext client; with TLS,
     /// how a server treats a client certificate it refuses.
-    pub fn explain(&self, shared: &Shared, error: &(dyn StdError + 'static)) -> String {
+    pub fn explain(&self, tls: Option<&ClientTls>, error: &(dyn StdError + 'static)) -> String {
         let text = describe(error);
         if tls::is_tls_text(&text) || self.answered.load(Ordering::Relaxed) {
             return text;
         }
-        match &shared.cfg.connect.tls {
+        match tls {
             _ if !tls::closed_at_once(error) => text,
             None => format!("{text} ({})", tls::PLAINTEXT_HINT),
             Some(tls) => tls.closed_after_handshake().to_owned(),
@@ -230,6 +229,11 @@ impl Endpoint {
     /// A check is starting.
     pub fn begin_probe(&self) {
         self.probes_started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A check is complete, its outcome applied everywhere (slowness included).
+    pub fn probe_done(&self) {
+        self.probes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// When the current ejection may end, if ejected.
@@ -272,8 +276,18 @@ impl Endpoint {
     }
 
     /// An attempt failed in a way that says the endpoint may be down: counts it
-    /// and ejects the endpoint at once, within the ejection cap.
-    pub fn on_failure(&self, shared: &Shared, kind: CallFailure, error: &str, elapsed: Duration) {
+    /// and ejects the endpoint at once, within the ejection cap (`total`: how
+    /// many endpoints there are). Returns whether it was ejected (a change to
+    /// report).
+    pub fn on_failure(
+        &self,
+        cfg: &OutlierConfig,
+        cap: &EjectionCap,
+        total: usize,
+        kind: CallFailure,
+        error: &str,
+        elapsed: Duration,
+    ) -> bool {
         let now = Instant::now();
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.call_failures.fetch_add(1, Ordering::Relaxed);
@@ -281,21 +295,17 @@ impl Endpoint {
             // A timeout is the slowest possible answer.
             self.ewma.observe(elapsed, now);
         }
-        let cfg = &shared.cfg.outlier;
         let mut record = self.lock();
         record.note_error(labelled(&format!("{kind:?}"), error));
         // Only a routable endpoint is ejected: not one ejected already (a last
         // resort that failed again), unhealthy or not serving.
         let before = record.state();
         if !cfg.enabled || !before.is_routable() {
-            return;
+            return false;
         }
-        if !shared
-            .ejections
-            .try_acquire(shared.endpoint_count(), cfg.max_ejection_percent)
-        {
+        if !cap.try_acquire(total, cfg.max_ejection_percent) {
             tracing::debug!(endpoint = %self.addr, ?kind, error, "not ejected: max_ejection_percent reached");
-            return;
+            return false;
         }
         let time = record.ejection.eject(now, cfg);
         tracing::warn!(
@@ -306,17 +316,19 @@ impl Endpoint {
             ejections = record.ejection.total(),
             "endpoint ejected after a failed call"
         );
-        self.publish(shared, &record, before, "ejected");
+        self.publish(&record, before, "ejected");
+        true
     }
 
-    /// Applies a probe result (from a check, or pushed by a watch).
+    /// Applies a probe result (from a check, or pushed by a watch). Returns
+    /// whether the endpoint's state or tier changed.
     pub fn on_probe(
         &self,
-        shared: &Shared,
+        (cfg, cap): (&HealthConfig, &EjectionCap),
         result: Result<ProbeStatus, String>,
         latency: Duration,
         pushed: bool,
-    ) {
+    ) -> bool {
         let now = Instant::now();
         let (verdict, outcome) = match result {
             Ok(ProbeStatus::Healthy { detail, .. }) => {
@@ -348,39 +360,22 @@ impl Endpoint {
         }
         let ejection_over = verdict == Verdict::Serving && record.ejection.expired(now);
         if ejection_over && record.ejection.end(now) {
-            shared.ejections.release();
+            cap.release();
         }
-        record.health.observe(verdict, &shared.cfg.health);
+        record.health.observe(verdict, cfg);
         record.last_probe = Some(ProbeRecord {
             outcome,
             latency,
             at: SystemTime::now(),
             pushed,
         });
-        if !pushed {
-            self.probes.fetch_add(1, Ordering::AcqRel);
-        }
         // The tier can change without the state: an ejected endpoint becomes,
         // or stops being, a last resort as its probes succeed or fail.
-        let state_changed = record.state() != before;
-        if state_changed || record.tier() != before_tier {
-            self.publish(
-                shared,
-                &record,
-                before,
-                if pushed { "watch" } else { "probe" },
-            );
+        let changed = record.state() != before || record.tier() != before_tier;
+        if changed {
+            self.publish(&record, before, if pushed { "watch" } else { "probe" });
         }
-        drop(record);
-        // A new probe latency, or a change of which endpoints are healthy, may
-        // change which endpoints are slow. Done before waking
-        // `wait_for_probe_round`, so its snapshot shows the outcome.
-        if !pushed || state_changed {
-            shared.reassess_slow();
-        }
-        if !pushed {
-            shared.probed.notify_waiters();
-        }
+        changed
     }
 
     /// The latency slow-endpoint detection judges the endpoint by: the fastest
@@ -394,22 +389,23 @@ impl Endpoint {
         record.probe_window.fastest()
     }
 
-    /// Marks it slow or not (from `Shared::reassess_slow`), given its probe
-    /// latency and the other endpoints' median when it is judged (`None`: not
-    /// slow). On a change, republishes its tier and reports the change.
-    pub fn judge_slow(&self, shared: &Shared, judged: Option<(Duration, Duration)>) {
+    /// Marks it slow or not (from the membership owner's reassessment), given
+    /// its probe latency and the other endpoints' median when it is judged
+    /// (`None`: not slow). On a change, republishes its tier, logs the change
+    /// and returns `true`.
+    pub fn judge_slow(&self, cfg: &SlowConfig, judged: Option<(Duration, Duration)>) -> bool {
         let mut record = self.lock();
         let slow = judged.is_some_and(|(latency, median)| {
-            crate::slow::is_slow(latency, median, record.slow, &shared.cfg.slow)
+            crate::slow::is_slow(latency, median, record.slow, cfg)
         });
         if record.slow == slow {
-            return;
+            return false;
         }
         record.slow = slow;
         self.store_tier(record.tier());
         let healthy = record.state() == EndpointState::Healthy;
         drop(record);
-        let factor = shared.cfg.slow.factor;
+        let factor = cfg.factor;
         match judged {
             Some((latency, median)) if slow => tracing::warn!(
                 endpoint = %self.addr,
@@ -432,12 +428,12 @@ impl Endpoint {
                  or no other endpoint to compare with)"
             ),
         }
-        shared.changed.notify_waiters();
+        true
     }
 
-    /// Stores the tier the record implies and reports a change of state (from
+    /// Stores the tier the record implies and logs a change of state (from
     /// `before`) or of tier.
-    fn publish(&self, shared: &Shared, record: &Record, before: EndpointState, cause: &str) {
+    fn publish(&self, record: &Record, before: EndpointState, cause: &str) {
         let state = record.state();
         let tier = record.tier();
         self.store_tier(tier);
@@ -450,7 +446,6 @@ impl Endpoint {
         } else {
             tracing::warn!(endpoint = %self.addr, %state, last_resort, cause, error, "endpoint state changed");
         }
-        shared.changed.notify_waiters();
     }
 
     /// Stores the tier (under the record's lock, so publishers do not race).
@@ -464,10 +459,10 @@ impl Endpoint {
     }
 
     /// The endpoint was removed from the balancer.
-    pub fn retire(&self, shared: &Shared) {
+    pub fn retire(&self, cap: &EjectionCap) {
         let mut record = self.lock();
         if record.ejection.end(Instant::now()) {
-            shared.ejections.release();
+            cap.release();
         }
         self.tier.store(Tier::Excluded as u8, Ordering::Release);
     }

@@ -295,11 +295,32 @@
 //! # Runtime and lifecycle
 //!
 //! [`Builder::build`] must run inside a tokio runtime; the probers, the DNS
-//! resolver and discovery streams run on it and stop when the last clone of the
-//! balancer is dropped. No lock is held across an `.await`; every future is
+//! resolver, discovery streams and the task that owns the endpoint set run on
+//! it and stop when the last clone of the balancer is dropped. No lock is held across an `.await`; every future is
 //! cancellation-safe (dropping a call releases its endpoint's load count).
 //! Every endpoint state change is logged with `tracing` (target
 //! `chat_lb_client`).
+//!
+//! # Inside the crate
+//!
+//! For whoever works on it, the path of a call through the source, each file
+//! with its one job (its module docs teach its algorithm):
+//!
+//! | file | its job |
+//! |---|---|
+//! | `balancer.rs` | the handle an application clones; its settings in `builder.rs` and `config.rs` |
+//! | `call/` | one call as a state machine: `state.rs` decides each step, `mod.rs` drives it, `answer.rs` words the balancer's own answers |
+//! | `picker.rs` | the tiers and the policies |
+//! | `classify.rs` | what became of an attempt: headers, `UNAVAILABLE`, never sent, transport failure, expired |
+//! | `retry/` | which calls may be retried, and the retry budget |
+//! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
+//! | `transport.rs`, `connect.rs`, `tls.rs` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
+//! | `endpoint.rs` | one endpoint: its load, latency estimate (`ewma.rs`), health record, ejection (`outlier.rs`) and slowness (`slow.rs`) |
+//! | `members/` | the one owner of the endpoint set: its sources, reconciliation, publication through a `watch` channel |
+//! | `update.rs` | the changes everything else reports to that owner |
+//! | `resolve.rs`, `discover.rs` | host names and discovery streams, turned into updates |
+//! | `health/` | the probes and each endpoint's prober task |
+//! | `context.rs` | what every call shares: settings, the published endpoint set, the retry budget |
 
 #![warn(missing_docs)]
 
@@ -307,28 +328,33 @@ mod address;
 mod balancer;
 mod body;
 mod builder;
+mod call;
+mod classify;
 mod config;
 mod connect;
+mod context;
 mod deadline;
 mod discover;
 mod endpoint;
 mod error;
 mod ewma;
 mod health;
+mod members;
 mod observe;
 mod outlier;
 mod picker;
 mod resolve;
 mod retry;
-mod service;
-mod shared;
 mod slow;
 mod snapshot;
 mod tls;
+mod transport;
+mod update;
 
 pub use address::{Host, IntoTarget, Scheme, Target, parse_address_list};
 pub use balancer::Balancer;
 pub use builder::Builder;
+pub use call::ResponseFuture;
 pub use discover::Change;
 pub use error::{
     AddressError, BoxError, BuildError, ConfigError, PemOrigin, PemRole, TlsConfigError,
@@ -338,6 +364,5 @@ pub use health::ChatHealthProbe;
 pub use health::{GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
 pub use picker::Policy;
 pub use retry::{RetrySafe, SafeToRetry};
-pub use service::ResponseFuture;
 pub use snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};
 pub use tls::describe_tls_error;

@@ -9,7 +9,6 @@
 //! resume on.
 
 use std::{
-    error::Error as StdError,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -21,16 +20,17 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::{Status, body::Body};
 
 use crate::{
-    endpoint::{CallFailure, Endpoint},
-    retry::describe,
-    shared::Shared,
+    classify::CallFailure,
+    classify::{GRPC_STATUS, describe, is_transport},
+    context::CallContext,
+    endpoint::Endpoint,
 };
 
 /// A response body that reports a late failure to its endpoint.
 pub(crate) struct Observed {
     inner: Body,
     endpoint: Arc<Endpoint>,
-    shared: Arc<Shared>,
+    context: Arc<CallContext>,
     reported: bool,
 }
 
@@ -38,13 +38,13 @@ impl Observed {
     pub fn wrap(
         response: http::Response<Body>,
         endpoint: Arc<Endpoint>,
-        shared: Arc<Shared>,
+        context: Arc<CallContext>,
     ) -> http::Response<Body> {
         response.map(|inner| {
             Body::new(Observed {
                 inner,
                 endpoint,
-                shared,
+                context,
                 reported: false,
             })
         })
@@ -53,26 +53,14 @@ impl Observed {
     fn report(&mut self, message: &str) {
         if !self.reported {
             self.reported = true;
-            self.endpoint.on_failure(
-                &self.shared,
+            self.context.count_failure(
+                &self.endpoint,
                 CallFailure::Transport,
                 message,
                 Duration::ZERO,
             );
         }
     }
-}
-
-/// Whether a body error comes from the connection rather than the server.
-fn is_transport(status: &Status) -> bool {
-    let mut source = status.source();
-    while let Some(err) = source {
-        if err.is::<hyper::Error>() || err.is::<h2::Error>() || err.is::<std::io::Error>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 impl HttpBody for Observed {
@@ -96,7 +84,7 @@ impl HttpBody for Observed {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
                     && trailers
-                        .get(&crate::retry::GRPC_STATUS)
+                        .get(&GRPC_STATUS)
                         .is_some_and(|s| s.as_bytes() == b"14")
                 {
                     let message = Status::from_header_map(trailers)
@@ -116,20 +104,5 @@ impl HttpBody for Observed {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tonic::Code;
-
-    #[test]
-    fn transport_errors_are_told_from_server_statuses() {
-        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        let mut status = Status::unknown("error reading a body from connection");
-        status.set_source(Arc::new(io));
-        assert!(is_transport(&status));
-        assert!(!is_transport(&Status::new(Code::Unavailable, "draining")));
     }
 }

@@ -18,7 +18,7 @@
 //! happens to get. Their limit: a replica slow only on calls that touch its
 //! store (while its health check does not) is not caught.
 //!
-//! The assessment runs after each probe check (see `Shared::reassess_slow`),
+//! The assessment runs after each probe check (by the membership owner, see `members`),
 //! never on the call path; a slow endpoint's tier drops from preferred to
 //! fallback, so it takes calls only while no other endpoint is healthy.
 
@@ -89,7 +89,7 @@ mod tests {
         Duration::from_secs_f64(n / 1000.0)
     }
 
-    /// Judges every endpoint as `Shared::reassess_slow` does: `None` is an
+    /// Judges every endpoint as the membership owner does: `None` is an
     /// endpoint that is not judged (not healthy, or too few probes).
     fn judge(latencies: &[Option<Duration>], was: &[bool]) -> Vec<bool> {
         let cfg = SlowConfig::default();

@@ -181,7 +181,7 @@ async fn dropping_the_last_clone_stops_every_background_task() {
     assert!(!tx.is_closed());
 
     drop(clone);
-    // The probe is owned by the balancer's shared state, which only the tasks
+    // The probe is owned by the balancer's membership owner, which only the tasks
     // and the clones hold: it drops once every task is gone.
     tokio::time::timeout(Duration::from_secs(5), dropped_rx)
         .await

@@ -3,9 +3,11 @@
 //! Checks at once when started, then every `probe_interval * (1 ± jitter)`; an
 //! ejected endpoint is checked as soon as its ejection time is over. A request
 //! for an immediate probe (`wait_for_probe_round`, a broken watch) is served
-//! right after the probe in progress. The task runs until the balancer aborts it
-//! (endpoint removed, or the last balancer clone dropped); it holds no lock
-//! across an await, so aborting it at any point is safe.
+//! right after the probe in progress. Each result is applied to the endpoint,
+//! and reported to the membership owner (see `members`), which reassesses slow
+//! endpoints and wakes waiters. The task runs until the membership owner
+//! cancels it (endpoint removed, or the last balancer clone dropped); it holds
+//! no lock across an await, so stopping it at any point is safe.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,16 +20,39 @@ use super::{
     probe::{ProbeStatus, ProbeTarget},
 };
 use crate::{
+    classify::{describe, is_timeout, status_code},
+    config::Config,
     endpoint::Endpoint,
     error::BoxError,
-    retry::{describe, is_timeout, status_code},
-    shared::Shared,
+    outlier::EjectionCap,
+    update::{Update, Updates, report},
 };
+
+use super::HealthProbe;
 
 type Watch = BoxStream<'static, Result<ProbeStatus, BoxError>>;
 
-pub(crate) async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
-    let cfg = shared.cfg.health.clone();
+pub(crate) async fn run(
+    endpoint: Arc<Endpoint>,
+    probe: Arc<dyn HealthProbe>,
+    config: Arc<Config>,
+    ejections: Arc<EjectionCap>,
+    updates: Updates,
+) {
+    let cfg = &config.health;
+    let apply = |result, latency, pushed| {
+        let changed = endpoint.on_probe((cfg, &ejections), result, latency, pushed);
+        let endpoint = endpoint.clone();
+        let check = !pushed;
+        report(
+            &updates,
+            Update::Probed {
+                endpoint,
+                check,
+                changed,
+            },
+        );
+    };
     let target = ProbeTarget {
         address: endpoint.addr,
         channel: endpoint.channel.clone(),
@@ -40,7 +65,7 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
 
     loop {
         if watch.is_none() && watch_at.is_some_and(|at| at <= Instant::now()) {
-            watch = shared.probe.watch(&target);
+            watch = probe.watch(&target);
             watch_at = None;
         }
         let watch_retry = watch_at.filter(|_| watch.is_none());
@@ -49,7 +74,7 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
             item = next_item(&mut watch) => {
                 match item {
                     Some(Ok(status)) => {
-                        endpoint.on_probe(&shared, Ok(status), Duration::ZERO, true);
+                        apply(Ok(status), Duration::ZERO, true);
                         continue;
                     }
                     Some(Err(error)) if status_code(&*error) == Some(Code::Unimplemented) => {
@@ -74,9 +99,11 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
 
         let started = Instant::now();
         endpoint.begin_probe();
-        let result = match timeout(cfg.timeout, shared.probe.check(&target)).await {
+        let result = match timeout(cfg.timeout, probe.check(&target)).await {
             Ok(Ok(status)) => Ok(status),
-            Ok(Err(error)) if !is_timeout(&*error) => Err(endpoint.explain(&shared, &*error)),
+            Ok(Err(error)) if !is_timeout(&*error) => {
+                Err(endpoint.explain(config.connect.tls.as_deref(), &*error))
+            }
             Ok(Err(_)) | Err(_) => Err(format!(
                 "probe timed out after {}",
                 humantime::format_duration(cfg.timeout)
@@ -86,7 +113,7 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
             Ok(ProbeStatus::Healthy { latency, .. }) => *latency,
             _ => started.elapsed(),
         };
-        endpoint.on_probe(&shared, result, latency, false);
+        apply(result, latency, false);
 
         let now = Instant::now();
         next_check = now + jittered(cfg.interval, cfg.jitter, &mut rand::rng());

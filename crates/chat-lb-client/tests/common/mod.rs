@@ -1,11 +1,14 @@
 //! In-process test replicas: a tonic server on 127.0.0.1 serving the standard
 //! gRPC health service and a minimal `chat.v1.ChatService` whose
-//! `ListAccounts` is "the app call" (it answers with the replica's name).
+//! `ListAccounts` is "the app call" (it answers with the replica's name). The
+//! same chat service also runs without sockets, in memory (see [`memory`]).
 //!
 //! Each replica runs on its own tokio runtime, so `kill` can drop it and every
 //! connection it holds at once, like a crashed process.
 
 #![allow(dead_code)]
+
+pub mod memory;
 
 use std::{
     net::SocketAddr,
@@ -45,9 +48,10 @@ pub struct Knobs {
     pub chat_not_serving: AtomicBool,
 }
 
-struct TestChat {
-    name: String,
-    knobs: Arc<Knobs>,
+/// The test replica's chat service.
+pub struct TestChat {
+    pub name: String,
+    pub knobs: Arc<Knobs>,
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;

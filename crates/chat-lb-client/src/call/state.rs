@@ -1,0 +1,451 @@
+//! The state of one call, and its transitions.
+//!
+//! [`Call`] holds everything a call knows: its deadline, retry-safety, the
+//! request to replay, the endpoints it tried, its attempts and its timer. The
+//! driver (see the module above) feeds it one event at a time, and each
+//! transition returns the [`Action`] to take next:
+//!
+//! | event | transition |
+//! |---|---|
+//! | the call starts | [`Call::start`] |
+//! | an attempt finished | [`Call::on_attempt`] |
+//! | the timer fired (per-try timeout, deadline, end of a wait for endpoints) | [`Call::on_timer`] |
+//! | the endpoints changed while the call waits for one | [`Call::on_endpoints_changed`] |
+//!
+//! At most one attempt is *live*: the newest, while it is within its per-try
+//! timeout. An attempt that exceeds the per-try timeout is **not cancelled**
+//! when a retry starts: it goes on in the background, since it may still be
+//! the first to get response headers, and the first attempt that does answers
+//! the call (the others are then dropped, which cancels them). A failure of the
+//! live attempt (or, while none is live, of any attempt) leads to a retry if
+//! one is allowed and an endpoint is left; else the call keeps waiting while
+//! any attempt is still running. It gives up only when its deadline passes, or
+//! when no attempt is left running and no retry is possible (attempts, budget
+//! or endpoints used up), with the outcome of the attempt that finished last.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use tonic::body::Body;
+
+use crate::{
+    body::Replay,
+    classify::{CallFailure, Outcome},
+    context::CallContext,
+    deadline,
+    endpoint::Endpoint,
+    error::BoxError,
+    members::EndpointList,
+    observe::Observed,
+    picker::pick,
+    retry::SafeToRetry,
+};
+
+pub(crate) type Response = http::Response<Body>;
+
+/// An attempt to send.
+pub(crate) struct Attempt {
+    /// Its number in the call, from 1.
+    pub n: u32,
+    pub endpoint: Arc<Endpoint>,
+    pub request: http::Request<Body>,
+}
+
+/// A finished attempt: which one, where it went and what became of it.
+pub(crate) struct Done {
+    pub n: u32,
+    pub endpoint: Arc<Endpoint>,
+    pub outcome: Outcome,
+}
+
+/// What the driver does next.
+pub(crate) enum Action {
+    /// Send this attempt, beside any still running, and wait.
+    Send(Attempt),
+    /// Wait for the next event.
+    Wait,
+    /// Answer the call (and drop every attempt still running).
+    Answer(Result<Response, BoxError>),
+}
+
+/// Endpoints a call already tried, with the routable epoch they had then.
+#[derive(Default)]
+pub(super) struct Tried(Vec<(SocketAddr, u64)>);
+
+impl Tried {
+    fn add(&mut self, endpoint: &Endpoint) {
+        self.0.push((endpoint.addr, endpoint.epoch()));
+    }
+
+    fn contains(&self, endpoint: &Endpoint) -> bool {
+        !self.0.is_empty()
+            && self
+                .0
+                .iter()
+                .any(|(addr, epoch)| *addr == endpoint.addr && *epoch == endpoint.epoch())
+    }
+}
+
+/// Which retry a failure allows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The request never reached a server: any call, no budget, each endpoint
+    /// once.
+    Transparent,
+    /// It may have: retry-safe calls only, within `max_attempts` and the
+    /// budget.
+    IfSafe,
+}
+
+/// A failed attempt the call may retry, and how it answers if it cannot.
+struct Failed {
+    endpoint: Arc<Endpoint>,
+    /// What happened, in words (for logs and messages).
+    why: String,
+    give_up: GiveUp,
+}
+
+enum GiveUp {
+    /// Pass the server's answer on.
+    Respond(Response),
+    /// Answer the transport error (see [`Call::fail`]).
+    Fail(BoxError),
+}
+
+/// One call through the balancer.
+pub(crate) struct Call {
+    pub(super) ctx: Arc<CallContext>,
+    parts: http::request::Parts,
+    pub(super) replay: Replay,
+    retry_safe: bool,
+    /// The per-try timeout, for retry-safe calls.
+    per_try_timeout: Option<Duration>,
+    pub(super) start: Instant,
+    pub(super) deadline: Option<Instant>,
+    /// The call's whole timeout (for messages).
+    pub(super) timeout: Option<Duration>,
+    /// The endpoints as last read.
+    pub(super) list: EndpointList,
+    pub(super) tried: Tried,
+    /// Attempts started; the newest one is number `attempts`.
+    pub(super) attempts: u32,
+    /// Retries drawn from the budget.
+    charged_retries: u32,
+    /// The newest attempt's endpoint.
+    current: Option<Arc<Endpoint>>,
+    /// Whether the newest attempt is still running within its per-try timeout.
+    live: bool,
+    /// When [`Call::on_timer`] is due.
+    timer: Option<Instant>,
+    /// Whether the call waits for an endpoint to take it.
+    waiting_for_endpoints: bool,
+}
+
+impl Call {
+    /// A call of `request` arriving at `now`: its deadline (from its
+    /// `grpc-timeout` header, or the default timeout, which is then written
+    /// into the header) and retry-safety, a deposit into the retry budget.
+    pub fn new(ctx: Arc<CallContext>, request: http::Request<Body>, now: Instant) -> Self {
+        let cfg = &ctx.cfg;
+        let (mut parts, body) = request.into_parts();
+        let timeout = match deadline::from_headers(&parts.headers) {
+            Some(timeout) => Some(timeout),
+            None => cfg
+                .default_timeout
+                .inspect(|t| deadline::set(&mut parts.headers, *t)),
+        };
+        let retry_safe = match parts.extensions.get::<SafeToRetry>() {
+            Some(SafeToRetry(safe)) => *safe,
+            None => cfg.retry.safe.is_safe(parts.uri.path()),
+        };
+        ctx.budget.deposit(now);
+        Self {
+            replay: Replay::new(body, cfg.retry.max_replay_bytes),
+            per_try_timeout: cfg.retry.per_try_timeout.filter(|_| retry_safe),
+            list: ctx.endpoints(),
+            parts,
+            retry_safe,
+            start: now,
+            deadline: timeout.map(|t| now + t),
+            timeout,
+            tried: Tried::default(),
+            attempts: 0,
+            charged_retries: 0,
+            current: None,
+            live: false,
+            timer: None,
+            waiting_for_endpoints: false,
+            ctx,
+        }
+    }
+
+    /// When the timer is due, if it is set.
+    pub fn timer(&self) -> Option<Instant> {
+        self.timer
+    }
+
+    /// Whether the call waits for the endpoints to change.
+    pub fn waits_for_endpoints(&self) -> bool {
+        self.waiting_for_endpoints
+    }
+
+    /// The call starts: it goes to an endpoint, or waits for one.
+    pub fn start(&mut self, now: Instant) -> Action {
+        self.pick_or_wait(now)
+    }
+
+    /// The endpoints changed while the call waited for one: it looks again.
+    pub fn on_endpoints_changed(&mut self, now: Instant) -> Action {
+        self.pick_or_wait(now)
+    }
+
+    /// The timer fired: the end of a wait for endpoints, the deadline, or the
+    /// newest attempt's per-try timeout.
+    pub fn on_timer(&mut self, now: Instant) -> Action {
+        if self.waiting_for_endpoints {
+            return self.pick_or_wait(now);
+        }
+        let Some(current) = self.current.clone() else {
+            return self.pick_or_wait(now);
+        };
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Action::Answer(Ok(self.deadline_exceeded(&current)));
+        }
+        // Per-try timeout: no response headers yet. The attempt goes on (see
+        // the module docs); only the deadline bounds it now.
+        self.live = false;
+        self.timer = self.deadline;
+        let waited = now.saturating_duration_since(self.start);
+        let why = "no response headers within the per-try timeout";
+        self.ctx
+            .count_failure(&current, CallFailure::Timeout, why, waited);
+        self.tried.add(&current);
+        match self.charged_retry_target(now) {
+            Some(other) => {
+                tracing::debug!(from = %current.addr, to = %other.addr, "per-try timeout; retrying");
+                self.send_to(other, now)
+            }
+            None => {
+                tracing::debug!(endpoint = %current.addr, "per-try timeout; no retry possible, waiting on");
+                Action::Wait
+            }
+        }
+    }
+
+    /// An attempt finished; `running`: whether other attempts still run.
+    pub fn on_attempt(&mut self, done: Done, running: bool, now: Instant) -> Action {
+        let Done {
+            n,
+            endpoint,
+            outcome,
+        } = done;
+        // Whether this was the live attempt: an earlier one, or one past its
+        // per-try timeout, was counted against its endpoint already.
+        let was_live = self.live && n == self.attempts;
+        if n == self.attempts {
+            self.live = false;
+        }
+        let (retry, failed) = match outcome {
+            Outcome::Answered(response, rtt) => {
+                endpoint.on_success(rtt, now);
+                self.replay.commit();
+                let response = Observed::wrap(response, endpoint, self.ctx.clone());
+                return Action::Answer(Ok(response));
+            }
+            Outcome::Expired => return Action::Answer(Ok(self.deadline_exceeded(&endpoint))),
+            Outcome::Unavailable(response, rtt, why) => {
+                if was_live {
+                    self.count(&endpoint, CallFailure::Unavailable, &why, rtt);
+                }
+                let give_up = GiveUp::Respond(response);
+                (
+                    Retry::IfSafe,
+                    Failed {
+                        endpoint,
+                        why,
+                        give_up,
+                    },
+                )
+            }
+            Outcome::NotSent(error) => (
+                Retry::Transparent,
+                self.transport(endpoint, error, was_live),
+            ),
+            Outcome::Failed(error) => (Retry::IfSafe, self.transport(endpoint, error, was_live)),
+        };
+        self.after_failure(retry, failed, running, now)
+    }
+
+    /// A transport failure: counted against the endpoint of a live attempt
+    /// (which ejects it, and keeps the call from trying it again).
+    fn transport(&mut self, endpoint: Arc<Endpoint>, error: BoxError, was_live: bool) -> Failed {
+        let why = self.ctx.explain(&endpoint, &*error);
+        if was_live {
+            self.count(&endpoint, CallFailure::Transport, &why, Duration::ZERO);
+        }
+        let give_up = GiveUp::Fail(error);
+        Failed {
+            endpoint,
+            why,
+            give_up,
+        }
+    }
+
+    /// Counts a failure of the live attempt against its endpoint, which the
+    /// call then does not try again.
+    fn count(&mut self, endpoint: &Endpoint, kind: CallFailure, why: &str, elapsed: Duration) {
+        self.ctx.count_failure(endpoint, kind, why, elapsed);
+        self.tried.add(endpoint);
+    }
+
+    /// After a failed attempt: while the live attempt runs, wait for it; else
+    /// retry if allowed; else wait for attempts still running; else give up.
+    fn after_failure(
+        &mut self,
+        retry: Retry,
+        failed: Failed,
+        running: bool,
+        now: Instant,
+    ) -> Action {
+        if self.live {
+            return Action::Wait;
+        }
+        let target = match retry {
+            Retry::Transparent => self.transparent_retry_target(),
+            Retry::IfSafe if self.retry_safe => self.charged_retry_target(now),
+            Retry::IfSafe => None,
+        };
+        if let Some(other) = target {
+            tracing::debug!(from = %failed.endpoint.addr, to = %other.addr, why = %failed.why, "attempt failed; retrying");
+            return self.send_to(other, now);
+        }
+        if running {
+            tracing::debug!("no retry possible; waiting for an earlier attempt still running");
+            self.timer = self.deadline;
+            return Action::Wait;
+        }
+        if retry == Retry::Transparent && self.replay.can_replay() {
+            // No endpoint left now: wait for one (`wait_for_ready`), or answer
+            // UNAVAILABLE naming every endpoint.
+            tracing::debug!(endpoint = %failed.endpoint.addr, why = %failed.why, "call never reached the server; no endpoint left");
+            return self.pick_or_wait(now);
+        }
+        self.replay.commit();
+        match failed.give_up {
+            GiveUp::Respond(response) => Action::Answer(Ok(response)),
+            GiveUp::Fail(error) => Action::Answer(self.fail(&failed.endpoint, error, &failed.why)),
+        }
+    }
+
+    /// Starts the next attempt on `endpoint`; a retry tells the server the
+    /// time actually left (the first attempt's header is the whole timeout).
+    fn send_to(&mut self, endpoint: Arc<Endpoint>, now: Instant) -> Action {
+        self.waiting_for_endpoints = false;
+        self.attempts += 1;
+        let mut request = http::Request::from_parts(self.parts.clone(), self.replay.attempt());
+        if self.attempts > 1
+            && let Some(deadline) = self.deadline
+        {
+            deadline::set(
+                request.headers_mut(),
+                deadline.saturating_duration_since(now),
+            );
+        }
+        self.timer = earliest(self.per_try_timeout.map(|t| now + t), self.deadline);
+        self.live = true;
+        self.current = Some(endpoint.clone());
+        let n = self.attempts;
+        Action::Send(Attempt {
+            n,
+            endpoint,
+            request,
+        })
+    }
+
+    fn pick(&self) -> Option<Arc<Endpoint>> {
+        let tried = &self.tried;
+        pick(
+            self.ctx.cfg.policy,
+            &self.list,
+            |e: &Arc<Endpoint>| tried.contains(e),
+            &self.ctx.round_robin,
+            &mut rand::rng(),
+            Instant::now(),
+        )
+        .cloned()
+    }
+
+    /// Another endpoint for a call that never reached a server: needs a
+    /// replayable body and an untried endpoint.
+    fn transparent_retry_target(&mut self) -> Option<Arc<Endpoint>> {
+        if !self.replay.can_replay() {
+            return None;
+        }
+        self.list = self.ctx.endpoints();
+        self.pick()
+    }
+
+    /// Another endpoint for a retry of a call that may have reached a server:
+    /// needs a replayable body, attempts left, time left, an untried endpoint
+    /// and a token from the retry budget.
+    fn charged_retry_target(&mut self, now: Instant) -> Option<Arc<Endpoint>> {
+        let max_attempts = self.ctx.cfg.retry.max_attempts;
+        if self.charged_retries + 1 >= max_attempts || !self.replay.can_replay() {
+            return None;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            return None;
+        }
+        self.list = self.ctx.endpoints();
+        let other = self.pick()?;
+        if !self.ctx.budget.try_withdraw(now) {
+            tracing::debug!("retry budget exhausted; not retrying");
+            return None;
+        }
+        self.charged_retries += 1;
+        Some(other)
+    }
+
+    /// Picks an endpoint; when none can take the call, waits (while a source
+    /// is still settling, or with `wait_for_ready`) or answers `UNAVAILABLE`
+    /// (`DEADLINE_EXCEEDED` once the deadline passed).
+    fn pick_or_wait(&mut self, now: Instant) -> Action {
+        self.waiting_for_endpoints = false;
+        let settling = {
+            let members = self.ctx.members.borrow();
+            self.list = members.endpoints.clone();
+            members.unsettled && self.list.is_empty()
+        };
+        if let Some(endpoint) = self.pick() {
+            return self.send_to(endpoint, now);
+        }
+        let cfg = &self.ctx.cfg;
+        let limit = match (cfg.wait_for_ready, settling) {
+            (Some(wait), _) => Some(self.start + wait),
+            (None, true) => Some(self.start + cfg.resolve_timeout),
+            (None, false) => None,
+        };
+        let limit = match (limit, self.deadline) {
+            (Some(l), Some(d)) => Some(l.min(d)),
+            (l, _) => l,
+        };
+        match limit.filter(|l| *l > now) {
+            Some(limit) => {
+                self.waiting_for_endpoints = true;
+                self.timer = Some(limit);
+                Action::Wait
+            }
+            None if self.deadline.is_some_and(|d| now >= d) => Action::Answer(Ok(
+                self.deadline_response("while waiting for a healthy endpoint")
+            )),
+            None => Action::Answer(Ok(self.unavailable())),
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

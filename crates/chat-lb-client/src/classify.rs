@@ -1,0 +1,250 @@
+//! Classifying what became of an attempt, and describing errors.
+//!
+//! Every failure the balancer acts on is told apart here, once:
+//!
+//! * **response headers** — the server answered. Whatever the gRPC status,
+//!   that is a success for balancing purposes, except:
+//! * **`UNAVAILABLE`** — a trailers-only `UNAVAILABLE` answer, or an HTTP
+//!   502/503/504 that gRPC maps to it: the server (or a proxy) says it cannot
+//!   serve now;
+//! * **never sent** — a transport error that proves the request never reached
+//!   the server: the connection was refused or could not be made (a failed TLS
+//!   handshake included, also one that only shows on the first request, as a
+//!   server's rejection of the client certificate does with TLS 1.3: a fatal
+//!   handshake alert from the server, or, over TLS, a connection closed under
+//!   the request by a server that never answered a call or probe), the server
+//!   refused the stream unprocessed (`REFUSED_STREAM`), or the connection
+//!   closed before the request was sent;
+//! * **transport failure** — any other transport error: the request may have
+//!   reached the server;
+//! * **expired** — the channel's own enforcement of the `grpc-timeout`
+//!   deadline fired.
+//!
+//! (No response headers within the per-try timeout is the fifth kind; the call
+//! state machine sees it by its timer, see `call`.) A response body that fails
+//! after the headers is told apart by [`is_transport`].
+
+use std::{error::Error as StdError, io, time::Duration};
+
+use tonic::{Code, Status, body::Body};
+
+use crate::error::BoxError;
+
+type Response = http::Response<Body>;
+
+/// Why a call counted against an endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallFailure {
+    /// No connection, or the connection failed under the call.
+    Transport,
+    /// The server answered `UNAVAILABLE`.
+    Unavailable,
+    /// No response headers within the per-try timeout.
+    Timeout,
+}
+
+/// What became of one attempt.
+pub(crate) enum Outcome {
+    /// Response headers arrived, and they are not `UNAVAILABLE`.
+    Answered(Response, Duration),
+    /// The server answered `UNAVAILABLE` (with this message).
+    Unavailable(Response, Duration, String),
+    /// The request provably never reached the server.
+    NotSent(BoxError),
+    /// A transport error after the request may have reached the server.
+    Failed(BoxError),
+    /// The channel's own enforcement of the `grpc-timeout` deadline fired.
+    Expired,
+}
+
+impl Outcome {
+    /// An attempt's response headers, `rtt` after it was sent.
+    pub fn of_response(response: Response, rtt: Duration) -> Self {
+        match unavailable(&response) {
+            None => Outcome::Answered(response, rtt),
+            Some(message) => Outcome::Unavailable(response, rtt, message),
+        }
+    }
+
+    /// An attempt's transport error. `not_ready`: the endpoint's connection
+    /// could not take the request at all. `closed_unanswered`: with TLS, a
+    /// server that never answered and closes a new connection under the first
+    /// requests is refusing the handshake (TLS 1.3 lets the client finish its
+    /// half first): those requests were never served.
+    pub fn of_error(error: BoxError, not_ready: bool, closed_unanswered: bool) -> Self {
+        if not_ready {
+            Outcome::NotSent(error)
+        } else if is_timeout(&*error) {
+            Outcome::Expired
+        } else if never_sent(&*error) || closed_unanswered {
+            Outcome::NotSent(error)
+        } else {
+            Outcome::Failed(error)
+        }
+    }
+}
+
+/// Whether a transport error proves the request never reached the server.
+pub(crate) fn never_sent(err: &(dyn StdError + 'static)) -> bool {
+    if crate::tls::handshake_failed(err) {
+        return true;
+    }
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) && h2.is_remote();
+        }
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A ready-made name: looking it up skips parsing and validating a string.
+pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The message of an `UNAVAILABLE` answer carried in the response headers
+/// (trailers-only), or of an HTTP 502/503/504 that gRPC maps to it.
+pub(crate) fn unavailable<B>(response: &http::Response<B>) -> Option<String> {
+    if let Some(status) = response.headers().get(&GRPC_STATUS) {
+        if status.as_bytes() != b"14" {
+            return None;
+        }
+        return Some(
+            Status::from_header_map(response.headers())
+                .map(|s| s.message().to_owned())
+                .unwrap_or_default(),
+        );
+    }
+    match response.status() {
+        http::StatusCode::BAD_GATEWAY
+        | http::StatusCode::SERVICE_UNAVAILABLE
+        | http::StatusCode::GATEWAY_TIMEOUT => Some(format!("HTTP {}", response.status())),
+        _ => None,
+    }
+}
+
+/// The gRPC code of an error, if it is (or wraps) a `tonic::Status`.
+pub(crate) fn status_code(err: &(dyn StdError + 'static)) -> Option<Code> {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if let Some(status) = err.downcast_ref::<Status>() {
+            return Some(status.code());
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// Whether the error is tonic's client-side enforcement of `grpc-timeout`.
+pub(crate) fn is_timeout(err: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A one-line description of an error and its causes; for a TLS failure,
+/// what [`crate::describe_tls_error`] says of it.
+pub(crate) fn describe(err: &(dyn StdError + 'static)) -> String {
+    if let Some(tls) = crate::tls::describe_tls_error(err) {
+        return tls;
+    }
+    let mut text = String::new();
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        let cause_text = match cause.downcast_ref::<Status>() {
+            Some(status) => format!("{:?}: {}", status.code(), status.message()),
+            None => cause.to_string(),
+        };
+        if !text.contains(&cause_text) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether a body error comes from the connection rather than the server.
+pub(crate) fn is_transport(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.is::<hyper::Error>() || err.is::<h2::Error>() || err.is::<std::io::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(never_sent(&tonic::ConnectError(Box::new(refused))));
+        assert!(!never_sent(&io::Error::from(
+            io::ErrorKind::ConnectionReset
+        )));
+        let h2 = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert!(!never_sent(&h2), "only a stream the server refused counts");
+        // A server's rejection of the client certificate, as the first request
+        // on the connection reports it (TLS 1.3): the request was never served.
+        let rejected = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        assert!(never_sent(&rejected));
+        assert_eq!(
+            describe(&rejected),
+            "TLS: the server requires a client certificate"
+        );
+
+        let response = Status::unavailable("draining").into_http::<()>();
+        assert_eq!(unavailable(&response).as_deref(), Some("draining"));
+        assert_eq!(unavailable(&Status::not_found("x").into_http::<()>()), None);
+        let mut plain = http::Response::new(());
+        assert_eq!(unavailable(&plain), None);
+        *plain.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        assert!(unavailable(&plain).is_some());
+
+        let boxed: Box<dyn StdError + Send + Sync> = Box::new(Status::unimplemented("no"));
+        assert_eq!(status_code(&*boxed), Some(Code::Unimplemented));
+        assert_eq!(describe(&*boxed), "Unimplemented: no");
+        assert!(is_timeout(&tonic::TimeoutExpired(())));
+        assert!(!is_timeout(&*boxed));
+    }
+
+    #[test]
+    fn transport_errors_are_told_from_server_statuses() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let mut status = Status::unknown("error reading a body from connection");
+        status.set_source(std::sync::Arc::new(io));
+        assert!(is_transport(&status));
+        assert!(!is_transport(&Status::new(Code::Unavailable, "draining")));
+    }
+}

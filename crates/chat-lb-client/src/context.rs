@@ -1,0 +1,93 @@
+//! What every call needs, shared by all clones of a balancer: the settings,
+//! the published membership, the retry budget, and where to report a change.
+
+use std::{
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    classify::CallFailure,
+    config::Config,
+    endpoint::Endpoint,
+    members::{EndpointList, Members},
+    outlier::EjectionCap,
+    retry::budget::RetryBudget,
+    update::{Update, Updates, report},
+};
+
+/// The call path's view of the balancer.
+pub(crate) struct CallContext {
+    pub cfg: Arc<Config>,
+    /// The membership as its owner publishes it.
+    pub members: watch::Receiver<Members>,
+    /// Where a call reports an endpoint it ejected.
+    pub updates: Updates,
+    /// The balancer-wide count of ejected endpoints.
+    pub ejections: Arc<EjectionCap>,
+    /// Retries of calls that may have reached a server draw on it (see `retry`).
+    pub budget: RetryBudget,
+    /// The next turn of [`crate::Policy::RoundRobin`].
+    pub round_robin: AtomicUsize,
+}
+
+impl CallContext {
+    pub fn new(
+        cfg: Arc<Config>,
+        members: watch::Receiver<Members>,
+        updates: Updates,
+        ejections: Arc<EjectionCap>,
+    ) -> Self {
+        let retry = &cfg.retry;
+        let budget = RetryBudget::new(
+            retry.budget_ratio,
+            retry.budget_min_per_sec,
+            retry.budget_window,
+            Instant::now(),
+        );
+        Self {
+            cfg,
+            members,
+            updates,
+            ejections,
+            budget,
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    /// The current endpoint list.
+    pub fn endpoints(&self) -> EndpointList {
+        self.members.borrow().endpoints.clone()
+    }
+}
+
+impl CallContext {
+    /// Counts a failed attempt against its endpoint (see
+    /// [`Endpoint::on_failure`]), reporting an ejection to the membership
+    /// owner so that waiters learn of it.
+    pub fn count_failure(
+        &self,
+        endpoint: &Endpoint,
+        kind: CallFailure,
+        error: &str,
+        elapsed: Duration,
+    ) {
+        let total = self.members.borrow().endpoints.len();
+        let cfg = &self.cfg.outlier;
+        if endpoint.on_failure(cfg, &self.ejections, total, kind, error, elapsed) {
+            report(&self.updates, Update::StateChanged);
+        }
+    }
+
+    /// A one-line description of an error of an attempt on `endpoint` (see
+    /// [`Endpoint::explain`]).
+    pub fn explain(
+        &self,
+        endpoint: &Endpoint,
+        error: &(dyn std::error::Error + 'static),
+    ) -> String {
+        endpoint.explain(self.cfg.connect.tls.as_deref(), error)
+    }
+}
