@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::watch, time::Instant};
+use tokio::sync::watch;
 
 use crate::{
     classify::CallFailure,
@@ -45,7 +45,6 @@ impl CallContext {
             retry.budget_ratio,
             retry.budget_min_per_sec,
             retry.budget_window,
-            Instant::now(),
         );
         Self {
             cfg,

@@ -158,7 +158,7 @@ impl Call {
             Some(SafeToRetry(safe)) => *safe,
             None => cfg.retry.safe.is_safe(parts.uri.path()),
         };
-        ctx.budget.deposit(now);
+        ctx.budget.deposit();
         Self {
             replay: Replay::new(body, cfg.retry.max_replay_bytes),
             per_try_timeout: cfg.retry.per_try_timeout.filter(|_| retry_safe),
@@ -398,7 +398,7 @@ impl Call {
         }
         self.list = self.ctx.endpoints();
         let other = self.pick()?;
-        if !self.ctx.budget.try_withdraw(now) {
+        if !self.ctx.budget.try_withdraw() {
             tracing::debug!("retry budget exhausted; not retrying");
             return None;
         }

@@ -21,7 +21,6 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
 /// A sliding-window retry budget.
@@ -32,20 +31,17 @@ impl RetryBudget {
     /// A budget allowing `ratio` retries per call plus `min_per_sec` retries per
     /// second, over a sliding `window`. The values must have passed
     /// `Config::validate` (see the module notes).
-    ///
-    /// The `now` arguments here and below are not needed (tower reads tokio's
-    /// clock itself); they keep the callers' interface.
-    pub fn new(ratio: f64, min_per_sec: u32, window: Duration, _now: Instant) -> Self {
+    pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Self {
         Self(TpsBudget::new(window, min_per_sec, ratio as f32))
     }
 
     /// Records one call.
-    pub fn deposit(&self, _now: Instant) {
+    pub fn deposit(&self) {
         self.0.deposit();
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
-    pub fn try_withdraw(&self, _now: Instant) -> bool {
+    pub fn try_withdraw(&self) -> bool {
         self.0.withdraw()
     }
 }
@@ -57,59 +53,52 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn floor_then_ratio_then_window_expiry() {
         // 1 retry/s floor over 10s = 10, plus 20% of calls.
-        let budget = RetryBudget::new(0.2, 1, Duration::from_secs(10), Instant::now());
+        let budget = RetryBudget::new(0.2, 1, Duration::from_secs(10));
         for i in 0..10 {
-            assert!(budget.try_withdraw(Instant::now()), "floor retry {i}");
+            assert!(budget.try_withdraw(), "floor retry {i}");
         }
-        assert!(!budget.try_withdraw(Instant::now()), "the floor is spent");
+        assert!(!budget.try_withdraw(), "the floor is spent");
 
         for _ in 0..50 {
-            budget.deposit(Instant::now());
+            budget.deposit();
         }
         for i in 0..10 {
-            assert!(budget.try_withdraw(Instant::now()), "ratio retry {i}");
+            assert!(budget.try_withdraw(), "ratio retry {i}");
         }
-        assert!(
-            !budget.try_withdraw(Instant::now()),
-            "20% of 50 calls is spent"
-        );
+        assert!(!budget.try_withdraw(), "20% of 50 calls is spent");
 
         // Half a window later the old slots still count.
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!budget.try_withdraw(Instant::now()));
+        assert!(!budget.try_withdraw());
 
         // A full window later they have expired: the floor is back.
         tokio::time::advance(Duration::from_secs(6)).await;
         for i in 0..10 {
-            assert!(
-                budget.try_withdraw(Instant::now()),
-                "renewed floor retry {i}"
-            );
+            assert!(budget.try_withdraw(), "renewed floor retry {i}");
         }
-        assert!(!budget.try_withdraw(Instant::now()));
+        assert!(!budget.try_withdraw());
     }
 
     #[tokio::test(start_paused = true)]
     async fn zero_floor_means_ratio_only() {
-        let budget = RetryBudget::new(0.5, 0, Duration::from_secs(1), Instant::now());
-        assert!(!budget.try_withdraw(Instant::now()), "no calls, no retries");
-        budget.deposit(Instant::now());
-        budget.deposit(Instant::now());
-        assert!(budget.try_withdraw(Instant::now()));
-        assert!(!budget.try_withdraw(Instant::now()));
+        let budget = RetryBudget::new(0.5, 0, Duration::from_secs(1));
+        assert!(!budget.try_withdraw(), "no calls, no retries");
+        budget.deposit();
+        budget.deposit();
+        assert!(budget.try_withdraw());
+        assert!(!budget.try_withdraw());
     }
 
     #[test]
     fn the_extremes_that_validation_lets_through_do_not_panic() {
-        let now = Instant::now();
         for (ratio, min_per_sec, window) in [
             (0.0, 0, Duration::from_secs(1)),
             (1000.0, i32::MAX as u32 - 1, Duration::from_secs(60)),
             (1e-30, 0, Duration::from_millis(1500)),
         ] {
-            let budget = RetryBudget::new(ratio, min_per_sec, window, now);
-            budget.deposit(now);
-            budget.try_withdraw(now);
+            let budget = RetryBudget::new(ratio, min_per_sec, window);
+            budget.deposit();
+            budget.try_withdraw();
         }
     }
 }
