@@ -11,8 +11,7 @@ use std::{
 #[test]
 fn the_quickstart_runs_a_whole_cluster_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Three consecutive ports, free a moment ago.
-    let base_port = chat_testkit::dead_address().port().clamp(1024, 65_000);
+    let base_port = chat_testkit::free_port_run(3);
     let mut quickstart = Command::new(chat_testkit::workspace_binary("examples/quickstart"))
         .current_dir(dir.path())
         .args(["--tls", "--base-port", &base_port.to_string()])

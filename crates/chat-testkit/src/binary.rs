@@ -31,6 +31,27 @@ pub fn dead_address() -> SocketAddr {
     listener.local_addr().expect("local address")
 }
 
+/// The first of `count` consecutive loopback ports that were all free a moment ago,
+/// for a program that takes a base port (the quickstart). They are drawn below
+/// Linux's ephemeral range (32768 and up), where no other test's `port 0` server or
+/// outgoing connection can take one between the check and its use.
+pub fn free_port_run(count: u16) -> u16 {
+    const FIRST: u16 = 10_000;
+    const END: u16 = 32_768;
+    // A different start in each process, so that test processes running at once do
+    // not race through the same candidates.
+    let start = FIRST + (std::process::id() % 2_000) as u16 * 10;
+    let candidates = (start..END - count)
+        .chain(FIRST..start)
+        .step_by(count.into());
+    for base in candidates {
+        if (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports between {FIRST} and {END}");
+}
+
 /// Runs `chat-server --port 0 ARGS` (in `dir` when given) until it exits by itself;
 /// returns its exit code, stdout and stderr.
 pub fn run_server_to_exit(dir: Option<&Path>, args: &[&str]) -> (i32, String, String) {

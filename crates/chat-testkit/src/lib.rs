@@ -22,7 +22,9 @@ pub mod store;
 pub mod tls;
 pub mod wait;
 
-pub use binary::{dead_address, run_server_to_exit, start_up_error, workspace_binary};
+pub use binary::{
+    dead_address, free_port_run, run_server_to_exit, start_up_error, workspace_binary,
+};
 pub use client::{
     PASSWORD, SendLoad, alice_and_bob, authed, balancer_builder, client, fetch_all, fetch_inbox,
     inbox_texts, kill_for_good, login, next_message, refused, register_and_login, send,
