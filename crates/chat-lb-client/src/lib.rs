@@ -75,16 +75,13 @@
 //! 6. **Maybe retry** on another endpoint: always when the request never
 //!    reached a server; for retry-safe calls also on `UNAVAILABLE`, transport
 //!    errors and per-try timeouts, within `max_attempts` and the retry budget.
-//!    An attempt that exceeded the per-try timeout is **not cancelled**: it
-//!    goes on beside the retry, and whichever attempt gets response headers
-//!    first answers the call (the others are then cancelled). So a call gives
-//!    up only when its deadline passes, or when no attempt is left running and
-//!    no retry is possible (`max_attempts` used, the retry budget exhausted,
-//!    no endpoint left to try); when no retry is possible, it keeps waiting
-//!    on the attempts still running, until its deadline. Then it answers: the
-//!    server's response as it came (for a failure, that of the attempt that
-//!    finished last); a transport failure as `UNAVAILABLE` naming the
-//!    endpoint and error; a passed deadline as `DEADLINE_EXCEEDED`.
+//!    An attempt past its per-try timeout is not cancelled: the first attempt
+//!    to get response headers answers the call, and a call gives up only at
+//!    its deadline or when nothing is running and no retry is possible (the
+//!    rules in full, transition by transition: `src/call/state.rs`). Its
+//!    answer is the server's response as it came; a transport failure as
+//!    `UNAVAILABLE` naming the endpoint and error; a passed deadline as
+//!    `DEADLINE_EXCEEDED`.
 //!
 //! What a tonic client sees from the balancer itself is always a `Status`:
 //! `UNAVAILABLE` when no endpoint can take the call (the message lists every
@@ -314,7 +311,7 @@
 //! | `classify.rs` | what became of an attempt: headers, `UNAVAILABLE`, never sent, transport failure, expired |
 //! | `retry/` | which calls may be retried, and the retry budget |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
-//! | `transport.rs`, `connect.rs`, `tls.rs` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
+//! | `transport.rs`, `connect.rs`, `tls/` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
 //! | `endpoint.rs` | one endpoint: its load, latency estimate (`ewma.rs`), health record, ejection (`outlier.rs`) and slowness (`slow.rs`) |
 //! | `members/` | the one owner of the endpoint set: its sources, reconciliation, publication through a `watch` channel |
 //! | `update.rs` | the changes everything else reports to that owner |
