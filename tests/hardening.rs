@@ -178,6 +178,10 @@ fn a_mistyped_store_is_a_one_line_error_that_creates_nothing() {
         let created: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").collect();
         assert!(created.is_empty(), "{store}: created {created:?}");
     }
+    // A password in the URI is masked in the error (which goes where the logs go).
+    let stderr = start_up_error(Some(dir.path()), &["--store", "postgres://u:s3cret@x/y"], 1);
+    assert!(stderr.contains("postgres://u:***@x/y"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }
 
 #[test]
@@ -204,6 +208,7 @@ fn settings_that_cannot_work_are_refused_in_one_line() {
         ("--drain-timeout", "0s"),
         ("--handshake-timeout", "0s"),
         ("--max-connections", "0"),
+        ("--log-format", "xml"),
     ] {
         let stderr = start_up_error(Some(dir.path()), &[flag, value], 2);
         assert!(stderr.contains(flag), "{flag}: {stderr}");

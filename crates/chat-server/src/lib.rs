@@ -6,7 +6,8 @@
 //!
 //! - `chat.v1.ChatService` ([`service::ChatService`]), including its `HealthCheck` RPC;
 //! - the standard `grpc.health.v1.Health`, reporting the same status ([`health`]);
-//! - server reflection (`grpc.reflection.v1`), so tools such as grpcurl work.
+//! - server reflection (`grpc.reflection.v1` and `grpc.reflection.v1alpha`), so tools
+//!   such as grpcurl, grpcui and Python grpcio's reflection client work.
 //!
 //! With `--tls-cert`/`--tls-key` the port serves TLS only ([`tls`], certificates
 //! reloaded on SIGHUP); [`certs`] makes a CA and certificates for a small cluster
@@ -26,6 +27,7 @@ mod error;
 pub mod health;
 pub mod hub;
 pub mod listener;
+pub mod logging;
 pub mod password;
 pub mod server;
 pub mod service;

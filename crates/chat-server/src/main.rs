@@ -2,16 +2,14 @@
 //!
 //! Prints exactly one line on stdout once it accepts calls,
 //! `chat-server listening on ADDRESS`, so scripts and tests can wait for readiness and
-//! learn the port chosen by `--port 0`. Logs go to stderr (`RUST_LOG`, default `info`).
+//! learn the port chosen by `--port 0`. Logs go to stderr (`RUST_LOG`, default `info`;
+//! `--log-format text|json`, see [`chat_server::logging`]).
 //! `chat-server gen-certs` makes certificates for a TLS cluster instead.
 
-use std::{
-    io::{IsTerminal, Write},
-    path::PathBuf,
-};
+use std::{io::Write, path::PathBuf};
 
+use chat_server::logging::LogFormat;
 use clap::{Args, Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// The command line: the replica's flags, or a subcommand.
 #[derive(Debug, Parser)]
@@ -23,6 +21,11 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     config: chat_server::ServerConfig,
+
+    /// How log lines on stderr are written: `text` for people, `json` (one object per
+    /// line) for log shippers.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -63,18 +66,11 @@ struct GenCertsArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and collectors get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),
     };
+    chat_server::logging::init(cli.log_format, "info");
     if let Some(Command::GenCerts(args)) = cli.command {
         return gen_certs(args);
     }

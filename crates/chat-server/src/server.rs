@@ -35,7 +35,7 @@ pub enum ServerError {
     /// The store could not be opened or did not answer at start-up.
     #[error("cannot open store {uri:?}: {source}")]
     Store {
-        /// The store URI as configured.
+        /// The store URI as configured, its password masked ([`store::redacted_uri`]).
         uri: String,
         /// What went wrong.
         source: StoreError,
@@ -123,9 +123,9 @@ pub async fn run(
     Ok(result?)
 }
 
-/// The gRPC server on `listener`: `grpc.health.v1`, reflection and the chat service,
-/// within the transport limits. It stops accepting calls when `drain` fires, and
-/// finishes when the calls in flight have.
+/// The gRPC server on `listener`: `grpc.health.v1`, reflection (`v1` and `v1alpha`) and
+/// the chat service, within the transport limits. It stops accepting calls when `drain`
+/// fires, and finishes when the calls in flight have.
 fn grpc_server(
     config: &ServerConfig,
     listener: tokio::net::TcpListener,
@@ -134,10 +134,21 @@ fn grpc_server(
     chat: ChatService,
     drain: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServerError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection under both names: `v1`, and `v1alpha`, which many tools (Python
+    // grpcio's reflection client among them) still speak only. Each lists every
+    // service on the port, both reflection services included.
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .include_reflection_service(false)
+    };
+    let reflection = descriptors().build_v1()?;
+    let reflection_v1alpha = descriptors().build_v1alpha()?;
     let router = Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             crate::error::relabel_decode_errors as fn(_) -> _,
@@ -148,6 +159,7 @@ fn grpc_server(
         .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             ChatServiceServer::new(chat).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
         );
@@ -164,7 +176,7 @@ fn grpc_server(
 /// that a typo cannot create a new database.
 async fn open_store(config: &ServerConfig) -> Result<Arc<dyn store::Store>, ServerError> {
     let store_error = |source| ServerError::Store {
-        uri: config.store.clone(),
+        uri: store::redacted_uri(&config.store).into_owned(),
         source,
     };
     if config.store == crate::config::DEFAULT_STORE {
@@ -243,7 +255,7 @@ fn announce(config: &ServerConfig, address: SocketAddr, replica_id: &str, tls: b
     tracing::info!(
         %address,
         %replica_id,
-        store = %config.store,
+        store = %store::redacted_uri(&config.store),
         tls,
         mutual_tls = config.tls_client_ca.is_some(),
         max_connections = config.connection_limits().max_connections,

@@ -335,8 +335,9 @@ pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     }
     if uri.starts_with("mongodb:") || uri.starts_with("mongodb+srv:") {
         return Err(StoreError::Unavailable(format!(
-            "malformed MongoDB connection string {uri:?}: expected mongodb://HOST[:PORT][,...]/DATABASE?OPTIONS \
-             or mongodb+srv://HOST/DATABASE?OPTIONS"
+            "malformed MongoDB connection string {:?}: expected mongodb://HOST[:PORT][,...]/DATABASE?OPTIONS \
+             or mongodb+srv://HOST/DATABASE?OPTIONS",
+            redacted_uri(uri)
         )));
     }
     let path = sqlite_path(uri)?;
@@ -358,6 +359,7 @@ fn sqlite_path(uri: &str) -> Result<&str, StoreError> {
         Some(path) => path,
         None => {
             if let Some(scheme) = scheme(uri) {
+                let uri = redacted_uri(uri);
                 return Err(StoreError::Unavailable(format!(
                     "unsupported store {uri:?}: unknown scheme \"{scheme}:\"; {expected} \
                      (a file name with a colon: write sqlite:{uri})"
@@ -372,6 +374,24 @@ fn sqlite_path(uri: &str) -> Result<&str, StoreError> {
         )));
     }
     Ok(path)
+}
+
+/// `uri` fit for logs and error messages: the password of a URI with user information
+/// (`mongodb://USER:PASSWORD@HOSTS/...`) replaced by `***`; any other URI unchanged.
+/// The user information is everything before the last `@` ahead of the options (`?`),
+/// so that a password with a stray `/` or `@` is masked whole.
+pub fn redacted_uri(uri: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.into();
+    };
+    let before_options = rest.split_once('?').map_or(rest, |(head, _)| head);
+    let Some(at) = before_options.rfind('@') else {
+        return uri.into();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]).into(),
+        None => uri.into(),
+    }
 }
 
 /// The URI scheme `uri` starts with (`NAME:` with `NAME` a letter followed by letters,
@@ -414,5 +434,26 @@ mod uri_tests {
         }
         assert!(sqlite_path("sqlite:").is_err());
         assert!(sqlite_path("").is_err());
+    }
+
+    #[test]
+    fn passwords_in_uris_are_masked_and_the_rest_kept() {
+        for (uri, shown) in [
+            (
+                "mongodb://chat:s3cret@h1,h2/chat?replicaSet=rs0",
+                "mongodb://chat:***@h1,h2/chat?replicaSet=rs0",
+            ),
+            (
+                "mongodb+srv://chat:pa/ss@wo@rd@cluster.example/chat",
+                "mongodb+srv://chat:***@cluster.example/chat",
+            ),
+            ("mongodb://user@h1/chat", "mongodb://user@h1/chat"),
+            ("mongodb://h1/chat?x=a@b", "mongodb://h1/chat?x=a@b"),
+            ("sqlite:chat-data/chat.db", "sqlite:chat-data/chat.db"),
+        ] {
+            assert_eq!(redacted_uri(uri), shown);
+        }
+        let error = sqlite_path("postgres://u:s3cret@x/y").expect_err("refused");
+        assert!(!error.to_string().contains("s3cret"), "{error}");
     }
 }
