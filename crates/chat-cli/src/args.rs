@@ -42,6 +42,12 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// How log lines on stderr are written when `RUST_LOG` turns them on: `text`, or
+    /// `json` (one object per line).
+    #[arg(long, global = true, env = "CHAT_LOG_FORMAT", value_enum, value_name = "FORMAT",
+          default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
+
     /// Balancer settings.
     #[command(flatten)]
     pub balancer: BalancerArgs,

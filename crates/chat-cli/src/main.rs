@@ -5,17 +5,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Quiet unless asked: the balancer's logs would garble the chat.
-    if let Ok(filter) = EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
     let cli = match chat_cli::Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print as clap does and exit 0.
@@ -29,6 +21,7 @@ async fn main() -> ExitCode {
             return chat_cli::ErrorKind::Usage.exit_code();
         }
     };
+    chat_cli::logging::init(cli.global.log_format);
     match chat_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

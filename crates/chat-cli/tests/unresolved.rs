@@ -77,3 +77,39 @@ fn status_json_lists_a_host_that_does_not_resolve() {
         "{value}"
     );
 }
+
+#[test]
+fn logs_asked_for_are_plain_text_off_a_terminal_or_json_lines() {
+    let logged = |format: &str| {
+        let output = support::command()
+            .args(["--servers", "nosuchhost.invalid:8500", "status"])
+            .args(["--log-format", format])
+            .env("RUST_LOG", "chat_lb_client=debug")
+            .output()
+            .expect("run chat-cli");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        // The last line is the command's own error; the lines before it are the log.
+        let mut lines: Vec<String> = stderr.lines().map(str::to_owned).collect();
+        let error = lines.pop().unwrap_or_default();
+        assert!(error.starts_with("chat-cli: "), "{stderr}");
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.contains("cannot resolve host name")),
+            "{stderr}"
+        );
+        lines
+    };
+    for line in logged("text") {
+        assert!(!line.contains('\u{1b}'), "no ANSI escapes: {line:?}");
+    }
+    for line in logged("json") {
+        let record: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        assert!(record["timestamp"].is_string(), "{line}");
+        assert!(record["level"].is_string(), "{line}");
+        let target = record["target"].as_str().unwrap_or_default();
+        assert!(target.starts_with("chat_lb_client"), "{line}");
+        assert!(record["fields"]["message"].is_string(), "{line}");
+    }
+}

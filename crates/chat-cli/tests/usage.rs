@@ -77,6 +77,10 @@ fn clap_usage_errors_are_one_line() {
             &["--jsno", "status"],
             "chat-cli: unexpected argument '--jsno' found; tip: a similar argument exists: '--json'",
         ),
+        (
+            &["--log-format", "xml", "status"],
+            "chat-cli: invalid value 'xml' for '--log-format <FORMAT>'; [possible values: text, json]",
+        ),
     ] {
         let line = usage_error(chat_cli(args), &format!("{args:?}"));
         assert_eq!(line, expected, "{args:?}");

@@ -17,9 +17,10 @@ pub enum LogFormat {
     #[default]
     Text,
     /// One JSON object per line, for log shippers: `timestamp` (RFC 3339, UTC), `level`
-    /// (`TRACE` to `ERROR`), `message`, the event's own fields beside them (flattened),
+    /// (`TRACE` to `ERROR`), `fields` (the event's `message` and its other fields),
     /// `target` (the Rust module), and `span`/`spans` when the event happened inside
-    /// spans.
+    /// spans. The fields stay in their own object, so that a field named like a key of
+    /// the record (the balancer logs a `target`) cannot clash with it.
     Json,
 }
 
@@ -33,6 +34,6 @@ pub fn init(format: LogFormat, default_filter: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
