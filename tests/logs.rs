@@ -101,8 +101,9 @@ async fn calls_with_secrets(address: SocketAddr) -> Vec<String> {
         .expect("connect");
     let alice = register_and_login(&mut chat, "alice", PASSWORD).await;
     let bob = register_and_login(&mut chat, "bob", PASSWORD).await;
+    let subscribe = authed(&bob, SubscribeRequest::default());
     let mut live = chat
-        .subscribe(authed(&bob, SubscribeRequest::default()))
+        .subscribe(subscribe)
         .await
         .expect("subscribe")
         .into_inner();

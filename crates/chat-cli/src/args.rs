@@ -45,8 +45,8 @@ pub struct GlobalArgs {
     /// How log lines on stderr are written when `RUST_LOG` turns them on: `text`, or
     /// `json` (one object per line).
     #[arg(long, global = true, env = "CHAT_LOG_FORMAT", value_enum, value_name = "FORMAT",
-          default_value_t = crate::logging::LogFormat::Text)]
-    pub log_format: crate::logging::LogFormat,
+          default_value_t = chat_log::LogFormat::Text)]
+    pub log_format: chat_log::LogFormat,
 
     /// Balancer settings.
     #[command(flatten)]

@@ -10,7 +10,6 @@ pub mod connect;
 pub mod error;
 pub mod feed;
 pub mod interactive;
-pub mod logging;
 pub mod output;
 
 pub use args::Cli;

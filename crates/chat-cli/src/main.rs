@@ -21,7 +21,8 @@ async fn main() -> ExitCode {
             return chat_cli::ErrorKind::Usage.exit_code();
         }
     };
-    chat_cli::logging::init(cli.global.log_format);
+    // Quiet unless asked: the balancer's logs would garble the chat.
+    chat_log::init(cli.global.log_format, None);
     match chat_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

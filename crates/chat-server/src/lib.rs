@@ -18,6 +18,10 @@
 //! field ([`validate`]), resolves the bearer token to an account ([`auth`]) or checks a
 //! password under throttling ([`throttle`]), and makes one atomic store call. Live messages reach subscribers through the replica's [`hub`].
 //!
+//! No log line carries a password, a session token or a message's text, at any level:
+//! the services log user names, ids and outcomes only, and the store's URI is logged
+//! with its password masked ([`store::redacted_uri`]).
+//!
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 
 pub mod auth;
@@ -27,7 +31,6 @@ mod error;
 pub mod health;
 pub mod hub;
 pub mod listener;
-pub mod logging;
 pub mod password;
 pub mod server;
 pub mod service;

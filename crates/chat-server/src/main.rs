@@ -3,12 +3,12 @@
 //! Prints exactly one line on stdout once it accepts calls,
 //! `chat-server listening on ADDRESS`, so scripts and tests can wait for readiness and
 //! learn the port chosen by `--port 0`. Logs go to stderr (`RUST_LOG`, default `info`;
-//! `--log-format text|json`, see [`chat_server::logging`]).
+//! `--log-format text|json`, see [`chat_log`]).
 //! `chat-server gen-certs` makes certificates for a TLS cluster instead.
 
 use std::{io::Write, path::PathBuf};
 
-use chat_server::logging::LogFormat;
+use chat_log::LogFormat;
 use clap::{Args, Parser, Subcommand};
 
 /// The command line: the replica's flags, or a subcommand.
@@ -70,7 +70,7 @@ async fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),
     };
-    chat_server::logging::init(cli.log_format, "info");
+    chat_log::init(cli.log_format, Some("info"));
     if let Some(Command::GenCerts(args)) = cli.command {
         return gen_certs(args);
     }

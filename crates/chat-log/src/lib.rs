@@ -1,15 +1,13 @@
-//! The replica's log on stderr (`RUST_LOG` filters it, default `info`), in the format
-//! `--log-format` names.
-//!
-//! No log line carries a password, a session token or a message's text, at any level:
-//! the services log user names, ids and outcomes only, and the store's URI is logged
-//! with its password masked ([`crate::store::redacted_uri`]).
+//! How the chat binaries (`chat-server`, `chat-cli`) log: events filtered by `RUST_LOG`,
+//! written to stderr in the format `--log-format` names.
+
+#![warn(missing_docs)]
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// How log lines are written.
+/// How log lines are written (`--log-format`, env `CHAT_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// One human-readable line per event, coloured only when stderr is a terminal (log
@@ -24,11 +22,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the process's global subscriber, writing to stderr in `format`, filtered by
-/// `RUST_LOG` (or `default_filter` when it is unset or invalid).
-pub fn init(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+/// Installs the process's global subscriber on stderr in `format`, filtered by
+/// `RUST_LOG`; when that is unset or invalid, by `default_filter`, or with none, the
+/// process logs nothing.
+pub fn init(format: LogFormat, default_filter: Option<&str>) {
+    let filter = match (EnvFilter::try_from_default_env(), default_filter) {
+        (Ok(filter), _) => filter,
+        (Err(_), Some(default)) => EnvFilter::new(default),
+        (Err(_), None) => return,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
