@@ -433,6 +433,20 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_sent_notice_gives_the_recipients_sequence_number_not_the_message_id() {
+        let message = chat_proto::v1::Message {
+            id: 907,
+            sequence: 3,
+            sender: "alice".into(),
+            recipient: "bob\u{1b}[2J".into(),
+            text: "hi".into(),
+            sent_at_unix_ms: 0,
+        };
+        assert_eq!(sent_notice(&message), r"* sent to bob\e[2J as their #3");
+        assert!(HELP.contains("#N is a message's number in its recipient's inbox"));
+    }
+
     async fn read_all(input: &[u8]) -> Vec<Input> {
         let (tx, mut rx) = mpsc::channel(64);
         read_lines(input, tx).await;
