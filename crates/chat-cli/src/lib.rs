@@ -36,7 +36,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Some(command) => {
             let session = signin::sign_in(args, client).await?;
             let outcome = run_signed_in(args, command, &session).await;
-            session.finish().await;
+            // A cluster that could not serve the command would only keep the
+            // logout waiting as long again; the session expires on its own.
+            if !matches!(&outcome, Err(error) if error.kind == ErrorKind::Unavailable) {
+                session.finish().await;
+            }
             outcome
         }
         None => {
