@@ -33,21 +33,25 @@ pub struct Keeper {
 
 impl Keeper {
     /// The store for the flags' cluster and user; a usage error without a user.
-    /// `None` when there is no config directory and `required` is false.
-    pub fn new(args: &GlobalArgs, required: bool) -> Result<Option<Self>, CliError> {
+    pub fn new(args: &GlobalArgs) -> Result<Self, CliError> {
         let username = connect::username(args)?;
-        let store = match SessionStore::from_env() {
-            Ok(store) => store,
-            Err(StoreError::NoConfigDir) if !required => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
+        let store = SessionStore::from_env()?;
         let cluster = cluster_key(&args.servers)
             .ok_or_else(|| CliError::usage("--servers: not a list of HOST:PORT"))?;
-        Ok(Some(Self {
+        Ok(Self {
             store,
             cluster,
             username,
-        }))
+        })
+    }
+
+    /// As [`Keeper::new`], but `None` when there is no config directory.
+    pub fn optional(args: &GlobalArgs) -> Result<Option<Self>, CliError> {
+        connect::username(args)?;
+        if matches!(SessionStore::from_env(), Err(StoreError::NoConfigDir)) {
+            return Ok(None);
+        }
+        Self::new(args).map(Some)
     }
 
     /// The kept session, if any.
@@ -88,7 +92,7 @@ impl Keeper {
 /// The session for a command: the kept one, else a login with the password
 /// (from `--password`, or asked for on a terminal).
 pub async fn sign_in(args: &GlobalArgs, client: ChatClient) -> Result<Session, CliError> {
-    let keeper = Keeper::new(args, false)?;
+    let keeper = Keeper::optional(args)?;
     let kept = match &keeper {
         Some(keeper) => keeper.load()?,
         None => None,

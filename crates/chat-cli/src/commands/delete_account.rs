@@ -19,7 +19,7 @@ pub async fn run(args: &GlobalArgs, session: &Session) -> Result<(), CliError> {
         .await?;
     // The account's sessions are gone with it.
     if session.kept
-        && let Some(keeper) = crate::signin::Keeper::new(args, false)?
+        && let Some(keeper) = crate::signin::Keeper::optional(args)?
     {
         keeper.forget()?;
     }

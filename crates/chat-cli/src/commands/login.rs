@@ -13,8 +13,7 @@ use crate::{
 /// Logs in with the password and keeps the session token (never the password)
 /// for this user on this cluster, ending the one kept before, if any.
 pub async fn run(args: &GlobalArgs, client: ChatClient) -> Result<(), CliError> {
-    let keeper = Keeper::new(args, true)?
-        .ok_or_else(|| CliError::from(crate::session::StoreError::NoConfigDir))?;
+    let keeper = Keeper::new(args)?;
     let password = connect::password(args)?;
     let session = connect::login_as(client.clone(), &keeper.username, &password).await?;
     // An older kept session would stay valid on the server until it expires.

@@ -17,7 +17,7 @@ use crate::{
 /// even when the server cannot be told; the error then says so, and the server
 /// ends the session when it expires.
 pub async fn run(args: &GlobalArgs, client: ChatClient) -> Result<(), CliError> {
-    let keeper = Keeper::new(args, true)?.ok_or_else(|| CliError::from(StoreError::NoConfigDir))?;
+    let keeper = Keeper::new(args)?;
     let ended = match keeper.store.load(&keeper.cluster, &keeper.username) {
         Ok(Some(kept)) => Keeper::resume(client, &kept)?.logout().await,
         Ok(None) => {
