@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use chat_proto::v1::SendMessageRequest;
+use chat_proto::v1::{FetchMessagesRequest, LogoutRequest, SendMessageRequest};
 use chat_testkit::{PASSWORD, Replica, SharedStore, authed, client, login};
 use serde_json::Value;
 
@@ -21,9 +21,20 @@ fn cli(servers: &str) -> Command {
         .env_remove("CHAT_USER")
         .env_remove("CHAT_PASSWORD")
         .env("CHAT_SERVERS", servers)
+        .env("XDG_CONFIG_HOME", no_config_dir())
         .args(["--health-interval", "100ms", "--health-timeout", "250ms"])
         .stdin(Stdio::null());
     command
+}
+
+/// A config directory of a command's own that does not exist, so that no
+/// session the user keeps is used (a test of kept sessions sets it again).
+fn no_config_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("chat-cli-no-config")
+        .join(format!("{}-{n}", std::process::id()))
 }
 
 /// Runs a `chat-cli` command to completion (bounded by the CLI's own timeouts).
@@ -426,4 +437,87 @@ async fn interactive_mode_sends_receives_live_and_quits_on_end_of_input() {
     assert_eq!(chat.next_line(), "bye");
     let status = chat.child.wait().expect("exit");
     assert!(status.success(), "{status:?}");
+}
+
+/// How many sessions the store holds, expired ones included.
+fn session_count(store: &SharedStore) -> i64 {
+    rusqlite::Connection::open(store.path())
+        .expect("open the shared database")
+        .query_row("SELECT COUNT(*) FROM sessions", [], |row| row.get(0))
+        .expect("count sessions")
+}
+
+/// The token of the one session kept under `config`.
+fn kept_token(config: &std::path::Path) -> String {
+    let files: Vec<_> = std::fs::read_dir(config.join("chat-cli"))
+        .expect("the kept sessions' directory")
+        .map(|entry| entry.expect("an entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).expect("read the kept session");
+    assert!(!text.contains(PASSWORD), "the password is kept: {text}");
+    let value: Value = serde_json::from_str(&text).expect("a JSON entry");
+    value["token"].as_str().expect("a token").to_owned()
+}
+
+#[tokio::test]
+async fn login_keeps_a_session_for_later_commands_and_logout_ends_it() {
+    let store = SharedStore::new();
+    let (a, b) = (Replica::start(&store), Replica::start(&store));
+    let servers = format!("{},{}", a.address(), b.address());
+    let config = tempfile::tempdir().expect("a temporary config directory");
+    let alice = |args: &[&str]| {
+        let mut command = cli(&servers);
+        command
+            .env("XDG_CONFIG_HOME", config.path())
+            .args(["--user", "alice"])
+            .args(args);
+        run(&mut command)
+    };
+    let register = alice(&["--password", PASSWORD, "register"]);
+    assert!(register.status.success(), "{}", stderr(&register));
+    // A command run with the password and no kept session leaves no session.
+    let inbox = alice(&["--password", PASSWORD, "inbox"]);
+    assert!(inbox.status.success(), "{}", stderr(&inbox));
+    assert_eq!(session_count(&store), 0);
+
+    let login = alice(&["--password", PASSWORD, "login", "--json"]);
+    assert!(login.status.success(), "{}", stderr(&login));
+    assert_eq!(stdout_json(&login)[0]["username"], "alice");
+    assert_eq!(session_count(&store), 1);
+    let token = kept_token(config.path());
+    // Later commands need no password, and leave the session open.
+    let sent = alice(&["send", "alice", "a note to self"]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let inbox = alice(&["inbox"]);
+    assert!(inbox.status.success(), "{}", stderr(&inbox));
+    assert!(String::from_utf8_lossy(&inbox.stdout).contains("alice: a note to self"));
+    assert_eq!(session_count(&store), 1);
+
+    // Revoked on the server: exit 3, one line.
+    let mut direct = client(&a).await;
+    direct
+        .logout(authed(&token, LogoutRequest {}))
+        .await
+        .expect("revoke");
+    assert_error(&alice(&["inbox"]), 3, "has expired or was revoked");
+
+    // A fresh login replaces it; logout ends it on the server and forgets it.
+    let login = alice(&["--password", PASSWORD, "login"]);
+    assert!(login.status.success(), "{}", stderr(&login));
+    let token = kept_token(config.path());
+    let logout = alice(&["logout"]);
+    assert!(logout.status.success(), "{}", stderr(&logout));
+    assert_eq!(session_count(&store), 0);
+    let gone = direct
+        .fetch_messages(authed(&token, FetchMessagesRequest::default()))
+        .await
+        .expect_err("the session is gone");
+    assert_eq!(gone.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        std::fs::read_dir(config.path().join("chat-cli"))
+            .expect("the directory stays")
+            .count(),
+        0
+    );
 }

@@ -232,6 +232,27 @@ pub enum Command {
     DeleteAccount,
     /// Show every server's health; exits non-zero when none is healthy.
     Status,
+    /// Log in once and keep the session (never the password) for later commands
+    /// of this user on this cluster.
+    Login,
+    /// End the kept session on the server and forget it.
+    Logout,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: CompletionShell,
+    },
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use chat_lb_client::{
     Balancer, BuildError, Builder, PemRole, RetrySafe, Scheme, TlsConfigError, parse_address_list,
 };
-use chat_proto::v1::{LoginRequest, chat_service_client::ChatServiceClient};
+use chat_proto::v1::{LoginRequest, LogoutRequest, chat_service_client::ChatServiceClient};
 use tonic::{Request, metadata::MetadataValue};
 
 use crate::{
@@ -116,10 +116,39 @@ pub struct Session {
     pub client: ChatClient,
     /// The username as registered.
     pub username: String,
+    /// When the server said the session expires (ms since the Unix epoch; 0: unknown).
+    pub expires_at_unix_ms: i64,
+    /// True for a session `chat-cli login` keeps: [`Session::finish`] leaves it open.
+    pub kept: bool,
     token: MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl Session {
+    /// A session for a token the server gave earlier.
+    pub fn with_token(
+        client: ChatClient,
+        username: String,
+        token: &str,
+        expires_at_unix_ms: i64,
+    ) -> Result<Self, CliError> {
+        let token = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| CliError::new(ErrorKind::Other, "the server sent a malformed token"))?;
+        Ok(Self {
+            client,
+            username,
+            expires_at_unix_ms,
+            kept: false,
+            token,
+        })
+    }
+
+    /// The session token, as the server gave it.
+    pub fn token(&self) -> &str {
+        let bearer = self.token.to_str().unwrap_or_default();
+        bearer.strip_prefix("Bearer ").unwrap_or(bearer)
+    }
+
     /// Wraps a request message with this session's token.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
@@ -127,6 +156,24 @@ impl Session {
             .metadata_mut()
             .insert(chat_proto::AUTHORIZATION_HEADER, self.token.clone());
         request
+    }
+
+    /// Ends the session on the server (a session already gone succeeds too).
+    pub async fn logout(&self) -> Result<(), tonic::Status> {
+        self.client
+            .clone()
+            .logout(self.request(LogoutRequest {}))
+            .await
+            .map(drop)
+    }
+
+    /// Ends the session when the command is done with it, unless it is kept, so
+    /// that scripts do not pile up sessions; best effort, bounded by the
+    /// balancer's timeout.
+    pub async fn finish(&self) {
+        if !self.kept {
+            let _ = self.logout().await;
+        }
     }
 }
 
@@ -176,12 +223,10 @@ pub async fn login_as(
         })
         .await?
         .into_inner();
-    let token = format!("Bearer {}", response.token)
-        .parse()
-        .map_err(|_| CliError::new(ErrorKind::Other, "the server sent a malformed token"))?;
-    Ok(Session {
+    Session::with_token(
         client,
-        username: response.username,
-        token,
-    })
+        response.username,
+        &response.token,
+        response.expires_at_unix_ms,
+    )
 }

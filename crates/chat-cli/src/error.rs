@@ -86,6 +86,15 @@ impl From<tonic::Status> for CliError {
     }
 }
 
+impl From<crate::session::StoreError> for CliError {
+    fn from(error: crate::session::StoreError) -> Self {
+        Self::new(
+            ErrorKind::Other,
+            crate::output::sanitize(&one_line(&error.to_string())).into_owned(),
+        )
+    }
+}
+
 /// Folds a multi-line message into one line.
 pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -15,7 +15,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use chat_proto::v1::{AckMessagesRequest, FetchMessagesRequest, LogoutRequest};
+use chat_proto::v1::{AckMessagesRequest, FetchMessagesRequest};
 use rustyline::{DefaultEditor, ExternalPrinter, error::ReadlineError};
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt, BufReader},
@@ -36,7 +36,19 @@ const HELP: &str = "commands:
   /accounts [PAT]    list accounts matching PAT (`*` any run, `?` one character)
   /inbox [N]         show the last N messages you received (default 10)
   /help              this help
-  /quit              leave (so do Ctrl-D and Ctrl-C)";
+  /quit              leave (so do Ctrl-D and Ctrl-C)
+#N is a message's number in its recipient's inbox: yours in /inbox and the
+live lines, theirs in \"sent to NAME as their #N\".";
+
+/// The notice for a message sent: the recipient's sequence number, the number
+/// they see it under (not the global message id).
+fn sent_notice(message: &chat_proto::v1::Message) -> String {
+    format!(
+        "* sent to {} as their #{}",
+        sanitize(&message.recipient),
+        message.sequence
+    )
+}
 
 /// What a `/to` without a name is answered.
 pub const TO_NEEDS_A_NAME: &str = "/to needs a name: /to NAME";
@@ -194,12 +206,7 @@ pub async fn run(session: Session) -> Result<(), CliError> {
         }
     };
     feed.abort();
-    // End the session; best effort, bounded by the balancer's timeout.
-    let _ = session
-        .client
-        .clone()
-        .logout(session.request(LogoutRequest {}))
-        .await;
+    session.finish().await;
     if outcome.is_ok() {
         screen.show("bye");
     }
@@ -249,11 +256,7 @@ impl Chat {
 
     async fn send(&self, to: &str, text: &str) -> Result<(), CliError> {
         let message = send::send(&self.session, to, text).await?;
-        self.screen.show(format!(
-            "* sent to {} (#{})",
-            sanitize(&message.recipient),
-            message.id
-        ));
+        self.screen.show(sent_notice(&message));
         Ok(())
     }
 
@@ -428,6 +431,20 @@ mod tests {
             usage_message("/frob\u{1b}[2J"),
             r"unknown command /frob\e[2J; /help lists them"
         );
+    }
+
+    #[test]
+    fn the_sent_notice_gives_the_recipients_sequence_number_not_the_message_id() {
+        let message = chat_proto::v1::Message {
+            id: 907,
+            sequence: 3,
+            sender: "alice".into(),
+            recipient: "bob\u{1b}[2J".into(),
+            text: "hi".into(),
+            sent_at_unix_ms: 0,
+        };
+        assert_eq!(sent_notice(&message), r"* sent to bob\e[2J as their #3");
+        assert!(HELP.contains("#N is a message's number in its recipient's inbox"));
     }
 
     async fn read_all(input: &[u8]) -> Vec<Input> {

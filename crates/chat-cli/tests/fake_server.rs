@@ -7,6 +7,7 @@
 mod support;
 
 use std::{
+    collections::HashSet,
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
     pin::Pin,
@@ -41,6 +42,13 @@ struct Fake {
     acked: AtomicU64,
     /// `(recipient, text)` of every `SendMessage`.
     sent: Mutex<Vec<(String, String)>>,
+    /// The tokens of the open sessions: `Login` adds one, `Logout` removes it,
+    /// and every other call but `HealthCheck` and `CreateAccount` needs one.
+    sessions: Mutex<HashSet<String>>,
+    /// How many `Login` calls succeeded (each made a token of its own).
+    logins: AtomicU64,
+    /// The passwords `Login` was sent (to check the CLI sends none when it has a session).
+    passwords: Mutex<Vec<String>>,
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
@@ -48,6 +56,21 @@ type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Se
 struct Service(Arc<Fake>);
 
 impl Service {
+    /// UNAUTHENTICATED unless the request carries an open session's token.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let token = request
+            .metadata()
+            .get(chat_proto::AUTHORIZATION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if self.0.sessions.lock().unwrap().contains(token) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("invalid or expired session"))
+        }
+    }
+
     fn unacked(&self, after: u64) -> Vec<pb::Message> {
         let after = after.max(self.0.acked.load(Ordering::SeqCst));
         self.0
@@ -93,21 +116,34 @@ impl ChatService for Service {
         if let Some(error) = &self.0.login_error {
             return Err(Status::new(error.code(), error.message()));
         }
+        let request = request.into_inner();
+        self.0.passwords.lock().unwrap().push(request.password);
+        let token = format!("t0k3n-{}", self.0.logins.fetch_add(1, Ordering::SeqCst));
+        self.0.sessions.lock().unwrap().insert(token.clone());
         Ok(Response::new(pb::LoginResponse {
-            token: "t0k3n".into(),
+            token,
             expires_at_unix_ms: 0,
-            username: request.into_inner().username,
+            username: request.username,
         }))
     }
 
-    async fn logout(&self, _: Request<pb::LogoutRequest>) -> Answer<pb::LogoutResponse> {
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Answer<pb::LogoutResponse> {
+        let token = request
+            .metadata()
+            .get(chat_proto::AUTHORIZATION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        self.0.sessions.lock().unwrap().remove(&token);
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
     async fn list_accounts(
         &self,
-        _: Request<pb::ListAccountsRequest>,
+        request: Request<pb::ListAccountsRequest>,
     ) -> Answer<pb::ListAccountsResponse> {
+        self.authenticate(&request)?;
         Ok(Response::new(pb::ListAccountsResponse {
             usernames: self.0.accounts.clone(),
             next_page_token: String::new(),
@@ -118,14 +154,15 @@ impl ChatService for Service {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Answer<pb::SendMessageResponse> {
+        self.authenticate(&request)?;
         let request = request.into_inner();
         let mut sent = self.0.sent.lock().unwrap();
         sent.push((request.recipient.clone(), request.text.clone()));
-        let id = sent.len() as u64;
+        let sequence = sent.len() as u64;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(pb::Message {
-                id,
-                sequence: id,
+                id: 100 + sequence,
+                sequence,
                 sender: "alice".into(),
                 recipient: request.recipient,
                 text: request.text,
@@ -138,6 +175,7 @@ impl ChatService for Service {
         &self,
         request: Request<pb::FetchMessagesRequest>,
     ) -> Answer<pb::FetchMessagesResponse> {
+        self.authenticate(&request)?;
         let after = request.into_inner().after_sequence.unwrap_or(0);
         Ok(Response::new(pb::FetchMessagesResponse {
             messages: self.unacked(after),
@@ -150,6 +188,7 @@ impl ChatService for Service {
         &self,
         request: Request<pb::AckMessagesRequest>,
     ) -> Answer<pb::AckMessagesResponse> {
+        self.authenticate(&request)?;
         let up_to = request.into_inner().up_to_sequence;
         let acked = self.0.acked.fetch_max(up_to, Ordering::SeqCst).max(up_to);
         Ok(Response::new(pb::AckMessagesResponse {
@@ -163,6 +202,7 @@ impl ChatService for Service {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<MessageStream>, Status> {
+        self.authenticate(&request)?;
         let backlog = self.unacked(request.into_inner().after_sequence);
         let stream = futures::StreamExt::chain(
             futures::stream::iter(backlog.into_iter().map(Ok)),
@@ -173,8 +213,9 @@ impl ChatService for Service {
 
     async fn delete_account(
         &self,
-        _: Request<pb::DeleteAccountRequest>,
+        request: Request<pb::DeleteAccountRequest>,
     ) -> Answer<pb::DeleteAccountResponse> {
+        self.authenticate(&request)?;
         Ok(Response::new(pb::DeleteAccountResponse {}))
     }
 }
@@ -427,9 +468,9 @@ fn interactive_chat_refuses_bad_lines_and_sends_nothing_by_mistake() {
             "! /to takes one name; to send text use @NAME TEXT",
             "! who to? Use @NAME TEXT, or /to NAME first",
             "! that line is not UTF-8 text; nothing was sent",
-            "* sent to bob (#1)",
+            "* sent to bob as their #1",
             "* plain lines now go to carol",
-            "* sent to carol (#2)",
+            "* sent to carol as their #2",
             "bye",
         ],
         "{stdout}"
@@ -441,4 +482,173 @@ fn interactive_chat_refuses_bad_lines_and_sends_nothing_by_mistake() {
             ("carol".to_owned(), "hi carol".to_owned())
         ]
     );
+}
+
+/// The binary as alice on `server` with `config` as `XDG_CONFIG_HOME`, and
+/// without a password unless `args` gives one; stdin is not a terminal.
+fn run_with_config(server: SocketAddr, config: &std::path::Path, args: &[&str]) -> Output {
+    support::command()
+        .env("XDG_CONFIG_HOME", config)
+        .args(["--servers", &server.to_string(), "--user", "alice"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-cli")
+}
+
+/// The files in the kept sessions' directory.
+fn kept_files(config: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(config.join("chat-cli")) {
+        Ok(entries) => entries.map(|entry| entry.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn open_sessions(fake: &Fake) -> HashSet<String> {
+    fake.sessions.lock().unwrap().clone()
+}
+
+#[test]
+fn login_keeps_the_token_privately_later_commands_use_it_and_logout_ends_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (server, fake) = serve(Fake {
+        messages: hostile_inbox(),
+        ..Fake::default()
+    });
+    let config = tempfile::tempdir().unwrap();
+    let output = run_with_config(
+        server,
+        config.path(),
+        &["login", "--password", "a long secret"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with("logged in as alice; the session is kept in "),
+        "{stdout}"
+    );
+
+    // One private file with the token and without the password.
+    let files = kept_files(config.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&files[0]), 0o600);
+    assert_eq!(mode(&config.path().join("chat-cli")), 0o700);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("t0k3n-0"), "{text}");
+    assert!(!text.contains("a long secret"), "{text}");
+
+    // A later command needs no password, and leaves the kept session open.
+    let output = run_with_config(server, config.path(), &["inbox"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8(output.stdout).unwrap().lines().count(), 3);
+    assert_eq!(fake.logins.load(Ordering::SeqCst), 1);
+    assert_eq!(open_sessions(&fake), HashSet::from(["t0k3n-0".to_owned()]));
+
+    // The same servers written otherwise are the same cluster.
+    let output = support::command()
+        .env("XDG_CONFIG_HOME", config.path())
+        .args([
+            "--servers",
+            &format!(" {server},{server}"),
+            "--user",
+            "alice",
+            "accounts",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(fake.logins.load(Ordering::SeqCst), 1);
+
+    // logout ends it on the server and forgets it here.
+    let output = run_with_config(server, config.path(), &["logout"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "logged out alice\n"
+    );
+    assert!(kept_files(config.path()).is_empty());
+    assert!(open_sessions(&fake).is_empty());
+    // Again: nothing to do, said on stderr.
+    let output = run_with_config(server, config.path(), &["logout"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("no kept session of alice")
+    );
+    // Without a kept session, a password is needed again.
+    let output = run_with_config(server, config.path(), &["inbox"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(*fake.passwords.lock().unwrap(), ["a long secret"]);
+}
+
+#[test]
+fn a_revoked_kept_session_fails_with_exit_3_in_one_line_without_a_terminal() {
+    let (server, fake) = serve(Fake::default());
+    let config = tempfile::tempdir().unwrap();
+    let output = run_with_config(
+        server,
+        config.path(),
+        &["login", "--password", "a long secret"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    // The server forgets the session (revoked, or expired).
+    fake.sessions.lock().unwrap().clear();
+
+    let output = run_with_config(server, config.path(), &["send", "bob", "hi"]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let expected = format!(
+        "chat-cli: the kept session of alice on {server} has expired or was revoked: \
+         run `chat-cli login` again, or pass --password\n"
+    );
+    assert_eq!(stderr, expected);
+    assert!(fake.sent.lock().unwrap().is_empty());
+    // The same again: the entry stays until a login replaces it.
+    let output = run_with_config(server, config.path(), &["inbox"]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+
+    // With the password, a fresh session replaces the kept one and stays kept.
+    let output = run_with_config(
+        server,
+        config.path(),
+        &["--password", "a long secret", "send", "bob", "hi"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(open_sessions(&fake), HashSet::from(["t0k3n-1".to_owned()]));
+    let files = kept_files(config.path());
+    assert_eq!(files.len(), 1);
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .unwrap()
+            .contains("t0k3n-1")
+    );
+    let output = run_with_config(server, config.path(), &["inbox"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(fake.logins.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn one_shot_commands_with_a_password_leave_no_session_behind() {
+    let (server, fake) = serve(Fake {
+        messages: hostile_inbox(),
+        accounts: vec!["alice".into()],
+        ..Fake::default()
+    });
+    let config = tempfile::tempdir().unwrap();
+    // The interactive chat (its input ends at once) too.
+    for args in [&["inbox"][..], &["accounts"], &["send", "bob", "hi"], &[]] {
+        let output = chat_cli(server, args)
+            .env("XDG_CONFIG_HOME", config.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        assert!(open_sessions(&fake).is_empty(), "{args:?} left a session");
+    }
+    assert_eq!(fake.logins.load(Ordering::SeqCst), 4);
+    assert!(kept_files(config.path()).is_empty());
 }

@@ -24,6 +24,9 @@ fn help_lists_every_subcommand_and_exits_zero() {
         "watch",
         "delete-account",
         "status",
+        "login",
+        "logout",
+        "completions",
     ] {
         assert!(
             help.contains(subcommand),
@@ -309,4 +312,25 @@ fn tls_flag_errors_exit_2_in_one_line_naming_the_flag_and_file() {
     );
 
     address_list_errors(&ca);
+}
+
+#[test]
+fn completions_print_a_script_for_each_shell_and_refuse_others() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = chat_cli(&["completions", shell]);
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(script.contains("chat-cli"), "{shell}: {script}");
+        for subcommand in ["login", "logout", "inbox"] {
+            assert!(script.contains(subcommand), "{shell}: no {subcommand}");
+        }
+    }
+    let output = chat_cli(&["completions", "tcsh"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("chat-cli: invalid value 'tcsh'"),
+        "{stderr}"
+    );
 }

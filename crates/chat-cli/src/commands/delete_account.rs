@@ -17,6 +17,12 @@ pub async fn run(args: &GlobalArgs, session: &Session) -> Result<(), CliError> {
         .clone()
         .delete_account(session.request(DeleteAccountRequest { password }))
         .await?;
+    // The account's sessions are gone with it.
+    if session.kept
+        && let Some(keeper) = crate::signin::Keeper::optional(args)?
+    {
+        keeper.forget()?;
+    }
     if args.json {
         println!(
             "{}",

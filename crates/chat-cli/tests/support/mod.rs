@@ -3,7 +3,9 @@
 use std::process::Command;
 
 /// The `chat-cli` binary, with none of its environment fallbacks set, so that the
-/// test's own environment cannot change what it does.
+/// test's own environment cannot change what it does, and a config directory of
+/// its own that does not exist (so no kept session of the user's is used; a test
+/// of kept sessions sets `XDG_CONFIG_HOME` again).
 pub fn command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chat-cli"));
     for var in [
@@ -17,5 +19,9 @@ pub fn command() -> Command {
     ] {
         command.env_remove(var);
     }
+    let config = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("chat-cli-no-config")
+        .join(uuid::Uuid::new_v4().to_string());
+    command.env("XDG_CONFIG_HOME", config);
     command
 }
