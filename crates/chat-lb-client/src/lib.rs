@@ -337,6 +337,7 @@ mod error;
 mod ewma;
 mod health;
 mod members;
+mod metrics;
 mod observe;
 mod outlier;
 mod picker;
