@@ -23,7 +23,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let balancer = connect::balancer(args)?;
     let client = chat_proto::v1::chat_service_client::ChatServiceClient::new(balancer.clone());
     match &cli.command {
-        Some(Command::Status) => commands::status::run(&balancer, args.json).await,
+        Some(Command::Status { watch }) => {
+            let refresh = watch.then_some(args.balancer.health_interval);
+            commands::status::run(&balancer, args.json, refresh).await
+        }
         Some(Command::Register) => commands::register::run(args, client).await,
         Some(command) => {
             let session = connect::login(args, client).await?;
@@ -37,7 +40,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Inbox => commands::inbox::run(&session, args.json).await,
                 Command::Watch => commands::watch::run(&session, args.json).await,
                 Command::DeleteAccount => commands::delete_account::run(args, &session).await,
-                Command::Status | Command::Register => unreachable!("handled above"),
+                Command::Status { .. } | Command::Register => unreachable!("handled above"),
             }
         }
         None => {

@@ -394,6 +394,49 @@ fn the_status_table_shows_server_details_escaped() {
 }
 
 #[test]
+fn status_watch_prints_tables_until_ctrl_c() {
+    let (server, _) = serve(Fake::default());
+    let mut child = chat_cli(server, &["status", "--watch", "--health-interval", "50ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chat-cli");
+    // Read on a thread, so a CLI that prints nothing fails the test, not hangs it.
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = || {
+        lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line of the status table")
+    };
+    // Not a terminal: no ANSI codes, tables separated by a blank line.
+    for table in 0..2 {
+        if table > 0 {
+            assert_eq!(next(), "", "a blank line between tables");
+        }
+        assert!(next().starts_with("address"), "a header");
+        let row = next();
+        assert!(row.starts_with(&server.to_string()), "{row:?}");
+        assert!(row.contains("healthy"), "{row:?}");
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(interrupted.success());
+    let output = child.wait_with_output().expect("wait for chat-cli");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+}
+
+#[test]
 fn interactive_chat_refuses_bad_lines_and_sends_nothing_by_mistake() {
     let (server, fake) = serve(Fake::default());
     let mut child = chat_cli(server, &[])
