@@ -412,7 +412,7 @@ fn status_watch_prints_tables_until_ctrl_c() {
             }
         }
     });
-    let mut next = || {
+    let next = || {
         lines
             .recv_timeout(Duration::from_secs(10))
             .expect("a line of the status table")

@@ -294,13 +294,13 @@ impl Endpoint {
         error: &str,
         elapsed: Duration,
     ) -> bool {
-        let ejected = self.count_failure(cfg, cap, total, kind, error, elapsed);
+        let ejected = self.apply_failure(cfg, cap, total, kind, error, elapsed);
         self.metrics.failed(kind, ejected);
         ejected
     }
 
     /// [`Endpoint::on_failure`], less the metrics.
-    fn count_failure(
+    fn apply_failure(
         &self,
         cfg: &OutlierConfig,
         cap: &EjectionCap,

@@ -1,6 +1,6 @@
 //! The balancer's metrics: their names, and the handles that record them.
 //!
-//! The balancer records through the [`metrics`] facade and exports nothing
+//! The balancer records through the [`metrics`](::metrics) facade and exports nothing
 //! itself: the application installs the recorder (an exporter) it wants, e.g.
 //! `metrics-exporter-prometheus`. Without one, recording is a no-op.
 //!
