@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -197,9 +197,12 @@ async fn a_replica_killed_under_load_moves_its_ejection_and_retry_counters() {
     let a = Replica::start("a");
     let mut b = Replica::start("b");
     let c = Replica::start("c");
+    // Only failed calls tell of the kill: no health watch, and no probe
+    // check before the test ends (those it needs, it asks for).
     let lb = Balancer::builder()
         .probe(GrpcHealthProbe::new())
-        .probe_interval(Duration::from_millis(100))
+        .health_watch(false)
+        .probe_interval(Duration::from_secs(60))
         .probe_timeout(Duration::from_millis(200))
         .addresses(&format!("{},{},{}", a.addr, b.addr, c.addr))
         .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
@@ -207,18 +210,23 @@ async fn a_replica_killed_under_load_moves_its_ejection_and_retry_counters() {
         .unwrap();
     wait_all_healthy(&lb, LIMIT).await;
 
+    // Each worker makes 100 calls, and goes on until it made 10 after the kill.
     let done = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
     let quarter = Arc::new(tokio::sync::Notify::new());
     let mut workers = Vec::new();
     for _ in 0..8 {
         let mut client = ChatServiceClient::new(lb.clone());
-        let (done, quarter) = (done.clone(), quarter.clone());
+        let (done, killed, quarter) = (done.clone(), killed.clone(), quarter.clone());
         workers.push(tokio::spawn(async move {
-            let mut failures = 0;
-            for _ in 0..100 {
+            let (mut failures, mut calls, mut after_kill) = (0, 0, 0);
+            while calls < 100 || after_kill < 10 {
+                let was_killed = killed.load(Ordering::SeqCst);
                 if app_call(&mut client).await.is_err() {
                     failures += 1;
                 }
+                calls += 1;
+                after_kill += u32::from(was_killed);
                 if done.fetch_add(1, Ordering::SeqCst) + 1 == 200 {
                     quarter.notify_one();
                 }
@@ -231,6 +239,7 @@ async fn a_replica_killed_under_load_moves_its_ejection_and_retry_counters() {
     // counts only what happened since.
     let before = take(&snapshotter);
     b.kill();
+    killed.store(true, Ordering::SeqCst);
     let mut failures = 0;
     for w in workers {
         failures += w.await.unwrap();
