@@ -29,7 +29,7 @@ use crate::{
     config::{HealthConfig, OutlierConfig, SlowConfig},
     ewma::PeakEwma,
     health::{Active, HealthTracker, ProbeStatus, Verdict},
-    metrics::{EndpointMetrics, ProbeResult},
+    metrics::EndpointMetrics,
     outlier::{Ejection, EjectionCap},
     picker::{Candidate, Tier},
     slow::ProbeWindow,
@@ -357,28 +357,20 @@ impl Endpoint {
         pushed: bool,
     ) -> bool {
         let now = Instant::now();
-        let (verdict, outcome, counted) = match result {
-            Ok(ProbeStatus::Healthy { detail, .. }) => (
-                Verdict::Serving,
-                ProbeOutcome::Healthy { detail },
-                ProbeResult::Serving,
-            ),
-            Ok(ProbeStatus::NotServing { detail }) => (
-                Verdict::NotServing,
-                ProbeOutcome::NotServing { detail },
-                ProbeResult::NotServing,
-            ),
-            Err(error) => (
-                Verdict::Failed,
-                ProbeOutcome::Failed { error },
-                ProbeResult::Failed,
-            ),
+        let (verdict, outcome) = match result {
+            Ok(ProbeStatus::Healthy { detail, .. }) => {
+                (Verdict::Serving, ProbeOutcome::Healthy { detail })
+            }
+            Ok(ProbeStatus::NotServing { detail }) => {
+                (Verdict::NotServing, ProbeOutcome::NotServing { detail })
+            }
+            Err(error) => (Verdict::Failed, ProbeOutcome::Failed { error }),
         };
         if verdict != Verdict::Failed {
             self.note_answered();
         }
         if !pushed {
-            self.metrics.probed(counted, latency);
+            self.metrics.probed(verdict, latency);
             self.refresh_idle_estimate(verdict, latency, now);
         }
         let mut record = self.lock();

@@ -41,7 +41,7 @@
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
-use crate::{classify::CallFailure, snapshot::EndpointState};
+use crate::{classify::CallFailure, health::Verdict, snapshot::EndpointState};
 
 const ENDPOINT_STATE: &str = "chat_lb_endpoint_state";
 const ENDPOINT_ATTEMPTS: &str = "chat_lb_endpoint_attempts_total";
@@ -70,15 +70,17 @@ fn failure_index(kind: CallFailure) -> usize {
     }
 }
 
-/// The result of a health check, as the `result` label counts it.
-#[derive(Clone, Copy)]
-pub(crate) enum ProbeResult {
-    Serving = 0,
-    NotServing = 1,
-    Failed = 2,
-}
-
+/// The `result` label of each health check [`Verdict`], in the order of
+/// [`verdict_index`].
 const PROBE_RESULTS: [&str; 3] = ["serving", "not_serving", "failed"];
+
+fn verdict_index(verdict: Verdict) -> usize {
+    match verdict {
+        Verdict::Serving => 0,
+        Verdict::NotServing => 1,
+        Verdict::Failed => 2,
+    }
+}
 
 /// The number `chat_lb_endpoint_state` reports for a state.
 fn state_code(state: EndpointState) -> f64 {
@@ -160,9 +162,9 @@ impl EndpointMetrics {
     }
 
     /// A health check of it ended after `latency`.
-    pub fn probed(&self, result: ProbeResult, latency: std::time::Duration) {
+    pub fn probed(&self, verdict: Verdict, latency: std::time::Duration) {
         self.probe_duration.record(latency.as_secs_f64());
-        self.probes[result as usize].increment(1);
+        self.probes[verdict_index(verdict)].increment(1);
     }
 
     /// It was marked slow.
