@@ -220,6 +220,31 @@ fn run(server: SocketAddr, args: &[&str]) -> Output {
         .expect("run chat-cli")
 }
 
+/// The binary started with no input, its output piped and its errors ignored.
+fn spawn(server: SocketAddr, args: &[&str]) -> std::process::Child {
+    chat_cli(server, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run chat-cli")
+}
+
+/// The child's stdout lines, read on a thread, so that a test can wait for
+/// one with a timeout rather than hang on a silent child.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    lines_rx
+}
+
 fn message(sequence: u64, sender: &str, text: &str) -> pb::Message {
     pb::Message {
         id: 100 + sequence,
@@ -300,21 +325,8 @@ fn watch_shows_each_message_on_one_line() {
         messages: hostile_inbox(),
         ..Fake::default()
     });
-    let mut child = chat_cli(server, &["watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines_tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let mut child = spawn(server, &["watch"]);
+    let lines_rx = stdout_lines(&mut child);
     let mut lines = Vec::new();
     while lines.len() < 3 {
         match lines_rx.recv_timeout(Duration::from_secs(20)) {
@@ -396,22 +408,8 @@ fn the_status_table_shows_server_details_escaped() {
 #[test]
 fn status_watch_prints_tables_until_ctrl_c() {
     let (server, _) = serve(Fake::default());
-    let mut child = chat_cli(server, &["status", "--watch", "--health-interval", "50ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run chat-cli");
-    // Read on a thread, so a CLI that prints nothing fails the test, not hangs it.
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines_tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let mut child = spawn(server, &["status", "--watch", "--health-interval", "50ms"]);
+    let lines = stdout_lines(&mut child);
     let next = || {
         lines
             .recv_timeout(Duration::from_secs(10))

@@ -294,22 +294,8 @@ impl Endpoint {
         error: &str,
         elapsed: Duration,
     ) -> bool {
-        let ejected = self.apply_failure(cfg, cap, total, kind, error, elapsed);
-        self.metrics.failed(kind, ejected);
-        ejected
-    }
-
-    /// [`Endpoint::on_failure`], less the metrics.
-    fn apply_failure(
-        &self,
-        cfg: &OutlierConfig,
-        cap: &EjectionCap,
-        total: usize,
-        kind: CallFailure,
-        error: &str,
-        elapsed: Duration,
-    ) -> bool {
         let now = Instant::now();
+        self.metrics.failed(kind);
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.call_failures.fetch_add(1, Ordering::Relaxed);
         if kind == CallFailure::Timeout {
@@ -335,6 +321,7 @@ impl Endpoint {
             return false;
         }
         let time = record.ejection.eject(now, cfg);
+        self.metrics.ejected(kind);
         tracing::warn!(
             endpoint = %self.addr,
             ?kind,

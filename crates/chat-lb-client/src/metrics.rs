@@ -33,8 +33,8 @@
 //! | `chat_lb_call_duration_seconds` | histogram | | from a call's start to its answer (response headers, or the balancer's own error) |
 //!
 //! Each is recorded at the one place that decides it: the attempts and
-//! outstanding calls where an endpoint starts an attempt, failures and
-//! ejections where it counts a failure, its state where it publishes a change,
+//! outstanding calls where an endpoint starts an attempt, failures where it
+//! counts one, ejections where it ejects, its state where it publishes a change,
 //! probes where it applies a check, slow marks where it is judged; retries,
 //! budget refusals and no-endpoint answers in the call's transitions; call
 //! duration where the driver answers.
@@ -42,20 +42,6 @@
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::{classify::CallFailure, health::Verdict, snapshot::EndpointState};
-
-const ENDPOINT_STATE: &str = "chat_lb_endpoint_state";
-const ENDPOINT_ATTEMPTS: &str = "chat_lb_endpoint_attempts_total";
-const ENDPOINT_CALLS: &str = "chat_lb_endpoint_calls_total";
-const ENDPOINT_OUTSTANDING: &str = "chat_lb_endpoint_outstanding";
-const ENDPOINT_FAILURES: &str = "chat_lb_endpoint_failures_total";
-const ENDPOINT_EJECTIONS: &str = "chat_lb_endpoint_ejections_total";
-const ENDPOINT_SLOW_MARKS: &str = "chat_lb_endpoint_slow_marks_total";
-const PROBE_DURATION: &str = "chat_lb_probe_duration_seconds";
-const PROBES: &str = "chat_lb_probes_total";
-const RETRIES: &str = "chat_lb_retries_total";
-const RETRY_BUDGET_REFUSALS: &str = "chat_lb_retry_budget_refusals_total";
-const NO_ENDPOINT: &str = "chat_lb_no_endpoint_total";
-const CALL_DURATION: &str = "chat_lb_call_duration_seconds";
 
 /// The `kind` (and ejection `reason`) label of each [`CallFailure`], in the
 /// order of [`failure_index`].
@@ -117,15 +103,17 @@ impl EndpointMetrics {
             counter!(name, &[label(), (key, value.into())])
         };
         let metrics = Self {
-            state: gauge!(ENDPOINT_STATE, &[label()]),
-            attempts: counter!(ENDPOINT_ATTEMPTS, &[label()]),
-            calls: counter!(ENDPOINT_CALLS, &[label()]),
-            outstanding: gauge!(ENDPOINT_OUTSTANDING, &[label()]),
-            failures: FAILURE_KINDS.map(|kind| with(ENDPOINT_FAILURES, "kind", kind)),
-            ejections: FAILURE_KINDS.map(|kind| with(ENDPOINT_EJECTIONS, "reason", kind)),
-            slow_marks: counter!(ENDPOINT_SLOW_MARKS, &[label()]),
-            probe_duration: histogram!(PROBE_DURATION, &[label()]),
-            probes: PROBE_RESULTS.map(|result| with(PROBES, "result", result)),
+            state: gauge!("chat_lb_endpoint_state", &[label()]),
+            attempts: counter!("chat_lb_endpoint_attempts_total", &[label()]),
+            calls: counter!("chat_lb_endpoint_calls_total", &[label()]),
+            outstanding: gauge!("chat_lb_endpoint_outstanding", &[label()]),
+            failures: FAILURE_KINDS
+                .map(|kind| with("chat_lb_endpoint_failures_total", "kind", kind)),
+            ejections: FAILURE_KINDS
+                .map(|kind| with("chat_lb_endpoint_ejections_total", "reason", kind)),
+            slow_marks: counter!("chat_lb_endpoint_slow_marks_total", &[label()]),
+            probe_duration: histogram!("chat_lb_probe_duration_seconds", &[label()]),
+            probes: PROBE_RESULTS.map(|result| with("chat_lb_probes_total", "result", result)),
         };
         metrics.state(EndpointState::Unknown);
         metrics
@@ -152,13 +140,14 @@ impl EndpointMetrics {
         self.calls.increment(1);
     }
 
-    /// An attempt on it failed (`ejected`: and ejected it).
-    pub fn failed(&self, kind: CallFailure, ejected: bool) {
-        let i = failure_index(kind);
-        self.failures[i].increment(1);
-        if ejected {
-            self.ejections[i].increment(1);
-        }
+    /// An attempt on it failed in a way that counts against it.
+    pub fn failed(&self, kind: CallFailure) {
+        self.failures[failure_index(kind)].increment(1);
+    }
+
+    /// Outlier detection ejected it after a failure of this kind.
+    pub fn ejected(&self, kind: CallFailure) {
+        self.ejections[failure_index(kind)].increment(1);
     }
 
     /// A health check of it ended after `latency`.
@@ -184,10 +173,10 @@ pub(crate) struct BalancerMetrics {
 impl BalancerMetrics {
     pub fn new() -> Self {
         Self {
-            retries: counter!(RETRIES),
-            budget_refusals: counter!(RETRY_BUDGET_REFUSALS),
-            no_endpoint: counter!(NO_ENDPOINT),
-            call_duration: histogram!(CALL_DURATION),
+            retries: counter!("chat_lb_retries_total"),
+            budget_refusals: counter!("chat_lb_retry_budget_refusals_total"),
+            no_endpoint: counter!("chat_lb_no_endpoint_total"),
+            call_duration: histogram!("chat_lb_call_duration_seconds"),
         }
     }
 

@@ -185,6 +185,38 @@ async fn a_failed_replica_is_counted_by_endpoint_in_memory() {
     );
 }
 
+/// 8 workers, each making 100 calls and going on until it made 10 after
+/// `killed` is set; `quarter` is notified after 200 calls in all. Each worker
+/// returns how many of its calls failed.
+fn start_load(
+    lb: &Balancer,
+    killed: &Arc<AtomicBool>,
+    quarter: &Arc<tokio::sync::Notify>,
+) -> Vec<tokio::task::JoinHandle<u32>> {
+    let done = Arc::new(AtomicUsize::new(0));
+    (0..8)
+        .map(|_| {
+            let mut client = ChatServiceClient::new(lb.clone());
+            let (done, killed, quarter) = (done.clone(), killed.clone(), quarter.clone());
+            tokio::spawn(async move {
+                let (mut failures, mut calls, mut after_kill) = (0, 0, 0);
+                while calls < 100 || after_kill < 10 {
+                    let was_killed = killed.load(Ordering::SeqCst);
+                    if app_call(&mut client).await.is_err() {
+                        failures += 1;
+                    }
+                    calls += 1;
+                    after_kill += u32::from(was_killed);
+                    if done.fetch_add(1, Ordering::SeqCst) + 1 == 200 {
+                        quarter.notify_one();
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_moves_its_ejection_and_retry_counters() {
     init_tracing();
@@ -203,37 +235,19 @@ async fn a_replica_killed_under_load_moves_its_ejection_and_retry_counters() {
         .probe(GrpcHealthProbe::new())
         .health_watch(false)
         .probe_interval(Duration::from_secs(60))
-        .probe_timeout(Duration::from_millis(200))
-        .addresses(&format!("{},{},{}", a.addr, b.addr, c.addr))
+        .addresses(
+            &[a.addr, b.addr, c.addr]
+                .map(|addr| addr.to_string())
+                .join(","),
+        )
         .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
         .build()
         .unwrap();
     wait_all_healthy(&lb, LIMIT).await;
 
-    // Each worker makes 100 calls, and goes on until it made 10 after the kill.
-    let done = Arc::new(AtomicUsize::new(0));
     let killed = Arc::new(AtomicBool::new(false));
     let quarter = Arc::new(tokio::sync::Notify::new());
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let mut client = ChatServiceClient::new(lb.clone());
-        let (done, killed, quarter) = (done.clone(), killed.clone(), quarter.clone());
-        workers.push(tokio::spawn(async move {
-            let (mut failures, mut calls, mut after_kill) = (0, 0, 0);
-            while calls < 100 || after_kill < 10 {
-                let was_killed = killed.load(Ordering::SeqCst);
-                if app_call(&mut client).await.is_err() {
-                    failures += 1;
-                }
-                calls += 1;
-                after_kill += u32::from(was_killed);
-                if done.fetch_add(1, Ordering::SeqCst) + 1 == 200 {
-                    quarter.notify_one();
-                }
-            }
-            failures
-        }));
-    }
+    let workers = start_load(&lb, &killed, &quarter);
     quarter.notified().await;
     // What happened before the kill is drained here: the next snapshot
     // counts only what happened since.
