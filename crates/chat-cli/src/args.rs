@@ -231,7 +231,11 @@ pub enum Command {
     /// Delete your account (asks for nothing more: --password is checked again).
     DeleteAccount,
     /// Show every server's health; exits non-zero when none is healthy.
-    Status,
+    Status {
+        /// Refresh the table every --health-interval until Ctrl-C (then exit 0).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Log in once and keep the session (never the password) for later commands
     /// of this user on this cluster.
     Login,

@@ -29,7 +29,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let balancer = connect::balancer(args)?;
     let client = chat_proto::v1::chat_service_client::ChatServiceClient::new(balancer.clone());
     match &cli.command {
-        Some(Command::Status) => commands::status::run(&balancer, args.json).await,
+        Some(Command::Status { watch }) => {
+            let refresh = watch.then_some(args.balancer.health_interval);
+            commands::status::run(&balancer, args.json, refresh).await
+        }
         Some(Command::Register) => commands::register::run(args, client).await,
         Some(Command::Login) => commands::login::run(args, client).await,
         Some(Command::Logout) => commands::logout::run(args, client).await,
@@ -64,7 +67,7 @@ async fn run_signed_in(
         Command::Inbox => commands::inbox::run(session, args.json).await,
         Command::Watch => commands::watch::run(session, args.json).await,
         Command::DeleteAccount => commands::delete_account::run(args, session).await,
-        Command::Status
+        Command::Status { .. }
         | Command::Register
         | Command::Login
         | Command::Logout

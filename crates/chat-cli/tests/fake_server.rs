@@ -261,6 +261,31 @@ fn run(server: SocketAddr, args: &[&str]) -> Output {
         .expect("run chat-cli")
 }
 
+/// The binary started with no input, its output piped and its errors ignored.
+fn spawn(server: SocketAddr, args: &[&str]) -> std::process::Child {
+    chat_cli(server, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run chat-cli")
+}
+
+/// The child's stdout lines, read on a thread, so that a test can wait for
+/// one with a timeout rather than hang on a silent child.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    lines_rx
+}
+
 fn message(sequence: u64, sender: &str, text: &str) -> pb::Message {
     pb::Message {
         id: 100 + sequence,
@@ -341,21 +366,8 @@ fn watch_shows_each_message_on_one_line() {
         messages: hostile_inbox(),
         ..Fake::default()
     });
-    let mut child = chat_cli(server, &["watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines_tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let mut child = spawn(server, &["watch"]);
+    let lines_rx = stdout_lines(&mut child);
     let mut lines = Vec::new();
     while lines.len() < 3 {
         match lines_rx.recv_timeout(Duration::from_secs(20)) {
@@ -432,6 +444,35 @@ fn the_status_table_shows_server_details_escaped() {
         stderr.contains(r"draining\e]0;owned\x07 forged row"),
         "{stderr}"
     );
+}
+
+#[test]
+fn status_watch_prints_tables_until_ctrl_c() {
+    let (server, _) = serve(Fake::default());
+    let mut child = spawn(server, &["status", "--watch", "--health-interval", "50ms"]);
+    let lines = stdout_lines(&mut child);
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line of the status table")
+    };
+    // Not a terminal: no ANSI codes, tables separated by a blank line.
+    for table in 0..2 {
+        if table > 0 {
+            assert_eq!(next(), "", "a blank line between tables");
+        }
+        assert!(next().starts_with("address"), "a header");
+        let row = next();
+        assert!(row.starts_with(&server.to_string()), "{row:?}");
+        assert!(row.contains("healthy"), "{row:?}");
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(interrupted.success());
+    let output = child.wait_with_output().expect("wait for chat-cli");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
 }
 
 #[test]

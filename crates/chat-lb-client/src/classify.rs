@@ -35,7 +35,9 @@ type Response = http::Response<Body>;
 /// Why a call counted against an endpoint's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CallFailure {
-    /// No connection, or the connection failed under the call.
+    /// The request never reached the server (see [`never_sent`]).
+    Refused,
+    /// The connection failed under the call.
     Transport,
     /// The server answered `UNAVAILABLE`.
     Unavailable,

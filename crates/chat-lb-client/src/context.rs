@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     endpoint::Endpoint,
     members::{EndpointList, Members},
+    metrics::BalancerMetrics,
     outlier::EjectionCap,
     retry::budget::RetryBudget,
     update::{Update, Updates, report},
@@ -31,6 +32,8 @@ pub(crate) struct CallContext {
     pub budget: RetryBudget,
     /// The next turn of [`crate::Policy::RoundRobin`].
     pub round_robin: AtomicUsize,
+    /// The balancer-wide metrics (see `metrics`).
+    pub metrics: BalancerMetrics,
 }
 
 impl CallContext {
@@ -53,6 +56,7 @@ impl CallContext {
             ejections,
             budget,
             round_robin: AtomicUsize::new(0),
+            metrics: BalancerMetrics::new(),
         }
     }
 

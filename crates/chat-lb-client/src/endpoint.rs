@@ -29,6 +29,7 @@ use crate::{
     config::{HealthConfig, OutlierConfig, SlowConfig},
     ewma::PeakEwma,
     health::{Active, HealthTracker, ProbeStatus, Verdict},
+    metrics::EndpointMetrics,
     outlier::{Ejection, EjectionCap},
     picker::{Candidate, Tier},
     slow::ProbeWindow,
@@ -64,6 +65,7 @@ pub(crate) struct Endpoint {
     probes: AtomicU64,
     /// Whether the server ever answered a call or a probe.
     answered: AtomicBool,
+    metrics: EndpointMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +136,7 @@ pub(crate) struct InFlight<'a>(&'a Endpoint);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.attempt_ended();
     }
 }
 
@@ -173,6 +176,7 @@ impl Endpoint {
             probes_started: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             answered: AtomicBool::new(false),
+            metrics: EndpointMetrics::new(addr),
         }
     }
 
@@ -245,6 +249,7 @@ impl Endpoint {
     pub fn start(&self) -> InFlight<'_> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.metrics.attempt_started();
         InFlight(self)
     }
 
@@ -269,6 +274,7 @@ impl Endpoint {
     /// An attempt got response headers that do not count against the endpoint.
     pub fn on_success(&self, rtt: Duration, now: Instant) {
         self.note_answered();
+        self.metrics.answered();
         self.ewma.observe(rtt, now);
         if self.call_failures.load(Ordering::Relaxed) != 0 {
             self.call_failures.store(0, Ordering::Relaxed);
@@ -289,6 +295,7 @@ impl Endpoint {
         elapsed: Duration,
     ) -> bool {
         let now = Instant::now();
+        self.metrics.failed(kind);
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.call_failures.fetch_add(1, Ordering::Relaxed);
         if kind == CallFailure::Timeout {
@@ -296,7 +303,13 @@ impl Endpoint {
             self.ewma.observe(elapsed, now);
         }
         let mut record = self.lock();
-        record.note_error(labelled(&format!("{kind:?}"), error));
+        // A refused call is a transport failure in words.
+        let label = match kind {
+            CallFailure::Refused | CallFailure::Transport => "Transport",
+            CallFailure::Unavailable => "Unavailable",
+            CallFailure::Timeout => "Timeout",
+        };
+        record.note_error(labelled(label, error));
         // Only a routable endpoint is ejected: not one ejected already (a last
         // resort that failed again), unhealthy or not serving.
         let before = record.state();
@@ -308,6 +321,7 @@ impl Endpoint {
             return false;
         }
         let time = record.ejection.eject(now, cfg);
+        self.metrics.ejected(kind);
         tracing::warn!(
             endpoint = %self.addr,
             ?kind,
@@ -343,6 +357,7 @@ impl Endpoint {
             self.note_answered();
         }
         if !pushed {
+            self.metrics.probed(verdict, latency);
             self.refresh_idle_estimate(verdict, latency, now);
         }
         let mut record = self.lock();
@@ -402,6 +417,9 @@ impl Endpoint {
             return false;
         }
         record.slow = slow;
+        if slow {
+            self.metrics.marked_slow();
+        }
         self.store_tier(record.tier());
         let healthy = record.state() == EndpointState::Healthy;
         drop(record);
@@ -437,6 +455,7 @@ impl Endpoint {
         let state = record.state();
         let tier = record.tier();
         self.store_tier(tier);
+        self.metrics.state(state);
         let last_resort = tier == Tier::LastResort;
         let error = record.last_error.as_deref().unwrap_or("");
         if state == before {

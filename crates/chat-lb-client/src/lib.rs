@@ -289,6 +289,29 @@
 //! # }
 //! ```
 //!
+//! # Metrics
+//!
+//! The balancer records metrics through the [`metrics`](::metrics) facade and exports
+//! nothing itself: install the recorder (exporter) of your choice, e.g.
+//! `metrics-exporter-prometheus`, **before** building the balancer (each
+//! endpoint registers its metric handles when it is added, so the call path
+//! formats no label and looks nothing up). With no recorder installed,
+//! recording costs next to nothing. Names follow Prometheus's rules (`chat_lb_`
+//! prefix, seconds, counters end in `_total`); per-endpoint metrics carry an
+//! `endpoint` label, its socket address. Each metric, its labels and exactly
+//! what it counts: `src/metrics.rs`.
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `chat_lb_endpoint_state` (gauge: 0 unknown, 1 healthy, 2 ejected, 3 unhealthy, 4 not serving) | `endpoint` |
+//! | `chat_lb_endpoint_attempts_total`, `chat_lb_endpoint_calls_total` (answered), `chat_lb_endpoint_outstanding` (gauge) | `endpoint` |
+//! | `chat_lb_endpoint_failures_total` | `endpoint`, `kind`: `refused`, `transport`, `unavailable`, `timeout` |
+//! | `chat_lb_endpoint_ejections_total` | `endpoint`, `reason` (the failure `kind`) |
+//! | `chat_lb_endpoint_slow_marks_total` | `endpoint` |
+//! | `chat_lb_probe_duration_seconds` (histogram), `chat_lb_probes_total` | `endpoint`; probes also `result`: `serving`, `not_serving`, `failed` |
+//! | `chat_lb_retries_total`, `chat_lb_retry_budget_refusals_total`, `chat_lb_no_endpoint_total` | none |
+//! | `chat_lb_call_duration_seconds` (histogram: start to answer) | none |
+//!
 //! # Runtime and lifecycle
 //!
 //! [`Builder::build`] must run inside a tokio runtime; the probers, the DNS
@@ -318,6 +341,7 @@
 //! | `resolve.rs`, `discover.rs` | host names and discovery streams, turned into updates |
 //! | `health/` | the probes and each endpoint's prober task |
 //! | `context.rs` | what every call shares: settings, the published endpoint set, the retry budget |
+//! | `metrics.rs` | the metric names, and the handles each endpoint and the balancer record with |
 
 #![warn(missing_docs)]
 
@@ -337,6 +361,7 @@ mod error;
 mod ewma;
 mod health;
 mod members;
+mod metrics;
 mod observe;
 mod outlier;
 mod picker;

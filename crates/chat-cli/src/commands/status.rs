@@ -1,4 +1,7 @@
-//! `status`: a table of every server's health, after one fresh round of probes.
+//! `status`: a table of every server's health, after one fresh round of probes;
+//! with `--watch`, refreshed until Ctrl-C.
+
+use std::{io::IsTerminal, pin::pin, time::Duration};
 
 use chat_lb_client::{Balancer, EndpointSnapshot, EndpointState};
 use serde_json::json;
@@ -19,8 +22,50 @@ const UNRESOLVED: &str = "unresolved";
 /// resolve is a row of its own, `unresolved`, with the resolver's reason, e.g.
 /// `chat-1.invalid:8500 (cannot resolve: failed to lookup address information:
 /// Name or service not known)`. Error texts are shown [`sanitize`]d.
-pub async fn run(balancer: &Balancer, json: bool) -> Result<(), CliError> {
+///
+/// `refresh` (`--watch`): print the table again every `refresh` until Ctrl-C,
+/// then succeed, whatever the servers' health.
+pub async fn run(
+    balancer: &Balancer,
+    json: bool,
+    refresh: Option<Duration>,
+) -> Result<(), CliError> {
     balancer.wait_for_probe_round().await;
+    match refresh {
+        None => print(balancer, json),
+        Some(interval) => watch(balancer, json, interval).await,
+    }
+}
+
+/// Prints the table every `interval` until Ctrl-C. On a terminal each table
+/// replaces the last (the screen is cleared with ANSI codes); otherwise tables
+/// follow one another, separated by a blank line (JSON lines: none).
+async fn watch(balancer: &Balancer, json: bool, interval: Duration) -> Result<(), CliError> {
+    let terminal = std::io::stdout().is_terminal();
+    let mut ctrl_c = pin!(tokio::signal::ctrl_c());
+    let mut first = true;
+    loop {
+        if terminal {
+            print!("\x1b[2J\x1b[H");
+        } else if !first && !json {
+            println!();
+        }
+        first = false;
+        // No healthy server is news in the table, not a reason to stop.
+        let _no_healthy_server = print(balancer, json);
+        tokio::select! {
+            signal = &mut ctrl_c => {
+                return signal.map_err(|error| {
+                    CliError::new(ErrorKind::Other, format!("cannot wait for Ctrl-C: {error}"))
+                });
+            }
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Prints the table of the current snapshot; fails when no server is healthy.
+fn print(balancer: &Balancer, json: bool) -> Result<(), CliError> {
     let snapshot = balancer.snapshot();
     let unresolved = balancer.unresolved_names();
     if !json {

@@ -95,7 +95,10 @@ async fn run(ctx: Arc<CallContext>, request: http::Request<Body>) -> Result<Resp
         match action {
             Action::Send(attempt) => attempts.push(send(attempt, tls)),
             Action::Wait => {}
-            Action::Answer(answer) => return answer,
+            Action::Answer(answer) => {
+                call.ctx.metrics.call_answered(call.start.elapsed());
+                return answer;
+            }
         }
         if call.waits_for_endpoints() && members.is_none() {
             let mut receiver = call.ctx.members.clone();

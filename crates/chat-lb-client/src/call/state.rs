@@ -269,19 +269,29 @@ impl Call {
             }
             Outcome::NotSent(error) => (
                 Retry::Transparent,
-                self.transport(endpoint, error, was_live),
+                self.transport(endpoint, error, CallFailure::Refused, was_live),
             ),
-            Outcome::Failed(error) => (Retry::IfSafe, self.transport(endpoint, error, was_live)),
+            Outcome::Failed(error) => (
+                Retry::IfSafe,
+                self.transport(endpoint, error, CallFailure::Transport, was_live),
+            ),
         };
         self.after_failure(retry, failed, running, now)
     }
 
     /// A transport failure: counted against the endpoint of a live attempt
     /// (which ejects it, and keeps the call from trying it again).
-    fn transport(&mut self, endpoint: Arc<Endpoint>, error: BoxError, was_live: bool) -> Failed {
+    /// `kind`: `Refused` or `Transport`.
+    fn transport(
+        &mut self,
+        endpoint: Arc<Endpoint>,
+        error: BoxError,
+        kind: CallFailure,
+        was_live: bool,
+    ) -> Failed {
         let why = self.ctx.explain(&endpoint, &*error);
         if was_live {
-            self.count(&endpoint, CallFailure::Transport, &why, Duration::ZERO);
+            self.count(&endpoint, kind, &why, Duration::ZERO);
         }
         let give_up = GiveUp::Fail(error);
         Failed {
@@ -342,6 +352,9 @@ impl Call {
     fn send_to(&mut self, endpoint: Arc<Endpoint>, now: Instant) -> Action {
         self.waiting_for_endpoints = false;
         self.attempts += 1;
+        if self.attempts > 1 {
+            self.ctx.metrics.retry();
+        }
         let mut request = http::Request::from_parts(self.parts.clone(), self.replay.attempt());
         if self.attempts > 1
             && let Some(deadline) = self.deadline
@@ -399,6 +412,7 @@ impl Call {
         self.list = self.ctx.endpoints();
         let other = self.pick()?;
         if !self.ctx.budget.try_withdraw() {
+            self.ctx.metrics.budget_refused();
             tracing::debug!("retry budget exhausted; not retrying");
             return None;
         }
@@ -438,7 +452,10 @@ impl Call {
             None if self.deadline.is_some_and(|d| now >= d) => Action::Answer(Ok(
                 self.deadline_response("while waiting for a healthy endpoint")
             )),
-            None => Action::Answer(Ok(self.unavailable())),
+            None => {
+                self.ctx.metrics.no_endpoint();
+                Action::Answer(Ok(self.unavailable()))
+            }
         }
     }
 }
