@@ -17,6 +17,8 @@
 //! field ([`validate`]), resolves the bearer token to an account ([`auth`]) or checks a
 //! password under throttling ([`throttle`]), and makes one atomic store call. Live messages reach subscribers through the replica's [`hub`].
 //!
+//! With `--metrics-addr` the replica serves Prometheus metrics ([`metrics`]).
+//!
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 
 pub mod auth;
@@ -26,6 +28,7 @@ mod error;
 pub mod health;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod password;
 pub mod server;
 pub mod service;
