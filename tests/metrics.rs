@@ -186,27 +186,35 @@ async fn login(
     }
 }
 
+/// 4 CreateAccount (3 OK, 1 AlreadyExists) and 8 Login (2 OK, 5 Unauthenticated, 1
+/// ResourceExhausted: the throttle); returns the tokens of alice and bob.
+async fn account_traffic(
+    client: &mut chat_proto::v1::chat_service_client::ChatServiceClient<tonic::transport::Channel>,
+) -> (String, String) {
+    for user in ["alice", "bob", "dave"] {
+        create(client, user, PASSWORD).await.expect("created");
+    }
+    let taken = create(client, "alice", "another password").await;
+    assert_eq!(taken, Err(Code::AlreadyExists));
+    let alice = login(client, "alice", PASSWORD).await.expect("alice");
+    let bob = login(client, "bob", PASSWORD).await.expect("bob");
+    // Five wrong passwords are free; the sixth check is throttled.
+    for _ in 0..5 {
+        let wrong = login(client, "dave", "not the password").await;
+        assert_eq!(wrong, Err(Code::Unauthenticated));
+    }
+    let throttled = login(client, "dave", PASSWORD).await;
+    assert_eq!(throttled, Err(Code::ResourceExhausted));
+    (alice, bob)
+}
+
 #[tokio::test]
 async fn known_traffic_is_counted_by_method_and_code() {
     const STREAMED: usize = 3;
     let store = SharedStore::new();
     let (replica, metrics) = replica_with_metrics(&store).await;
     let mut client = chat_testkit::client(&replica).await;
-
-    for user in ["alice", "bob", "dave"] {
-        create(&mut client, user, PASSWORD).await.expect("created");
-    }
-    let taken = create(&mut client, "alice", "another password").await;
-    assert_eq!(taken, Err(Code::AlreadyExists));
-    let alice = login(&mut client, "alice", PASSWORD).await.expect("alice");
-    let bob = login(&mut client, "bob", PASSWORD).await.expect("bob");
-    // Five wrong passwords are free; the sixth check is throttled.
-    for _ in 0..5 {
-        let wrong = login(&mut client, "dave", "not the password").await;
-        assert_eq!(wrong, Err(Code::Unauthenticated));
-    }
-    let throttled = login(&mut client, "dave", PASSWORD).await;
-    assert_eq!(throttled, Err(Code::ResourceExhausted));
+    let (alice, bob) = account_traffic(&mut client).await;
 
     let mut stream = client
         .subscribe(authed(&bob, SubscribeRequest { after_sequence: 0 }))
@@ -250,32 +258,7 @@ async fn known_traffic_is_counted_by_method_and_code() {
         "still open"
     );
 
-    let chat = |metric, labels: &[(&str, &str)]| value(&open, metric, labels);
-    assert_eq!(chat("chat_subscribers", &[]), 1.0);
-    assert_eq!(chat("chat_deliveries_total", &[]), STREAMED as f64);
-    assert_eq!(chat("chat_delivery_delay_seconds", &[]), STREAMED as f64);
-    assert_eq!(chat("chat_login_throttled_total", &[]), 1.0);
-    assert_eq!(chat("chat_health_serving", &[]), 1.0);
-    assert_eq!(chat("chat_store_reachable", &[]), 1.0);
-    let store_op = |operation, outcome| {
-        chat(
-            "chat_store_operation_seconds",
-            &[("operation", operation), ("outcome", outcome)],
-        )
-    };
-    assert_eq!(store_op("create_account", "ok"), 3.0);
-    assert_eq!(store_op("send_message", "ok"), STREAMED as f64);
-    assert!(
-        store_op("message_feed", "ok") >= 1.0,
-        "the hub polls the feed"
-    );
-    assert!(
-        chat("chat_password_hash_wait_seconds", &[]) >= 10.0,
-        "3 hashes, 7 verifications"
-    );
-    assert!(chat("process_resident_memory_bytes", &[]) > 0.0);
-    assert!(chat("process_open_fds", &[]) > 0.0);
-    assert!(chat("process_cpu_seconds_total", &[]) >= 0.0);
+    assert_chat_metrics(&open, STREAMED as f64);
 
     // The client goes away: the stream finishes as Canceled and its subscriber is gone.
     drop(stream);
@@ -296,6 +279,37 @@ async fn known_traffic_is_counted_by_method_and_code() {
         }
     })
     .await;
+}
+
+/// The chat metrics after [`account_traffic`] and `streamed` messages to a live
+/// subscriber that is still connected.
+fn assert_chat_metrics(open: &Scrape, streamed: f64) {
+    let chat = |metric, labels: &[(&str, &str)]| value(open, metric, labels);
+    assert_eq!(chat("chat_subscribers", &[]), 1.0);
+    assert_eq!(chat("chat_deliveries_total", &[]), streamed);
+    assert_eq!(chat("chat_delivery_delay_seconds", &[]), streamed);
+    assert_eq!(chat("chat_login_throttled_total", &[]), 1.0);
+    assert_eq!(chat("chat_health_serving", &[]), 1.0);
+    assert_eq!(chat("chat_store_reachable", &[]), 1.0);
+    let store_op = |operation, outcome| {
+        chat(
+            "chat_store_operation_seconds",
+            &[("operation", operation), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(store_op("create_account", "ok"), 3.0);
+    assert_eq!(store_op("send_message", "ok"), streamed);
+    assert!(
+        store_op("message_feed", "ok") >= 1.0,
+        "the hub polls the feed"
+    );
+    assert!(
+        chat("chat_password_hash_wait_seconds", &[]) >= 10.0,
+        "3 hashes, 7 verifications"
+    );
+    assert!(chat("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(chat("process_open_fds", &[]) > 0.0);
+    assert!(chat("process_cpu_seconds_total", &[]) >= 0.0);
 }
 
 #[tokio::test]
@@ -341,22 +355,7 @@ async fn health_and_reflection_calls_count_too_and_unknown_methods_share_one_lab
     assert_eq!(check("OK") - before, 2.0);
     assert_eq!(check("NotFound"), 1.0);
 
-    // Reflection: one request, one answer, then the client closes its side.
-    let mut reflection = ServerReflectionClient::new(channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let mut answers = 0.0;
-    while let Some(answer) = responses.message().await.expect("reflection answer") {
-        assert!(answer.message_response.is_some());
-        answers += 1.0;
-    }
+    let answers = reflect_once(channel.clone()).await;
     let reflected = scrape(metrics);
     let labels = [
         ("grpc_service", "grpc.reflection.v1.ServerReflection"),
@@ -403,6 +402,28 @@ async fn health_and_reflection_calls_count_too_and_unknown_methods_share_one_lab
             seen
         });
     assert!(!names.contains_key("NoSuchMethod"), "{names:?}");
+}
+
+/// One reflection exchange (ListServices), the client then closing its side; returns
+/// how many answers came.
+async fn reflect_once(channel: tonic::transport::Channel) -> f64 {
+    // Reflection: one request, one answer, then the client closes its side.
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let mut answers = 0.0;
+    while let Some(answer) = responses.message().await.expect("reflection answer") {
+        assert!(answer.message_response.is_some());
+        answers += 1.0;
+    }
+    answers
 }
 
 #[tokio::test]
