@@ -48,7 +48,7 @@ pub mod grpc;
 pub mod process;
 pub mod store;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -98,12 +98,13 @@ const DELIVERY_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the Prometheus recorder as the process's global `metrics` recorder (once per
-/// process: a second replica in the same process shares it) and returns its handle.
-/// Every histogram gets explicit buckets, so Prometheus histograms, not summaries, are
+/// process: replicas that share a process share it) and returns its handle. Every
+/// histogram gets explicit buckets, so Prometheus histograms, not summaries, are
 /// exported.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -113,7 +114,69 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
             DELIVERY_BUCKETS,
         )?
         .install_recorder()?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    describe();
+    Ok(installed.insert(handle).clone())
+}
+
+/// The `# HELP` text of every metric.
+fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        GRPC_SERVER_STARTED,
+        "Total number of RPCs started on the server."
+    );
+    describe_counter!(
+        GRPC_SERVER_HANDLED,
+        "Total number of RPCs completed on the server, regardless of success or failure."
+    );
+    describe_histogram!(
+        GRPC_SERVER_HANDLING_SECONDS,
+        Unit::Seconds,
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server."
+    );
+    describe_counter!(
+        GRPC_SERVER_MSG_RECEIVED,
+        "Total number of RPC stream messages received on the server."
+    );
+    describe_counter!(
+        GRPC_SERVER_MSG_SENT,
+        "Total number of gRPC stream messages sent by the server."
+    );
+    describe_histogram!(
+        STORE_OPERATION_SECONDS,
+        Unit::Seconds,
+        "Store operation latency by operation and outcome."
+    );
+    describe_gauge!(
+        HEALTH_SERVING,
+        "1 while the replica reports SERVING, 0 while NOT_SERVING."
+    );
+    describe_gauge!(
+        STORE_REACHABLE,
+        "1 while the last store check succeeded, 0 otherwise."
+    );
+    describe_gauge!(SUBSCRIBERS, "Live Subscribe streams on this replica.");
+    describe_counter!(DELIVERIES, "Messages handed to local subscribers.");
+    describe_histogram!(
+        DELIVERY_DELAY_SECONDS,
+        Unit::Seconds,
+        "Delay from a message's commit to its hand-off to a local subscriber."
+    );
+    describe_counter!(
+        SUBSCRIBER_LAGS,
+        "Times a subscriber fell behind and re-read from the store."
+    );
+    describe_counter!(
+        LOGIN_THROTTLED,
+        "Password checks refused by login throttling."
+    );
+    describe_histogram!(
+        PASSWORD_HASH_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a password hash waited for a hashing thread."
+    );
+    describe_counter!(PURGE_RUNS, "Purge runs by kind and outcome.");
+    describe_counter!(PURGED_ROWS, "Rows deleted by purges, by kind.");
 }
 
 /// Records one purge run of `kind` and the rows it deleted.
