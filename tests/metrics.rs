@@ -4,7 +4,7 @@
 //! nothing listens; a port that cannot be bound is a one-line start-up error.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, HashSet},
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     time::Duration,
@@ -298,6 +298,11 @@ fn assert_chat_metrics(open: &Scrape, streamed: f64) {
         )
     };
     assert_eq!(store_op("create_account", "ok"), 3.0);
+    // The first purge runs at start; the next only after `--purge-interval` (10m).
+    let sessions = [("kind", "sessions")];
+    assert_eq!(chat("chat_purged_rows_total", &sessions), 0.0);
+    let purged = [("kind", "sessions"), ("outcome", "ok")];
+    assert_eq!(chat("chat_purge_runs_total", &purged), 1.0);
     assert_eq!(store_op("send_message", "ok"), streamed);
     assert!(
         store_op("message_feed", "ok") >= 1.0,
@@ -427,7 +432,7 @@ async fn reflect_once(channel: tonic::transport::Channel) -> f64 {
 }
 
 #[tokio::test]
-async fn without_the_flag_nothing_listens_and_nothing_is_logged() {
+async fn without_the_flag_no_second_port_listens_and_nothing_is_logged() {
     let store = SharedStore::new();
     let replica = Replica::start_logged(&store, &[]);
     replica.wait_for_log("replica serving", 1, WAIT).await;
@@ -436,6 +441,42 @@ async fn without_the_flag_nothing_listens_and_nothing_is_logged() {
         !lines.iter().any(|line| line.contains("metrics")),
         "{lines:?}"
     );
+    let pid = replica.pid().expect("a process");
+    let grpc_only = BTreeSet::from([replica.address().port()]);
+    assert_eq!(listening_ports(pid), grpc_only);
+
+    let (with_metrics, metrics) = replica_with_metrics(&store).await;
+    let pid = with_metrics.pid().expect("a process");
+    let both = BTreeSet::from([with_metrics.address().port(), metrics.port()]);
+    assert_eq!(listening_ports(pid), both);
+}
+
+/// The TCP ports a process listens on: its sockets (`/proc/PID/fd`) that
+/// `/proc/net/tcp` or `tcp6` lists as listening.
+fn listening_ports(pid: u32) -> BTreeSet<u16> {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the replica's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    let mut ports = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st ... inode: `st` 0A is LISTEN.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields.get(3) == Some(&"0A");
+            if listening && fields.get(9).is_some_and(|inode| inodes.contains(*inode)) {
+                let port = fields[1].rsplit_once(':').map(|(_, hex)| hex);
+                ports.extend(port.and_then(|hex| u16::from_str_radix(hex, 16).ok()));
+            }
+        }
+    }
+    ports
 }
 
 #[test]
