@@ -12,12 +12,12 @@
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
 
-use ::metrics::Label;
+use ::metrics::{Counter, Histogram, Label};
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame};
 use prost::Message as _;
@@ -44,12 +44,60 @@ const CODE_NAMES: [&str; 17] = [
     "Unauthenticated",
 ];
 
-/// The labels of every method the server serves, by request path; paths not in it are
-/// labelled `unknown`.
+/// The metrics of every method the server serves, by request path; paths not in it
+/// share the metrics labelled `unknown`.
 #[derive(Debug)]
 pub struct MethodTable {
-    methods: HashMap<String, Arc<[Label; 3]>>,
-    unknown: Arc<[Label; 3]>,
+    methods: HashMap<String, Arc<MethodMetrics>>,
+    unknown: Arc<MethodMetrics>,
+}
+
+/// One method's labels and its metric handles, each registered with the recorder on
+/// first use and then kept, so a call costs atomic increments rather than look-ups.
+#[derive(Debug)]
+struct MethodMetrics {
+    labels: [Label; 3],
+    started: OnceLock<Counter>,
+    received: OnceLock<Counter>,
+    sent: OnceLock<Counter>,
+    handling: OnceLock<Histogram>,
+    /// `grpc_server_handled_total` by code number.
+    handled: [OnceLock<Counter>; CODE_NAMES.len()],
+}
+
+impl MethodMetrics {
+    fn new(labels: [Label; 3]) -> Self {
+        Self {
+            labels,
+            started: OnceLock::new(),
+            received: OnceLock::new(),
+            sent: OnceLock::new(),
+            handling: OnceLock::new(),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn counter(&self, cell: &OnceLock<Counter>, name: &'static str) -> Counter {
+        cell.get_or_init(|| ::metrics::counter!(name, self.labels.iter()))
+            .clone()
+    }
+
+    /// Records a finished call: its code (a number; unknown numbers count as
+    /// `Unknown`) and how long it took.
+    fn finish(&self, code: usize, elapsed: std::time::Duration) {
+        let code = if code < CODE_NAMES.len() { code } else { 2 };
+        let handled = self.handled[code].get_or_init(|| {
+            let grpc_code = Label::from_static_parts("grpc_code", CODE_NAMES[code]);
+            let labels = self.labels.iter().cloned().chain([grpc_code]);
+            ::metrics::counter!(super::GRPC_SERVER_HANDLED, labels.collect::<Vec<_>>())
+        });
+        handled.increment(1);
+        self.handling
+            .get_or_init(|| {
+                ::metrics::histogram!(super::GRPC_SERVER_HANDLING_SECONDS, self.labels.iter())
+            })
+            .record(elapsed);
+    }
 }
 
 impl MethodTable {
@@ -78,20 +126,20 @@ impl MethodTable {
                             Label::from_static_parts("grpc_type", kind),
                         ];
                         let path = format!("/{service_name}/{}", method.name());
-                        methods.insert(path, Arc::new(labels));
+                        methods.insert(path, Arc::new(MethodMetrics::new(labels)));
                     }
                 }
             }
         }
-        let unknown = Arc::new([
+        let unknown = Arc::new(MethodMetrics::new([
             Label::from_static_parts("grpc_service", "unknown"),
             Label::from_static_parts("grpc_method", "unknown"),
             Label::from_static_parts("grpc_type", "unknown"),
-        ]);
+        ]));
         Ok(Self { methods, unknown })
     }
 
-    fn labels(&self, path: &str) -> Arc<[Label; 3]> {
+    fn method(&self, path: &str) -> Arc<MethodMetrics> {
         self.methods.get(path).unwrap_or(&self.unknown).clone()
     }
 }
@@ -143,21 +191,23 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let labels = self.methods.labels(request.uri().path());
-        ::metrics::counter!(super::GRPC_SERVER_STARTED, labels.iter()).increment(1);
-        let call = Call {
-            labels: labels.clone(),
-            start: Instant::now(),
-            finished: false,
-        };
+        let method = self.methods.method(request.uri().path());
+        method
+            .counter(&method.started, super::GRPC_SERVER_STARTED)
+            .increment(1);
         let request = request.map(|body| {
             Body::new(Counted {
                 inner: body,
                 messages: MessageCounter::default(),
-                counter: ::metrics::counter!(super::GRPC_SERVER_MSG_RECEIVED, labels.iter()),
+                counter: method.counter(&method.received, super::GRPC_SERVER_MSG_RECEIVED),
                 call: None,
             })
         });
+        let call = Call {
+            method,
+            start: Instant::now(),
+            finished: false,
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -167,7 +217,9 @@ where
                 if let Some(code) = trailers_only {
                     call.finish(code);
                 }
-                let counter = ::metrics::counter!(super::GRPC_SERVER_MSG_SENT, call.labels.iter());
+                let counter = call
+                    .method
+                    .counter(&call.method.sent, super::GRPC_SERVER_MSG_SENT);
                 Body::new(Counted {
                     inner: body,
                     messages: MessageCounter::default(),
@@ -188,7 +240,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<usize> {
 /// One call being measured; finishes once (on its status, or as `Canceled` when dropped
 /// before it).
 struct Call {
-    labels: Arc<[Label; 3]>,
+    method: Arc<MethodMetrics>,
     start: Instant,
     finished: bool,
 }
@@ -198,12 +250,7 @@ impl Call {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        let code = CODE_NAMES.get(code).copied().unwrap_or("Unknown");
-        let mut labels = self.labels.to_vec();
-        labels.push(Label::from_static_parts("grpc_code", code));
-        ::metrics::counter!(super::GRPC_SERVER_HANDLED, labels).increment(1);
-        ::metrics::histogram!(super::GRPC_SERVER_HANDLING_SECONDS, self.labels.iter())
-            .record(self.start.elapsed());
+        self.method.finish(code, self.start.elapsed());
     }
 }
 
@@ -330,7 +377,7 @@ mod tests {
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ])
         .expect("descriptors decode");
-        let value = |path: &str, n: usize| table.labels(path)[n].value().to_owned();
+        let value = |path: &str, n: usize| table.method(path).labels[n].value().to_owned();
         assert_eq!(value("/grpc.health.v1.Health/Watch", 2), "server_stream");
         assert_eq!(value("/grpc.health.v1.Health/Check", 2), "unary");
         assert_eq!(
