@@ -221,15 +221,9 @@ async fn known_traffic_is_counted_by_method_and_code() {
         .await
         .expect("subscribe")
         .into_inner();
-    for i in 0..STREAMED {
-        send(
-            &mut client,
-            &alice,
-            "bob",
-            &format!("hi {i}"),
-            &format!("k{i}"),
-        )
-        .await;
+    for n in 1..=STREAMED {
+        let (text, key) = (format!("message {n}"), format!("key-{n}"));
+        send(&mut client, &alice, "bob", &text, &key).await;
         next_message(&mut stream, WAIT).await;
     }
 
@@ -412,17 +406,14 @@ async fn health_and_reflection_calls_count_too_and_unknown_methods_share_one_lab
 /// One reflection exchange (ListServices), the client then closing its side; returns
 /// how many answers came.
 async fn reflect_once(channel: tonic::transport::Channel) -> f64 {
-    // Reflection: one request, one answer, then the client closes its side.
+    let list_services = MessageRequest::ListServices("*".into());
+    let requests = tokio_stream::once(ServerReflectionRequest {
+        host: "metrics-test".into(),
+        message_request: Some(list_services),
+    });
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
+    let answered = reflection.server_reflection_info(requests).await;
+    let mut responses = answered.expect("reflection").into_inner();
     let mut answers = 0.0;
     while let Some(answer) = responses.message().await.expect("reflection answer") {
         assert!(answer.message_response.is_some());

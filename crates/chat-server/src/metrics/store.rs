@@ -43,130 +43,39 @@ async fn timed<T>(
     result
 }
 
-#[async_trait]
-impl Store for MeteredStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        timed("ping", self.inner.ping()).await
-    }
+/// Implements [`Store`] for [`MeteredStore`]: each listed operation (the trait's
+/// signature, on one line) delegates to the inner store through [`timed`], labelled
+/// with its own name.
+macro_rules! timed_operations {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        #[async_trait]
+        impl Store for MeteredStore {
+            $(
+                async fn $name(&self, $($arg: $ty),*) -> Result<$out, StoreError> {
+                    timed(stringify!($name), self.inner.$name($($arg),*)).await
+                }
+            )*
+        }
+    };
+}
 
-    async fn create_account(
-        &self,
-        username: &str,
-        password_hash: &str,
-        created_at_unix_ms: i64,
-    ) -> Result<Account, StoreError> {
-        let call = self
-            .inner
-            .create_account(username, password_hash, created_at_unix_ms);
-        timed("create_account", call).await
-    }
-
-    async fn find_account(&self, username: &str) -> Result<Option<Account>, StoreError> {
-        timed("find_account", self.inner.find_account(username)).await
-    }
-
-    async fn list_accounts(&self, query: AccountQuery<'_>) -> Result<Vec<String>, StoreError> {
-        timed("list_accounts", self.inner.list_accounts(query)).await
-    }
-
-    async fn delete_account(&self, id: AccountId) -> Result<(), StoreError> {
-        timed("delete_account", self.inner.delete_account(id)).await
-    }
-
-    async fn login_failures(&self, account: AccountId) -> Result<LoginFailures, StoreError> {
-        timed("login_failures", self.inner.login_failures(account)).await
-    }
-
-    async fn replace_login_failures(
-        &self,
-        account: AccountId,
-        seen: LoginFailures,
-        next: LoginFailures,
-    ) -> Result<bool, StoreError> {
-        let call = self.inner.replace_login_failures(account, seen, next);
-        timed("replace_login_failures", call).await
-    }
-
-    async fn clear_login_failures(&self, account: AccountId) -> Result<(), StoreError> {
-        timed(
-            "clear_login_failures",
-            self.inner.clear_login_failures(account),
-        )
-        .await
-    }
-
-    async fn create_session(
-        &self,
-        token_hash: &TokenHash,
-        account: AccountId,
-        expires_at_unix_ms: i64,
-    ) -> Result<(), StoreError> {
-        let call = self
-            .inner
-            .create_session(token_hash, account, expires_at_unix_ms);
-        timed("create_session", call).await
-    }
-
-    async fn lookup_session(
-        &self,
-        token_hash: &TokenHash,
-        now_unix_ms: i64,
-    ) -> Result<SessionLookup, StoreError> {
-        timed(
-            "lookup_session",
-            self.inner.lookup_session(token_hash, now_unix_ms),
-        )
-        .await
-    }
-
-    async fn delete_session(&self, token_hash: &TokenHash) -> Result<(), StoreError> {
-        timed("delete_session", self.inner.delete_session(token_hash)).await
-    }
-
-    async fn purge_expired_sessions(&self, now_unix_ms: i64) -> Result<u64, StoreError> {
-        let call = self.inner.purge_expired_sessions(now_unix_ms);
-        timed("purge_expired_sessions", call).await
-    }
-
-    async fn send_message(&self, message: NewMessage<'_>) -> Result<SendOutcome, StoreError> {
-        timed("send_message", self.inner.send_message(message)).await
-    }
-
-    async fn fetch_messages(
-        &self,
-        recipient: AccountId,
-        after_sequence: Option<u64>,
-        limit: u32,
-    ) -> Result<InboxPage, StoreError> {
-        let call = self.inner.fetch_messages(recipient, after_sequence, limit);
-        timed("fetch_messages", call).await
-    }
-
-    async fn ack_messages(
-        &self,
-        recipient: AccountId,
-        up_to_sequence: u64,
-    ) -> Result<u64, StoreError> {
-        timed(
-            "ack_messages",
-            self.inner.ack_messages(recipient, up_to_sequence),
-        )
-        .await
-    }
-
-    async fn purge_history(&self, sent_before_unix_ms: i64) -> Result<u64, StoreError> {
-        timed(
-            "purge_history",
-            self.inner.purge_history(sent_before_unix_ms),
-        )
-        .await
-    }
-
-    async fn message_feed(
-        &self,
-        after_id: Option<u64>,
-        limit: u32,
-    ) -> Result<FeedPage, StoreError> {
-        timed("message_feed", self.inner.message_feed(after_id, limit)).await
-    }
+#[rustfmt::skip]
+timed_operations! {
+    fn ping() -> ();
+    fn create_account(username: &str, password_hash: &str, created_at_unix_ms: i64) -> Account;
+    fn find_account(username: &str) -> Option<Account>;
+    fn list_accounts(query: AccountQuery<'_>) -> Vec<String>;
+    fn delete_account(id: AccountId) -> ();
+    fn login_failures(account: AccountId) -> LoginFailures;
+    fn replace_login_failures(account: AccountId, seen: LoginFailures, next: LoginFailures) -> bool;
+    fn clear_login_failures(account: AccountId) -> ();
+    fn create_session(token_hash: &TokenHash, account: AccountId, expires_at_unix_ms: i64) -> ();
+    fn lookup_session(token_hash: &TokenHash, now_unix_ms: i64) -> SessionLookup;
+    fn delete_session(token_hash: &TokenHash) -> ();
+    fn purge_expired_sessions(now_unix_ms: i64) -> u64;
+    fn send_message(message: NewMessage<'_>) -> SendOutcome;
+    fn fetch_messages(recipient: AccountId, after_sequence: Option<u64>, limit: u32) -> InboxPage;
+    fn ack_messages(recipient: AccountId, up_to_sequence: u64) -> u64;
+    fn purge_history(sent_before_unix_ms: i64) -> u64;
+    fn message_feed(after_id: Option<u64>, limit: u32) -> FeedPage;
 }
