@@ -7,7 +7,8 @@
 //! its trailers (the client went away) finishes as `Canceled`. Messages are counted as
 //! gRPC length-prefixed messages (a 5-byte header: a compression flag and a big-endian
 //! length), not as HTTP/2 data frames, since one frame may carry several messages or
-//! part of one.
+//! part of one. A unary or server-streaming call's one request message is counted as
+//! the call starts, without watching its request body.
 
 use std::{
     collections::HashMap,
@@ -57,6 +58,9 @@ pub struct MethodTable {
 #[derive(Debug)]
 struct MethodMetrics {
     labels: [Label; 3],
+    /// Whether the client sends a stream; otherwise its one request message is counted
+    /// as the call starts, without watching the request body.
+    client_streaming: bool,
     started: OnceLock<Counter>,
     received: OnceLock<Counter>,
     sent: OnceLock<Counter>,
@@ -66,9 +70,10 @@ struct MethodMetrics {
 }
 
 impl MethodMetrics {
-    fn new(labels: [Label; 3]) -> Self {
+    fn new(labels: [Label; 3], client_streaming: bool) -> Self {
         Self {
             labels,
+            client_streaming,
             started: OnceLock::new(),
             received: OnceLock::new(),
             sent: OnceLock::new(),
@@ -126,16 +131,20 @@ impl MethodTable {
                             Label::from_static_parts("grpc_type", kind),
                         ];
                         let path = format!("/{service_name}/{}", method.name());
-                        methods.insert(path, Arc::new(MethodMetrics::new(labels)));
+                        let metrics = MethodMetrics::new(labels, method.client_streaming());
+                        methods.insert(path, Arc::new(metrics));
                     }
                 }
             }
         }
-        let unknown = Arc::new(MethodMetrics::new([
-            Label::from_static_parts("grpc_service", "unknown"),
-            Label::from_static_parts("grpc_method", "unknown"),
-            Label::from_static_parts("grpc_type", "unknown"),
-        ]));
+        let unknown = Arc::new(MethodMetrics::new(
+            [
+                Label::from_static_parts("grpc_service", "unknown"),
+                Label::from_static_parts("grpc_method", "unknown"),
+                Label::from_static_parts("grpc_type", "unknown"),
+            ],
+            true,
+        ));
         Ok(Self { methods, unknown })
     }
 
@@ -195,14 +204,20 @@ where
         method
             .counter(&method.started, super::GRPC_SERVER_STARTED)
             .increment(1);
-        let request = request.map(|body| {
-            Body::new(Counted {
-                inner: body,
-                messages: MessageCounter::default(),
-                counter: method.counter(&method.received, super::GRPC_SERVER_MSG_RECEIVED),
-                call: None,
+        let received = method.counter(&method.received, super::GRPC_SERVER_MSG_RECEIVED);
+        let request = if method.client_streaming {
+            request.map(|body| {
+                Body::new(Counted {
+                    inner: body,
+                    messages: MessageCounter::default(),
+                    counter: received,
+                    call: None,
+                })
             })
-        });
+        } else {
+            received.increment(1);
+            request
+        };
         let call = Call {
             method,
             start: Instant::now(),

@@ -2,7 +2,13 @@
 //! ([`STORE_OPERATION_SECONDS`](super::STORE_OPERATION_SECONDS), by operation and
 //! outcome) and otherwise delegates. The one place store calls are measured.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+
+use ::metrics::Histogram;
 
 use async_trait::async_trait;
 
@@ -23,22 +29,40 @@ impl MeteredStore {
     }
 }
 
+/// The `outcome` label values.
+const OUTCOMES: [&str; 6] = [
+    "ok",
+    "unavailable",
+    "conflict",
+    "not_found",
+    "invalid",
+    "internal",
+];
+
+/// One operation's histograms by outcome, each registered on first use and then kept.
+type Histograms = [OnceLock<Histogram>; OUTCOMES.len()];
+
 /// Runs one store operation and records its latency and outcome.
 async fn timed<T>(
     operation: &'static str,
+    histograms: &Histograms,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let start = Instant::now();
     let result = call.await;
     let outcome = match &result {
-        Ok(_) => "ok",
-        Err(StoreError::Unavailable(_)) => "unavailable",
-        Err(StoreError::UsernameTaken(_) | StoreError::IdempotencyKeyReused(_)) => "conflict",
-        Err(StoreError::NoSuchAccount(_)) => "not_found",
-        Err(StoreError::AckBeyondLatest { .. }) => "invalid",
-        Err(StoreError::Internal(_)) => "internal",
+        Ok(_) => 0,
+        Err(StoreError::Unavailable(_)) => 1,
+        Err(StoreError::UsernameTaken(_) | StoreError::IdempotencyKeyReused(_)) => 2,
+        Err(StoreError::NoSuchAccount(_)) => 3,
+        Err(StoreError::AckBeyondLatest { .. }) => 4,
+        Err(StoreError::Internal(_)) => 5,
     };
-    ::metrics::histogram!(super::STORE_OPERATION_SECONDS, "operation" => operation, "outcome" => outcome)
+    histograms[outcome]
+        .get_or_init(|| {
+            let outcome = OUTCOMES[outcome];
+            ::metrics::histogram!(super::STORE_OPERATION_SECONDS, "operation" => operation, "outcome" => outcome)
+        })
         .record(start.elapsed());
     result
 }
@@ -52,7 +76,8 @@ macro_rules! timed_operations {
         impl Store for MeteredStore {
             $(
                 async fn $name(&self, $($arg: $ty),*) -> Result<$out, StoreError> {
-                    timed(stringify!($name), self.inner.$name($($arg),*)).await
+                    static HISTOGRAMS: Histograms = [const { OnceLock::new() }; OUTCOMES.len()];
+                    timed(stringify!($name), &HISTOGRAMS, self.inner.$name($($arg),*)).await
                 }
             )*
         }
