@@ -68,6 +68,10 @@ pub struct Options {
     /// (as `chat-server gen-certs` makes them) and every client trusts their CA.
     #[arg(long)]
     pub tls: bool,
+    /// Every replica serves Prometheus metrics (`--metrics-addr 127.0.0.1:0`), to
+    /// compare throughput with metrics on against a run without this flag.
+    #[arg(long)]
+    pub server_metrics: bool,
 }
 
 /// A duration flag, in humantime syntax (`250ms`, `2s`, `1m 30s`).

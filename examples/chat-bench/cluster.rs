@@ -43,23 +43,25 @@ impl Cluster {
             servers: 1,
             cpus: cpus.to_vec(),
         };
-        let tls_args: Vec<&str> = plan
+        let metrics_args = ["--metrics-addr", "127.0.0.1:0"];
+        let server_args: Vec<&str> = plan
             .tls
             .iter()
             .flat_map(|tls| tls.server_args.iter().map(String::as_str))
+            .chain(metrics_args.into_iter().filter(|_| plan.server_metrics))
             .collect();
-        let a = Replica::start_placed(&store, &tls_args, &one).await?;
-        let b = Replica::start_placed(&store, &tls_args, &one).await?;
-        let c = Replica::start_placed(&store, &tls_args, &one).await?;
+        let a = Replica::start_placed(&store, &server_args, &one).await?;
+        let b = Replica::start_placed(&store, &server_args, &one).await?;
+        let c = Replica::start_placed(&store, &server_args, &one).await?;
         let delay = format!("{}us", plan.slow_delay.as_micros());
         let slow_args: Vec<&str> = ["--inject-delay", delay.as_str()]
             .into_iter()
-            .chain(tls_args.iter().copied())
+            .chain(server_args.iter().copied())
             .collect();
         let slow = Replica::start_placed(&store, &slow_args, &one).await?;
         let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
             let three = Placement { servers: 3, ..one };
-            Some(Replica::start_placed(&store, &tls_args, &three).await?)
+            Some(Replica::start_placed(&store, &server_args, &three).await?)
         } else {
             None
         };

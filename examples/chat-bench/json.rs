@@ -61,6 +61,7 @@ fn line(row: &Row, plan: &Plan, machine: &Machine) -> Value {
             "kill_at_fraction": KILL_AT,
             "chat_lb": plan.chat_lb(),
             "placement": plan.placement,
+            "server_metrics": plan.server_metrics,
         },
         "machine": {
             "cpus": machine.cpus,

@@ -29,6 +29,8 @@ pub struct Plan {
     pub placement: String,
     /// The certificates, when every contender runs over TLS.
     pub tls: Option<BenchTls>,
+    /// Whether the replicas record and serve Prometheus metrics (`--server-metrics`).
+    pub server_metrics: bool,
 }
 
 impl Plan {
@@ -65,6 +67,7 @@ impl Plan {
             lb_settings: options.lb_set.clone(),
             placement: String::new(),
             tls: None,
+            server_metrics: options.server_metrics,
         }
     }
 

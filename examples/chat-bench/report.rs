@@ -61,6 +61,12 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
         None => "plaintext HTTP/2",
     };
     println!("transport   {transport}");
+    let metrics = if plan.server_metrics {
+        "on (--metrics-addr)"
+    } else {
+        "off"
+    };
+    println!("metrics     {metrics}");
     println!("direct      one Channel to A (to P1 in steady-one-process)");
     println!("chat-lb     {}", plan.chat_lb());
     println!();

@@ -128,6 +128,12 @@ pub struct ServerConfig {
           value_parser = duration_in(Duration::from_millis(100), Duration::from_secs(300)))]
     pub handshake_timeout: Duration,
 
+    /// Serve Prometheus metrics as plain HTTP `GET /metrics` on this address (`IP:PORT`;
+    /// port 0 picks a free one, logged at start). Off by default. Unauthenticated: keep
+    /// the port inside the cluster.
+    #[arg(long, env = "CHAT_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// FAULT INJECTION, for tests and benchmarks only: delay every chat RPC by this long.
     #[arg(long, env = "CHAT_INJECT_DELAY", value_parser = humantime::parse_duration)]
     pub inject_delay: Option<Duration>,

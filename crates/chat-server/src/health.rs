@@ -129,7 +129,9 @@ impl ReplicaHealth {
 
     /// Pushes the current status to the `grpc.health.v1` service.
     pub async fn publish(&self) {
-        let status = if self.view().serving {
+        let view = self.view();
+        crate::metrics::record_health(view.serving, view.store_reachable);
+        let status = if view.serving {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -68,6 +68,7 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        ::metrics::gauge!(crate::metrics::SUBSCRIBERS).decrement(1);
         let mut subscribers = self.hub.lock();
         if let Some(list) = subscribers.get_mut(&self.key) {
             list.retain(|subscriber| subscriber.id != self.id);
@@ -87,6 +88,7 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Delivery> {
         let message = self.receiver.recv().await?;
         if self.lagged.swap(false, Ordering::AcqRel) {
+            ::metrics::counter!(crate::metrics::SUBSCRIBER_LAGS).increment(1);
             Some(Delivery::Lagged)
         } else {
             Some(Delivery::Message(message))
@@ -101,6 +103,7 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key = username.to_ascii_lowercase();
         let lagged = Arc::new(AtomicBool::new(false));
+        ::metrics::gauge!(crate::metrics::SUBSCRIBERS).increment(1);
         self.lock()
             .entry(key.clone())
             .or_default()
@@ -133,9 +136,13 @@ impl Hub {
             return;
         };
         let message = Arc::new(message);
+        let delivered = crate::metrics::Delivered::now(message.sent_at_unix_ms);
         list.retain(
             |subscriber| match subscriber.sender.try_send(message.clone()) {
-                Ok(()) => true,
+                Ok(()) => {
+                    delivered.record();
+                    true
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     subscriber.lagged.store(true, Ordering::Release);
                     true

@@ -22,6 +22,8 @@
 //! the services log user names, ids and outcomes only, and the store's URI is logged
 //! with its password masked ([`store::redacted_uri`]).
 //!
+//! With `--metrics-addr` the replica serves Prometheus metrics ([`metrics`]).
+//!
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 
 pub mod auth;
@@ -31,6 +33,7 @@ mod error;
 pub mod health;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod password;
 pub mod server;
 pub mod service;

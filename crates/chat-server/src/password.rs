@@ -93,7 +93,10 @@ impl PasswordHasherPool {
         work: impl FnOnce(&mut Vec<Block>) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
         let (done, result) = oneshot::channel();
+        let queued = std::time::Instant::now();
         let job: Job = Box::new(move |memory| {
+            ::metrics::histogram!(crate::metrics::PASSWORD_HASH_WAIT_SECONDS)
+                .record(queued.elapsed());
             // The caller gave up (its call was cancelled): spare the CPU.
             if done.is_closed() {
                 return;

@@ -51,6 +51,14 @@ pub enum ServerError {
     /// The reflection service could not be built from the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The metrics endpoint could not be started (`--metrics-addr`).
+    #[error("cannot serve metrics on --metrics-addr {address}: {source}")]
+    Metrics {
+        /// The address asked for.
+        address: SocketAddr,
+        /// What went wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -78,13 +86,19 @@ pub async fn run(
         .unwrap_or_else(|| format!("{address}/{}", std::process::id()));
 
     let stop = CancellationToken::new();
+    let metrics = start_metrics(&config, &stop).await?;
+    let store = match metrics {
+        Some(_) => crate::metrics::store::MeteredStore::wrap(store),
+        None => store,
+    };
     let reporter = tonic_health::server::HealthReporter::new();
     let health_service = HealthServer::new(GrpcHealthService::new(reporter.clone(), stop.clone()));
     let health = ReplicaHealth::new(replica_id.clone(), reporter);
     health.publish().await;
 
     let hub = Hub::default();
-    let background = spawn_background_tasks(&config, &store, &hub, &health, tls.as_ref(), &stop);
+    let mut background =
+        spawn_background_tasks(&config, &store, &hub, &health, tls.as_ref(), &stop);
     let chat = ChatService::new(
         store,
         hub,
@@ -106,6 +120,7 @@ pub async fn run(
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = grpc_server(&config, listener, security, health_service, chat, drain_rx)?;
     announce(&config, address, &replica_id, tls.is_some());
+    background.extend(metrics);
     on_ready(address);
 
     let drain = Drain {
@@ -149,7 +164,17 @@ fn grpc_server(
     };
     let reflection = descriptors().build_v1()?;
     let reflection_v1alpha = descriptors().build_v1alpha()?;
+    let grpc_metrics = match config.metrics_addr {
+        Some(address) => Some(crate::metrics::grpc::GrpcMetricsLayer::new(
+            served_methods().map_err(|source| ServerError::Metrics {
+                address,
+                source: source.into(),
+            })?,
+        )),
+        None => None,
+    };
     let router = Server::builder()
+        .layer(tower::util::option_layer(grpc_metrics))
         .layer(tower::util::MapResponseLayer::new(
             crate::error::relabel_decode_errors as fn(_) -> _,
         ))
@@ -169,6 +194,39 @@ fn grpc_server(
             let _ = drain.await;
         },
     ))
+}
+
+/// The methods this server serves, for the gRPC metrics' labels.
+fn served_methods() -> Result<crate::metrics::grpc::MethodTable, prost::DecodeError> {
+    crate::metrics::grpc::MethodTable::from_descriptor_sets(&[
+        chat_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+}
+
+/// With `--metrics-addr`: installs the Prometheus recorder, binds the metrics port,
+/// logs its address and serves `/metrics` until `stop`.
+async fn start_metrics(
+    config: &ServerConfig,
+    stop: &CancellationToken,
+) -> Result<Option<JoinHandle<()>>, ServerError> {
+    let Some(address) = config.metrics_addr else {
+        return Ok(None);
+    };
+    let failed =
+        |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Metrics { address, source };
+    let handle = crate::metrics::install().map_err(|error| failed(error.into()))?;
+    let (listener, bound) = crate::metrics::endpoint::bind(address)
+        .await
+        .map_err(|error| failed(error.into()))?;
+    tracing::info!(metrics_address = %bound, "metrics serving on http://{bound}/metrics");
+    Ok(Some(tokio::spawn(crate::metrics::endpoint::serve(
+        listener,
+        handle,
+        stop.clone(),
+    ))))
 }
 
 /// Opens the configured store and checks that it answers. Zero set-up: the default
@@ -312,14 +370,18 @@ async fn purge_periodically(
 ) {
     loop {
         let now = crate::now_unix_ms();
-        match store.purge_expired_sessions(now).await {
+        let sessions = store.purge_expired_sessions(now).await;
+        match &sessions {
             Ok(0) => {}
             Ok(purged) => tracing::debug!(purged, "expired sessions purged"),
             Err(error) => tracing::warn!(%error, "cannot purge expired sessions"),
         }
+        crate::metrics::record_purge("sessions", &sessions);
         if let Some(retention) = history_retention {
             let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-            match store.purge_history(now.saturating_sub(retention_ms)).await {
+            let history = store.purge_history(now.saturating_sub(retention_ms)).await;
+            crate::metrics::record_purge("history", &history);
+            match history {
                 Ok(0) => {}
                 Ok(purged) => {
                     tracing::info!(purged, "acknowledged messages past retention deleted")

@@ -64,6 +64,7 @@ impl ChatService {
         let seen = self.store.login_failures(account.id).await?;
         if let Some(wait) = throttle::wait_before_check(seen, crate::now_unix_ms()) {
             tracing::info!(user = %account.username, ?wait, "password check refused: too many failures");
+            ::metrics::counter!(crate::metrics::LOGIN_THROTTLED).increment(1);
             let seconds = wait.as_millis().div_ceil(1000);
             return Err(Status::resource_exhausted(format!(
                 "too many failed logins for {:?}; try again in {seconds}s",
