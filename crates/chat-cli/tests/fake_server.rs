@@ -549,6 +549,14 @@ fn open_sessions(fake: &Fake) -> HashSet<String> {
     fake.sessions.lock().unwrap().clone()
 }
 
+/// `chat-cli login --password "a long secret"` with its own config folder; it must
+/// succeed.
+fn log_in(server: SocketAddr, config: &std::path::Path) -> Output {
+    let output = run_with_config(server, config, &["login", "--password", "a long secret"]);
+    assert!(output.status.success(), "{output:?}");
+    output
+}
+
 #[test]
 fn login_keeps_the_token_privately_later_commands_use_it_and_logout_ends_it() {
     use std::os::unix::fs::PermissionsExt;
@@ -557,12 +565,7 @@ fn login_keeps_the_token_privately_later_commands_use_it_and_logout_ends_it() {
         ..Fake::default()
     });
     let config = tempfile::tempdir().unwrap();
-    let output = run_with_config(
-        server,
-        config.path(),
-        &["login", "--password", "a long secret"],
-    );
-    assert!(output.status.success(), "{output:?}");
+    let output = log_in(server, config.path());
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
         stdout.starts_with("logged in as alice; the session is kept in "),
@@ -630,12 +633,7 @@ fn login_keeps_the_token_privately_later_commands_use_it_and_logout_ends_it() {
 fn a_revoked_kept_session_fails_with_exit_3_in_one_line_without_a_terminal() {
     let (server, fake) = serve(Fake::default());
     let config = tempfile::tempdir().unwrap();
-    let output = run_with_config(
-        server,
-        config.path(),
-        &["login", "--password", "a long secret"],
-    );
-    assert!(output.status.success(), "{output:?}");
+    log_in(server, config.path());
     // The server forgets the session (revoked, or expired).
     fake.sessions.lock().unwrap().clear();
 
