@@ -255,8 +255,9 @@ impl Builder {
 
     // ---- passive health ----------------------------------------------------
 
-    /// Whether failed calls eject their endpoint at once (outlier detection).
-    /// Default `true`.
+    /// Whether outlier detection ejects endpoints after failed calls: at once
+    /// on a failure that says the replica may be down, or by failure accrual
+    /// (see the crate guide, "Health"). Default `true`.
     pub fn outlier_detection(mut self, enabled: bool) -> Self {
         self.cfg.outlier.enabled = enabled;
         self
@@ -282,10 +283,99 @@ impl Builder {
         self
     }
 
+    /// The gRPC status codes whose answers count as the endpoint's failure:
+    /// in outlier detection, and for retrying retry-safe calls elsewhere.
+    /// `UNAVAILABLE` ejects at once; the others accrue. Only codes that say
+    /// the server failed may be given: `UNKNOWN`, `DEADLINE_EXCEEDED`,
+    /// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS` (any other is a
+    /// build error: application outcomes such as `NOT_FOUND` never count).
+    /// Default `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS`. Attempts that
+    /// get no response headers within the per-try timeout always count.
+    pub fn failure_codes(mut self, codes: impl IntoIterator<Item = tonic::Code>) -> Self {
+        self.cfg.outlier.failure_codes = crate::classify::FailureCodes::new(codes);
+        self
+    }
+
+    /// Failed attempts in a row that eject an endpoint (failure accrual);
+    /// `None` turns the rule off. Default 5.
+    pub fn consecutive_failures(mut self, failures: impl Into<Option<u32>>) -> Self {
+        self.cfg.outlier.consecutive_failures = failures.into();
+        self
+    }
+
+    /// The sliding window the success-rate and failure-percentage ejections
+    /// count each endpoint's attempts over, from 1s to 10m. Default 10s.
+    pub fn accrual_window(mut self, window: Duration) -> Self {
+        self.cfg.outlier.window = window;
+        self
+    }
+
+    /// gRPC A50's success-rate ejection: an endpoint whose success rate over
+    /// the accrual window is under `mean - stdev_factor * stdev` of the
+    /// endpoints' rates is ejected (counting only endpoints with the request
+    /// volume, when there are at least the minimum number of them).
+    /// Default `true`.
+    pub fn success_rate_ejection(mut self, enabled: bool) -> Self {
+        self.cfg.outlier.success_rate.enabled = enabled;
+        self
+    }
+
+    /// The success-rate ejection's factor of the standard deviation, above 0.
+    /// Default 1.9 (with it, at least 6 endpoints are needed for any ejection).
+    pub fn success_rate_stdev_factor(mut self, factor: f64) -> Self {
+        self.cfg.outlier.success_rate.stdev_factor = factor;
+        self
+    }
+
+    /// Endpoints with the request volume needed for the success-rate
+    /// ejection to judge any. Default 5.
+    pub fn success_rate_minimum_hosts(mut self, endpoints: u32) -> Self {
+        self.cfg.outlier.success_rate.minimum_hosts = endpoints;
+        self
+    }
+
+    /// Attempts within the accrual window an endpoint needs to count in the
+    /// success-rate ejection. Default 100.
+    pub fn success_rate_request_volume(mut self, attempts: u32) -> Self {
+        self.cfg.outlier.success_rate.request_volume = attempts;
+        self
+    }
+
+    /// gRPC A50's failure-percentage ejection: an endpoint whose share of
+    /// failed attempts over the accrual window is over the threshold is
+    /// ejected (when enough endpoints have the request volume). Default `true`.
+    pub fn failure_percentage_ejection(mut self, enabled: bool) -> Self {
+        self.cfg.outlier.failure_percentage.enabled = enabled;
+        self
+    }
+
+    /// The failure-percentage ejection's threshold, in percent (0 to 100).
+    /// Default 10 (A50's 85 would catch only replicas that fail nearly every
+    /// call, which are ejected at once anyway).
+    pub fn failure_percentage_threshold(mut self, percent: u8) -> Self {
+        self.cfg.outlier.failure_percentage.threshold = percent;
+        self
+    }
+
+    /// Endpoints with the request volume needed for the failure-percentage
+    /// ejection to judge any. Default 3.
+    pub fn failure_percentage_minimum_hosts(mut self, endpoints: u32) -> Self {
+        self.cfg.outlier.failure_percentage.minimum_hosts = endpoints;
+        self
+    }
+
+    /// Attempts within the accrual window an endpoint needs to count in the
+    /// failure-percentage ejection. Default 50.
+    pub fn failure_percentage_request_volume(mut self, attempts: u32) -> Self {
+        self.cfg.outlier.failure_percentage.request_volume = attempts;
+        self
+    }
+
     // ---- retries and deadlines -----------------------------------------------
 
-    /// Which calls may be retried after they may have reached a server
-    /// (`UNAVAILABLE`, transport error, per-try timeout). Default
+    /// Which calls may be retried after they may have reached a server (a
+    /// failure code such as `UNAVAILABLE` or `INTERNAL`, see
+    /// [`Builder::failure_codes`]; a transport error; a per-try timeout). Default
     /// [`RetrySafe::None`]; a [`crate::SafeToRetry`] request extension overrides
     /// it per call. Calls that never reached a server are always retried.
     pub fn retry_safe(mut self, safe: RetrySafe) -> Self {
@@ -443,6 +533,98 @@ impl Builder {
 mod tests {
     use super::*;
     use crate::error::ConfigError;
+
+    fn refused_setting(b: Builder) -> Option<&'static str> {
+        match b.cfg.validate() {
+            Ok(()) => None,
+            Err(ConfigError::OutOfRange { setting, .. }) => Some(setting),
+        }
+    }
+
+    #[test]
+    fn failure_accrual_settings_their_defaults_and_limits() {
+        use tonic::Code;
+        let b = Builder::new();
+        let o = &b.cfg.outlier;
+        assert_eq!(o.consecutive_failures, Some(5));
+        assert_eq!(o.window, Duration::from_secs(10));
+        assert!(o.success_rate.enabled && o.failure_percentage.enabled);
+        assert_eq!(
+            (o.success_rate.stdev_factor, o.success_rate.minimum_hosts),
+            (1.9, 5)
+        );
+        assert_eq!(o.success_rate.request_volume, 100);
+        let fp = &o.failure_percentage;
+        assert_eq!(
+            (fp.threshold, fp.minimum_hosts, fp.request_volume),
+            (10, 3, 50)
+        );
+        for code in [
+            Code::Unavailable,
+            Code::Internal,
+            Code::Unknown,
+            Code::DataLoss,
+        ] {
+            assert!(o.failure_codes.contains(code), "{code:?}");
+        }
+
+        let b = b
+            .failure_codes([Code::Internal])
+            .consecutive_failures(None)
+            .accrual_window(Duration::from_secs(30))
+            .success_rate_ejection(false)
+            .success_rate_stdev_factor(1.0)
+            .success_rate_minimum_hosts(3)
+            .success_rate_request_volume(20)
+            .failure_percentage_ejection(false)
+            .failure_percentage_threshold(50)
+            .failure_percentage_minimum_hosts(2)
+            .failure_percentage_request_volume(10);
+        let o = &b.cfg.outlier;
+        assert!(o.failure_codes.contains(Code::Internal));
+        assert!(!o.failure_codes.contains(Code::Unavailable));
+        assert_eq!(
+            (o.consecutive_failures, o.window),
+            (None, Duration::from_secs(30))
+        );
+        assert!(!o.success_rate.enabled && !o.failure_percentage.enabled);
+        assert_eq!(o.success_rate.stdev_factor, 1.0);
+        assert_eq!(
+            (o.success_rate.minimum_hosts, o.success_rate.request_volume),
+            (3, 20)
+        );
+        let fp = &o.failure_percentage;
+        assert_eq!(
+            (fp.threshold, fp.minimum_hosts, fp.request_volume),
+            (50, 2, 10)
+        );
+        assert_eq!(refused_setting(b), None);
+
+        assert_eq!(
+            refused_setting(Builder::new().failure_codes([Code::Internal, Code::NotFound])),
+            Some("failure_codes")
+        );
+        assert_eq!(
+            refused_setting(Builder::new().consecutive_failures(0)),
+            Some("consecutive_failures")
+        );
+        assert_eq!(
+            refused_setting(Builder::new().accrual_window(Duration::from_millis(500))),
+            Some("accrual_window")
+        );
+        assert_eq!(
+            refused_setting(Builder::new().success_rate_stdev_factor(f64::NAN)),
+            Some("success_rate_stdev_factor")
+        );
+        assert_eq!(
+            refused_setting(Builder::new().failure_percentage_threshold(101)),
+            Some("failure_percentage_threshold")
+        );
+        assert_eq!(
+            refused_setting(Builder::new().failure_percentage_request_volume(0)),
+            Some("failure_percentage_request_volume")
+        );
+    }
 
     #[test]
     fn slow_endpoint_settings_and_their_defaults() {

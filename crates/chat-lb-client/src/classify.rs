@@ -4,9 +4,13 @@
 //!
 //! * **response headers** — the server answered. Whatever the gRPC status,
 //!   that is a success for balancing purposes, except:
-//! * **`UNAVAILABLE`** — a trailers-only `UNAVAILABLE` answer, or an HTTP
-//!   502/503/504 that gRPC maps to it: the server (or a proxy) says it cannot
-//!   serve now;
+//! * **a failure status code** — a trailers-only answer whose code is one of
+//!   the configured *failure codes* ([`FailureCodes`]; by default
+//!   `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS`), or an HTTP
+//!   502/503/504, which gRPC maps to `UNAVAILABLE`: the server (or a proxy)
+//!   failed, not the request. `UNAVAILABLE` ("cannot serve now") is kept apart
+//!   from the others, since it ejects at once (see `outlier`). Application
+//!   outcomes (`NOT_FOUND`, `INVALID_ARGUMENT`, ...) are never failure codes;
 //! * **never sent** — a transport error that proves the request never reached
 //!   the server: the connection was refused or could not be made (a failed TLS
 //!   handshake included, also one that only shows on the first request, as a
@@ -20,7 +24,7 @@
 //! * **expired** — the channel's own enforcement of the `grpc-timeout`
 //!   deadline fired.
 //!
-//! (No response headers within the per-try timeout is the fifth kind; the call
+//! (No response headers within the per-try timeout is the sixth kind; the call
 //! state machine sees it by its timer, see `call`.) A response body that fails
 //! after the headers is told apart by [`is_transport`].
 
@@ -43,14 +47,89 @@ pub(crate) enum CallFailure {
     Unavailable,
     /// No response headers within the per-try timeout.
     Timeout,
+    /// The server answered with another failure status code (see
+    /// [`FailureCodes`]).
+    Status(Code),
+}
+
+impl CallFailure {
+    /// How a last error of this kind is labelled (`Transport: ...`,
+    /// `Internal: ...`); a refused call is a transport failure in words.
+    pub fn label(self) -> &'static str {
+        match self {
+            CallFailure::Refused | CallFailure::Transport => "Transport",
+            CallFailure::Unavailable => "Unavailable",
+            CallFailure::Timeout => "Timeout",
+            CallFailure::Status(code) => code_name(code),
+        }
+    }
+}
+
+/// The gRPC status codes whose answers count as the endpoint's failure: in
+/// outlier detection, and for retrying retry-safe calls (see
+/// [`crate::Builder::failure_codes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FailureCodes {
+    /// One bit per code number.
+    bits: u32,
+}
+
+impl FailureCodes {
+    /// The default failure codes.
+    pub const DEFAULT: [Code; 4] = [
+        Code::Unavailable,
+        Code::Internal,
+        Code::Unknown,
+        Code::DataLoss,
+    ];
+
+    /// The codes that may be failure codes: those that say the server failed,
+    /// not the request. Every other code is an application outcome (`OK`,
+    /// `NOT_FOUND`, `INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED` for a caller's
+    /// quota, ...), which never counts against a replica.
+    pub const ALLOWED: [Code; 6] = [
+        Code::Unknown,
+        Code::DeadlineExceeded,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+    ];
+
+    /// The set of `codes`.
+    pub fn new(codes: impl IntoIterator<Item = Code>) -> Self {
+        let bits = codes
+            .into_iter()
+            .fold(0, |bits, code| bits | 1 << (code as i32 as u32 & 31));
+        Self { bits }
+    }
+
+    /// Whether `code` is a failure code.
+    pub fn contains(self, code: Code) -> bool {
+        self.bits & (1 << (code as i32 as u32 & 31)) != 0
+    }
+
+    /// A code in the set that may not be a failure code, if any.
+    pub fn application_code(self) -> Option<Code> {
+        (0..17)
+            .map(Code::from_i32)
+            .find(|code| self.contains(*code) && !Self::ALLOWED.contains(code))
+    }
+}
+
+impl Default for FailureCodes {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT)
+    }
 }
 
 /// What became of one attempt.
 pub(crate) enum Outcome {
-    /// Response headers arrived, and they are not `UNAVAILABLE`.
+    /// Response headers arrived, without a failure code.
     Answered(Response, Duration),
-    /// The server answered `UNAVAILABLE` (with this message).
-    Unavailable(Response, Duration, String),
+    /// The server answered with a failure code (of this kind, with this
+    /// message).
+    Failing(Response, Duration, CallFailure, String),
     /// The request provably never reached the server.
     NotSent(BoxError),
     /// A transport error after the request may have reached the server.
@@ -60,11 +139,12 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// An attempt's response headers, `rtt` after it was sent.
-    pub fn of_response(response: Response, rtt: Duration) -> Self {
-        match unavailable(&response) {
+    /// An attempt's response headers, `rtt` after it was sent; `codes`: the
+    /// failure codes.
+    pub fn of_response(response: Response, rtt: Duration, codes: FailureCodes) -> Self {
+        match failure_status(&response, codes) {
             None => Outcome::Answered(response, rtt),
-            Some(message) => Outcome::Unavailable(response, rtt, message),
+            Some((kind, message)) => Outcome::Failing(response, rtt, kind, message),
         }
     }
 
@@ -120,24 +200,70 @@ pub(crate) fn never_sent(err: &(dyn StdError + 'static)) -> bool {
 /// A ready-made name: looking it up skips parsing and validating a string.
 pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
-/// The message of an `UNAVAILABLE` answer carried in the response headers
-/// (trailers-only), or of an HTTP 502/503/504 that gRPC maps to it.
-pub(crate) fn unavailable<B>(response: &http::Response<B>) -> Option<String> {
-    if let Some(status) = response.headers().get(&GRPC_STATUS) {
-        if status.as_bytes() != b"14" {
-            return None;
-        }
-        return Some(
-            Status::from_header_map(response.headers())
-                .map(|s| s.message().to_owned())
-                .unwrap_or_default(),
-        );
+/// The failure an answer carries in its response headers, with its message:
+/// a trailers-only answer with a failure code, or an HTTP 502/503/504 (which
+/// gRPC maps to `UNAVAILABLE`) while `UNAVAILABLE` is a failure code.
+pub(crate) fn failure_status<B>(
+    response: &http::Response<B>,
+    codes: FailureCodes,
+) -> Option<(CallFailure, String)> {
+    let code = match response.headers().get(&GRPC_STATUS) {
+        Some(status) => Code::from_i32(parse_code(status.as_bytes())?),
+        None => match response.status() {
+            http::StatusCode::BAD_GATEWAY
+            | http::StatusCode::SERVICE_UNAVAILABLE
+            | http::StatusCode::GATEWAY_TIMEOUT => {
+                return codes.contains(Code::Unavailable).then(|| {
+                    (
+                        CallFailure::Unavailable,
+                        format!("HTTP {}", response.status()),
+                    )
+                });
+            }
+            _ => return None,
+        },
+    };
+    if !codes.contains(code) {
+        return None;
     }
-    match response.status() {
-        http::StatusCode::BAD_GATEWAY
-        | http::StatusCode::SERVICE_UNAVAILABLE
-        | http::StatusCode::GATEWAY_TIMEOUT => Some(format!("HTTP {}", response.status())),
-        _ => None,
+    let message = Status::from_header_map(response.headers())
+        .map(|s| s.message().to_owned())
+        .unwrap_or_default();
+    let kind = match code {
+        Code::Unavailable => CallFailure::Unavailable,
+        code => CallFailure::Status(code),
+    };
+    Some((kind, message))
+}
+
+/// A `grpc-status` value as a code number (`0` and up to two more digits).
+fn parse_code(text: &[u8]) -> Option<i32> {
+    if text.is_empty() || text.len() > 2 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(text.iter().fold(0, |n, d| n * 10 + i32::from(d - b'0')))
+}
+
+/// The name of a gRPC code, as tonic's `Debug` writes it (`Internal`).
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -226,19 +352,62 @@ mod tests {
             "TLS: the server requires a client certificate"
         );
 
+        let codes = FailureCodes::default();
         let response = Status::unavailable("draining").into_http::<()>();
-        assert_eq!(unavailable(&response).as_deref(), Some("draining"));
-        assert_eq!(unavailable(&Status::not_found("x").into_http::<()>()), None);
+        assert_eq!(
+            failure_status(&response, codes),
+            Some((CallFailure::Unavailable, "draining".to_owned()))
+        );
+        let response = Status::internal("oops").into_http::<()>();
+        assert_eq!(
+            failure_status(&response, codes),
+            Some((CallFailure::Status(Code::Internal), "oops".to_owned()))
+        );
+        assert_eq!(failure_status(&response, FailureCodes::new([])), None);
         let mut plain = http::Response::new(());
-        assert_eq!(unavailable(&plain), None);
+        assert_eq!(failure_status(&plain, codes), None);
         *plain.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        assert!(unavailable(&plain).is_some());
+        assert!(failure_status(&plain, codes).is_some());
 
         let boxed: Box<dyn StdError + Send + Sync> = Box::new(Status::unimplemented("no"));
         assert_eq!(status_code(&*boxed), Some(Code::Unimplemented));
         assert_eq!(describe(&*boxed), "Unimplemented: no");
         assert!(is_timeout(&tonic::TimeoutExpired(())));
         assert!(!is_timeout(&*boxed));
+    }
+
+    #[test]
+    fn application_outcomes_are_never_failures() {
+        let codes = FailureCodes::default();
+        for code in FailureCodes::DEFAULT {
+            assert!(codes.contains(code), "{code:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+        ] {
+            assert!(!codes.contains(code), "{code:?}");
+            let answer = Status::new(code, "the request's fault").into_http::<()>();
+            assert_eq!(failure_status(&answer, codes), None, "{code:?}");
+        }
+        assert_eq!(codes.application_code(), None);
+        assert_eq!(
+            FailureCodes::new([Code::Internal, Code::NotFound]).application_code(),
+            Some(Code::NotFound)
+        );
+        assert_eq!(
+            FailureCodes::new(FailureCodes::ALLOWED).application_code(),
+            None
+        );
+        assert_eq!(parse_code(b"13"), Some(13));
+        assert_eq!(parse_code(b"x"), None);
+        assert_eq!(parse_code(b""), None);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{error::ConfigError, picker::Policy, retry::RetrySafe, tls::ClientTls};
+use crate::{
+    classify::FailureCodes, error::ConfigError, picker::Policy, retry::RetrySafe, tls::ClientTls,
+};
 
 /// Hook to adjust each endpoint's `tonic::transport::Endpoint` (user agent, window
 /// sizes, ...) after the balancer applied its own connection settings.
@@ -39,13 +41,22 @@ impl Default for HealthConfig {
     }
 }
 
-/// Passive health checking (outlier detection).
+/// Passive health checking (outlier detection; see `outlier`).
 #[derive(Debug, Clone)]
 pub(crate) struct OutlierConfig {
     pub enabled: bool,
     pub base_ejection_time: Duration,
     pub max_ejection_time: Duration,
     pub max_ejection_percent: u8,
+    /// The status codes whose answers are failures (see `classify`).
+    pub failure_codes: FailureCodes,
+    /// Failed attempts in a row that eject; `None`: off.
+    pub consecutive_failures: Option<u32>,
+    /// The sliding window the success-rate and failure-percentage detectors
+    /// count attempts over.
+    pub window: Duration,
+    pub success_rate: SuccessRateConfig,
+    pub failure_percentage: FailurePercentageConfig,
 }
 
 impl Default for OutlierConfig {
@@ -55,6 +66,57 @@ impl Default for OutlierConfig {
             base_ejection_time: Duration::from_secs(1),
             max_ejection_time: Duration::from_secs(30),
             max_ejection_percent: 50,
+            failure_codes: FailureCodes::default(),
+            consecutive_failures: Some(5),
+            window: Duration::from_secs(10),
+            success_rate: SuccessRateConfig::default(),
+            failure_percentage: FailurePercentageConfig::default(),
+        }
+    }
+}
+
+/// gRPC A50's success-rate ejection (see `outlier::accrual`).
+#[derive(Debug, Clone)]
+pub(crate) struct SuccessRateConfig {
+    pub enabled: bool,
+    /// Ejected below `mean - stdev_factor * stdev` of the endpoints' rates.
+    pub stdev_factor: f64,
+    /// Endpoints with `request_volume` needed for any judgement.
+    pub minimum_hosts: u32,
+    /// Attempts in the window an endpoint needs to be judged or counted.
+    pub request_volume: u32,
+}
+
+impl Default for SuccessRateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stdev_factor: 1.9,
+            minimum_hosts: 5,
+            request_volume: 100,
+        }
+    }
+}
+
+/// gRPC A50's failure-percentage ejection (see `outlier::accrual`).
+#[derive(Debug, Clone)]
+pub(crate) struct FailurePercentageConfig {
+    pub enabled: bool,
+    /// Ejected over this share of failed attempts, in percent.
+    pub threshold: u8,
+    /// Endpoints with `request_volume` needed for any judgement.
+    pub minimum_hosts: u32,
+    /// Attempts in the window an endpoint needs to be judged or counted.
+    pub request_volume: u32,
+}
+
+impl Default for FailurePercentageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 10,
+            minimum_hosts: 3,
+            request_volume: 50,
         }
     }
 }
@@ -220,6 +282,7 @@ impl Config {
             "max_ejection_time",
             "must not be below base_ejection_time",
         )?;
+        o.validate_accrual()?;
         check(
             self.slow.factor.is_finite() && self.slow.factor >= 1.5,
             "slow_endpoint_factor",
@@ -259,6 +322,67 @@ impl Config {
             "must be above zero",
         )?;
         Ok(())
+    }
+}
+
+impl OutlierConfig {
+    /// Rejects failure-accrual settings that cannot work.
+    fn validate_accrual(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, setting, problem| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { setting, problem })
+            }
+        };
+        check(
+            self.failure_codes.application_code().is_none(),
+            "failure_codes",
+            "may hold only UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and \
+             DATA_LOSS (application outcomes never count against a replica)",
+        )?;
+        check(
+            self.consecutive_failures != Some(0),
+            "consecutive_failures",
+            "must be at least 1 (or off)",
+        )?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.window),
+            "accrual_window",
+            "must be from 1s to 10m",
+        )?;
+        let sr = &self.success_rate;
+        check(
+            sr.stdev_factor.is_finite() && sr.stdev_factor > 0.0,
+            "success_rate_stdev_factor",
+            "must be a finite number above 0",
+        )?;
+        check(
+            sr.minimum_hosts >= 1,
+            "success_rate_minimum_hosts",
+            "must be at least 1",
+        )?;
+        check(
+            sr.request_volume >= 1,
+            "success_rate_request_volume",
+            "must be at least 1",
+        )?;
+        let fp = &self.failure_percentage;
+        check(
+            fp.threshold <= 100,
+            "failure_percentage_threshold",
+            "must be at most 100",
+        )?;
+        check(
+            fp.minimum_hosts >= 1,
+            "failure_percentage_minimum_hosts",
+            "must be at least 1",
+        )?;
+        check(
+            fp.request_volume >= 1,
+            "failure_percentage_request_volume",
+            "must be at least 1",
+        )
     }
 }
 

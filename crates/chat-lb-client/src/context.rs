@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     classify::CallFailure,
@@ -15,6 +15,7 @@ use crate::{
     members::{EndpointList, Members},
     metrics::BalancerMetrics,
     outlier::EjectionCap,
+    outlier::accrual,
     retry::budget::RetryBudget,
     update::{Update, Updates, report},
 };
@@ -68,8 +69,11 @@ impl CallContext {
 
 impl CallContext {
     /// Counts a failed attempt against its endpoint (see
-    /// [`Endpoint::on_failure`]), reporting an ejection to the membership
-    /// owner so that waiters learn of it.
+    /// [`Endpoint::on_failure`]) and ejects it when a detector says so: its
+    /// own record (at once, or failures in a row), else the windowed
+    /// detectors, which compare its recent outcomes with every endpoint's (see
+    /// `outlier::accrual`). An ejection is reported to the membership owner so
+    /// that waiters learn of it.
     pub fn count_failure(
         &self,
         endpoint: &Endpoint,
@@ -77,9 +81,21 @@ impl CallContext {
         error: &str,
         elapsed: Duration,
     ) {
-        let total = self.members.borrow().endpoints.len();
+        let now = Instant::now();
         let cfg = &self.cfg.outlier;
-        if endpoint.on_failure(cfg, &self.ejections, total, kind, error, elapsed) {
+        let list = self.endpoints();
+        let reason = endpoint
+            .on_failure(cfg, kind, error, elapsed, now)
+            .or_else(|| {
+                let own = endpoint.recent(now);
+                if !accrual::may_judge(own, cfg) {
+                    return None;
+                }
+                let all: Vec<accrual::Counts> = list.iter().map(|e| e.recent(now)).collect();
+                accrual::judge(own, &all, cfg)
+            });
+        let Some(reason) = reason else { return };
+        if endpoint.eject(cfg, (&self.ejections, list.len()), reason, error) {
             report(&self.updates, Update::StateChanged);
         }
     }

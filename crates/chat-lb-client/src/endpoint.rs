@@ -30,10 +30,13 @@ use crate::{
     ewma::PeakEwma,
     health::{Active, HealthTracker, ProbeStatus, Verdict},
     metrics::EndpointMetrics,
-    outlier::{Ejection, EjectionCap},
+    outlier::{
+        Ejection, EjectionCap,
+        accrual::{Counts, OutcomeWindow},
+    },
     picker::{Candidate, Tier},
     slow::ProbeWindow,
-    snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
+    snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
     transport::Transport,
 };
@@ -55,8 +58,12 @@ pub(crate) struct Endpoint {
     /// `calls` when the previous probe check ended.
     calls_at_last_probe: AtomicU64,
     errors: AtomicU64,
+    /// Failed attempts in a row (since its last answer or ejection).
     call_failures: AtomicU32,
     ewma: PeakEwma,
+    /// Its recent outcomes, for failure accrual (a lock of its own: every
+    /// finished attempt takes it, briefly; taken after `record` when both are).
+    window: Mutex<OutcomeWindow>,
     record: Mutex<Record>,
     /// Wakes the prober for an immediate probe.
     pub probe_now: Notify,
@@ -158,6 +165,7 @@ impl Endpoint {
         transport: Arc<dyn Transport>,
         default_rtt: Duration,
         decay: Duration,
+        window: Duration,
     ) -> Self {
         Self {
             addr,
@@ -171,6 +179,7 @@ impl Endpoint {
             errors: AtomicU64::new(0),
             call_failures: AtomicU32::new(0),
             ewma: PeakEwma::new(default_rtt, decay, Instant::now()),
+            window: Mutex::new(OutcomeWindow::new(window, Instant::now())),
             record: Mutex::new(Record::default()),
             probe_now: Notify::new(),
             probes_started: AtomicU64::new(0),
@@ -213,6 +222,15 @@ impl Endpoint {
 
     fn lock(&self) -> MutexGuard<'_, Record> {
         self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn window(&self) -> MutexGuard<'_, OutcomeWindow> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Its attempts and failures within the accrual window ending at `now`.
+    pub fn recent(&self, now: Instant) -> Counts {
+        self.window().counts(now)
     }
 
     /// The routable epoch (see the field).
@@ -276,55 +294,74 @@ impl Endpoint {
         self.note_answered();
         self.metrics.answered();
         self.ewma.observe(rtt, now);
+        self.window().record(now, false);
         if self.call_failures.load(Ordering::Relaxed) != 0 {
             self.call_failures.store(0, Ordering::Relaxed);
         }
     }
 
-    /// An attempt failed in a way that says the endpoint may be down: counts it
-    /// and ejects the endpoint at once, within the ejection cap (`total`: how
-    /// many endpoints there are). Returns whether it was ejected (a change to
-    /// report).
+    /// An attempt failed in a way that counts against the endpoint: counts it
+    /// (metrics, last error, failures in a row, the accrual window) and says
+    /// whether the endpoint's own record calls for an ejection: at once for a
+    /// failure that says it may be down, else after `consecutive_failures` in
+    /// a row (see `outlier`). The windowed detectors, which compare it with
+    /// the other endpoints, are the caller's (`CallContext::count_failure`).
     pub fn on_failure(
         &self,
         cfg: &OutlierConfig,
-        cap: &EjectionCap,
-        total: usize,
         kind: CallFailure,
         error: &str,
         elapsed: Duration,
-    ) -> bool {
-        let now = Instant::now();
+        now: Instant,
+    ) -> Option<EjectionReason> {
         self.metrics.failed(kind);
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.call_failures.fetch_add(1, Ordering::Relaxed);
+        let in_a_row = self
+            .call_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         if kind == CallFailure::Timeout {
             // A timeout is the slowest possible answer.
             self.ewma.observe(elapsed, now);
         }
+        self.window().record(now, true);
+        self.lock().note_error(labelled(kind.label(), error));
+        crate::outlier::reason_at_once(kind).or_else(|| {
+            cfg.consecutive_failures
+                .filter(|n| in_a_row >= *n)
+                .map(|_| EjectionReason::ConsecutiveFailures)
+        })
+    }
+
+    /// Ejects the endpoint for `reason` (`error`: the failure that decided
+    /// it), within the ejection cap (`total`: how many endpoints there are).
+    /// Only a routable endpoint is ejected: not one ejected already (a last
+    /// resort that failed again), unhealthy or not serving. Returns whether it
+    /// was ejected (a change to report).
+    pub fn eject(
+        &self,
+        cfg: &OutlierConfig,
+        (cap, total): (&EjectionCap, usize),
+        reason: EjectionReason,
+        error: &str,
+    ) -> bool {
         let mut record = self.lock();
-        // A refused call is a transport failure in words.
-        let label = match kind {
-            CallFailure::Refused | CallFailure::Transport => "Transport",
-            CallFailure::Unavailable => "Unavailable",
-            CallFailure::Timeout => "Timeout",
-        };
-        record.note_error(labelled(label, error));
-        // Only a routable endpoint is ejected: not one ejected already (a last
-        // resort that failed again), unhealthy or not serving.
         let before = record.state();
         if !cfg.enabled || !before.is_routable() {
             return false;
         }
         if !cap.try_acquire(total, cfg.max_ejection_percent) {
-            tracing::debug!(endpoint = %self.addr, ?kind, error, "not ejected: max_ejection_percent reached");
+            tracing::debug!(endpoint = %self.addr, %reason, error, "not ejected: max_ejection_percent reached");
             return false;
         }
-        let time = record.ejection.eject(now, cfg);
-        self.metrics.ejected(kind);
+        let time = record.ejection.eject(Instant::now(), cfg, reason);
+        // Its accrual starts over: it is judged on its calls after the ejection.
+        self.call_failures.store(0, Ordering::Relaxed);
+        self.window().clear();
+        self.metrics.ejected(reason);
         tracing::warn!(
             endpoint = %self.addr,
-            ?kind,
+            %reason,
             error,
             ejection = %humantime::format_duration(time),
             ejections = record.ejection.total(),
@@ -376,6 +413,9 @@ impl Endpoint {
         let ejection_over = verdict == Verdict::Serving && record.ejection.expired(now);
         if ejection_over && record.ejection.end(now) {
             cap.release();
+            // Readmitted: judged on its calls from now on (not the last-resort
+            // calls it took while ejected).
+            self.window().clear();
         }
         record.health.observe(verdict, cfg);
         record.last_probe = Some(ProbeRecord {
@@ -502,6 +542,7 @@ impl Endpoint {
     /// A point-in-time view.
     pub fn snapshot(&self) -> EndpointSnapshot {
         let now = Instant::now();
+        let recent = self.recent(now);
         let record = self.lock();
         EndpointSnapshot {
             address: self.addr,
@@ -513,12 +554,15 @@ impl Endpoint {
             consecutive_failures: record.health.consecutive_failures(),
             consecutive_call_failures: self.call_failures.load(Ordering::Relaxed),
             ejections: record.ejection.total(),
+            ejection_reason: record.ejection.reason(),
             ejected_for: record
                 .ejection
                 .until()
                 .map(|until| until.saturating_duration_since(now)),
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            recent_attempts: recent.attempts,
+            recent_failures: recent.failures,
             last_error: record.last_error.clone(),
         }
     }
@@ -567,9 +611,11 @@ mod tests {
         probed(&mut record, Verdict::Serving);
         assert_eq!(record.tier(), Tier::Preferred);
 
-        record
-            .ejection
-            .eject(Instant::now(), &OutlierConfig::default());
+        record.ejection.eject(
+            Instant::now(),
+            &OutlierConfig::default(),
+            EjectionReason::Transport,
+        );
         assert_eq!(record.state(), EndpointState::Ejected);
         assert_eq!(record.tier(), Tier::LastResort, "its last probe succeeded");
         // One failed probe (below the unhealthy threshold): not even a last resort.
@@ -593,9 +639,11 @@ mod tests {
 
         // Ejected before any probe answered: excluded.
         let mut record = Record::default();
-        record
-            .ejection
-            .eject(Instant::now(), &OutlierConfig::default());
+        record.ejection.eject(
+            Instant::now(),
+            &OutlierConfig::default(),
+            EjectionReason::Transport,
+        );
         assert_eq!(record.tier(), Tier::Excluded);
     }
 
@@ -610,9 +658,11 @@ mod tests {
         );
         // Slowness never lifts an endpoint: ejected or unhealthy ones keep
         // their tier.
-        record
-            .ejection
-            .eject(Instant::now(), &OutlierConfig::default());
+        record.ejection.eject(
+            Instant::now(),
+            &OutlierConfig::default(),
+            EjectionReason::Transport,
+        );
         assert_eq!(record.tier(), Tier::LastResort);
         let mut record = Record {
             slow: true,

@@ -386,5 +386,5 @@ pub use health::ChatHealthProbe;
 pub use health::{GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
 pub use picker::Policy;
 pub use retry::{RetrySafe, SafeToRetry};
-pub use snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};
+pub use snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};
 pub use tls::describe_tls_error;

@@ -22,8 +22,8 @@
 //! | `chat_lb_endpoint_attempts_total` | counter | `endpoint` | attempts sent to it (first tries and retries) |
 //! | `chat_lb_endpoint_calls_total` | counter | `endpoint` | calls it answered: response headers that do not count against it (any gRPC status but `UNAVAILABLE`) |
 //! | `chat_lb_endpoint_outstanding` | gauge | `endpoint` | attempts on it waiting for response headers now |
-//! | `chat_lb_endpoint_failures_total` | counter | `endpoint`, `kind` | failed attempts counted against it, by `kind`: `refused` (never reached the server: connection refused or failed, stream refused), `transport` (the connection failed under the call, also mid-response), `unavailable` (the server answered `UNAVAILABLE`), `timeout` (no response headers within the per-try timeout) |
-//! | `chat_lb_endpoint_ejections_total` | counter | `endpoint`, `reason` | ejections by outlier detection, by the failure `kind` that caused them |
+//! | `chat_lb_endpoint_failures_total` | counter | `endpoint`, `kind` | failed attempts counted against it, by `kind`: `refused` (never reached the server: connection refused or failed, stream refused), `transport` (the connection failed under the call, also mid-response), `unavailable` (the server answered `UNAVAILABLE`), `timeout` (no response headers within the per-try timeout), `failure_code` (the server answered with another failure status code, `INTERNAL`, `UNKNOWN` or `DATA_LOSS` by default; see `Builder::failure_codes`) |
+//! | `chat_lb_endpoint_ejections_total` | counter | `endpoint`, `reason` | ejections by outlier detection, by `reason`: at once after a failure of kind `refused`, `transport`, `unavailable` or `timeout`; by failure accrual, `consecutive_failures`, `success_rate` or `failure_percentage` (see [`crate::EjectionReason`]) |
 //! | `chat_lb_endpoint_slow_marks_total` | counter | `endpoint` | times it was marked slow (its probes much slower than the others') |
 //! | `chat_lb_probe_duration_seconds` | histogram | `endpoint` | how long each health check took (failed ones included) |
 //! | `chat_lb_probes_total` | counter | `endpoint`, `result` | health checks by `result`: `serving`, `not_serving`, `failed` (pushed `Watch` updates are not checks) |
@@ -41,11 +41,20 @@
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
-use crate::{classify::CallFailure, health::Verdict, snapshot::EndpointState};
+use crate::{
+    classify::CallFailure,
+    health::Verdict,
+    snapshot::{EjectionReason, EndpointState},
+};
 
-/// The `kind` (and ejection `reason`) label of each [`CallFailure`], in the
-/// order of [`failure_index`].
-const FAILURE_KINDS: [&str; 4] = ["refused", "transport", "unavailable", "timeout"];
+/// The `kind` label of each [`CallFailure`], in the order of [`failure_index`].
+const FAILURE_KINDS: [&str; 5] = [
+    "refused",
+    "transport",
+    "unavailable",
+    "timeout",
+    "failure_code",
+];
 
 fn failure_index(kind: CallFailure) -> usize {
     match kind {
@@ -53,7 +62,16 @@ fn failure_index(kind: CallFailure) -> usize {
         CallFailure::Transport => 1,
         CallFailure::Unavailable => 2,
         CallFailure::Timeout => 3,
+        CallFailure::Status(_) => 4,
     }
+}
+
+/// The index of an ejection `reason` label, in [`EjectionReason::ALL`].
+fn reason_index(reason: EjectionReason) -> usize {
+    EjectionReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(0)
 }
 
 /// The `result` label of each health check [`Verdict`], in the order of
@@ -86,8 +104,8 @@ pub(crate) struct EndpointMetrics {
     attempts: Counter,
     calls: Counter,
     outstanding: Gauge,
-    failures: [Counter; 4],
-    ejections: [Counter; 4],
+    failures: [Counter; 5],
+    ejections: [Counter; 7],
     slow_marks: Counter,
     probe_duration: Histogram,
     probes: [Counter; 3],
@@ -109,8 +127,13 @@ impl EndpointMetrics {
             outstanding: gauge!("chat_lb_endpoint_outstanding", &[label()]),
             failures: FAILURE_KINDS
                 .map(|kind| with("chat_lb_endpoint_failures_total", "kind", kind)),
-            ejections: FAILURE_KINDS
-                .map(|kind| with("chat_lb_endpoint_ejections_total", "reason", kind)),
+            ejections: EjectionReason::ALL.map(|reason| {
+                with(
+                    "chat_lb_endpoint_ejections_total",
+                    "reason",
+                    reason.as_str(),
+                )
+            }),
             slow_marks: counter!("chat_lb_endpoint_slow_marks_total", &[label()]),
             probe_duration: histogram!("chat_lb_probe_duration_seconds", &[label()]),
             probes: PROBE_RESULTS.map(|result| with("chat_lb_probes_total", "result", result)),
@@ -145,9 +168,9 @@ impl EndpointMetrics {
         self.failures[failure_index(kind)].increment(1);
     }
 
-    /// Outlier detection ejected it after a failure of this kind.
-    pub fn ejected(&self, kind: CallFailure) {
-        self.ejections[failure_index(kind)].increment(1);
+    /// Outlier detection ejected it, for this reason.
+    pub fn ejected(&self, reason: EjectionReason) {
+        self.ejections[reason_index(reason)].increment(1);
     }
 
     /// A health check of it ended after `latency`.

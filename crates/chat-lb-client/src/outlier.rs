@@ -1,19 +1,34 @@
 //! Passive health checking (outlier detection).
 //!
-//! A call that fails in a way that says "this replica is down" (no connection,
-//! a transport error, `UNAVAILABLE`, no response headers within the per-try
-//! timeout) ejects its endpoint at once, without waiting for the next probe.
-//! The ejection lasts `base_ejection_time * n` for the endpoint's `n`-th
-//! ejection in a row, capped at `max_ejection_time`; the count starts over once
-//! an endpoint has stayed un-ejected for `max_ejection_time`. At most
-//! `max_ejection_percent` of the endpoints (but always at least one) are ejected
-//! at a time, so a cluster-wide blip cannot eject everything. After the ejection
-//! time the endpoint's prober checks it at once, and it comes back only on a
-//! successful probe.
+//! **At once.** A call that fails in a way that says "this replica is down"
+//! (no connection, a transport error, `UNAVAILABLE`, no response headers
+//! within the per-try timeout) ejects its endpoint at once, without waiting
+//! for the next probe ([`reason_at_once`]).
+//!
+//! **Failure accrual.** A replica that answers quickly *with errors* (the
+//! other failure codes: `INTERNAL`, `UNKNOWN`, `DATA_LOSS` by default, see
+//! `classify`) is up, so one error proves little; its failures accrue
+//! instead, and three detectors judge them (see [`accrual`]): `N` failed
+//! attempts in a row (consecutive failures), and, over a sliding window, gRPC
+//! A50's success-rate and failure-percentage ejection. Every failure kind
+//! counts towards them, and every answer that is not a failure (whatever its
+//! application status) counts as a success.
+//!
+//! **Ejection**, whatever its reason, lasts `base_ejection_time * n` for the
+//! endpoint's `n`-th ejection in a row, capped at `max_ejection_time`; the
+//! count starts over once an endpoint has stayed un-ejected for
+//! `max_ejection_time`. At most `max_ejection_percent` of the endpoints (but
+//! always at least one) are ejected at a time, so a cluster-wide blip cannot
+//! eject everything. After the ejection time the endpoint's prober checks it
+//! at once, and it comes back only on a successful probe. An ejection starts
+//! the endpoint's accrual over (its consecutive failures and its window), and
+//! so does its end, so a readmitted endpoint is judged on its new calls only.
 //!
 //! An ejected endpoint is not out of reach, though: while its most recent probe
 //! succeeded it is a *last resort*, picked only when no endpoint is healthy or
 //! unprobed (see `picker`). Such calls do not end or extend the ejection.
+
+pub(crate) mod accrual;
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -22,7 +37,19 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::config::OutlierConfig;
+use crate::{classify::CallFailure, config::OutlierConfig, snapshot::EjectionReason};
+
+/// The reason a failure of this kind ejects its endpoint at once, if it does:
+/// it says the replica may be down. The other failure codes accrue instead.
+pub(crate) fn reason_at_once(kind: CallFailure) -> Option<EjectionReason> {
+    match kind {
+        CallFailure::Refused => Some(EjectionReason::Refused),
+        CallFailure::Transport => Some(EjectionReason::Transport),
+        CallFailure::Unavailable => Some(EjectionReason::Unavailable),
+        CallFailure::Timeout => Some(EjectionReason::Timeout),
+        CallFailure::Status(_) => None,
+    }
+}
 
 /// One endpoint's ejection history.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +62,8 @@ pub(crate) struct Ejection {
     total: u32,
     /// When the last ejection ended.
     ended: Option<Instant>,
+    /// Why the current (or last) ejection happened.
+    reason: Option<EjectionReason>,
 }
 
 impl Ejection {
@@ -53,9 +82,16 @@ impl Ejection {
         self.total
     }
 
-    /// Ejects the endpoint, returning the ejection time. The caller has checked
-    /// it is not ejected already and holds a slot of the [`EjectionCap`].
-    pub fn eject(&mut self, now: Instant, cfg: &OutlierConfig) -> Duration {
+    /// Why the current (or last) ejection happened.
+    pub fn reason(&self) -> Option<EjectionReason> {
+        self.reason
+    }
+
+    /// Ejects the endpoint for `reason`, returning the ejection time. The
+    /// caller has checked it is not ejected already and holds a slot of the
+    /// [`EjectionCap`].
+    pub fn eject(&mut self, now: Instant, cfg: &OutlierConfig, reason: EjectionReason) -> Duration {
+        self.reason = Some(reason);
         if self
             .ended
             .is_some_and(|ended| now.saturating_duration_since(ended) >= cfg.max_ejection_time)
@@ -138,10 +174,10 @@ mod tests {
 
     fn cfg() -> OutlierConfig {
         OutlierConfig {
-            enabled: true,
             base_ejection_time: Duration::from_secs(1),
             max_ejection_time: Duration::from_secs(4),
             max_ejection_percent: 50,
+            ..OutlierConfig::default()
         }
     }
 
@@ -152,7 +188,7 @@ mod tests {
         let mut times = Vec::new();
         for _ in 0..6 {
             let now = Instant::now();
-            let t = e.eject(now, &cfg);
+            let t = e.eject(now, &cfg, EjectionReason::Unavailable);
             times.push(t.as_secs());
             assert!(e.is_ejected() && !e.expired(now));
             tokio::time::advance(t).await;
@@ -165,7 +201,12 @@ mod tests {
 
         // Staying clean for max_ejection_time starts the count over.
         tokio::time::advance(cfg.max_ejection_time).await;
-        assert_eq!(e.eject(Instant::now(), &cfg), Duration::from_secs(1));
+        let reason = EjectionReason::FailurePercentage;
+        assert_eq!(
+            e.eject(Instant::now(), &cfg, reason),
+            Duration::from_secs(1)
+        );
+        assert_eq!(e.reason(), Some(reason));
     }
 
     #[test]

@@ -48,6 +48,65 @@ impl fmt::Display for EndpointState {
     }
 }
 
+/// Why outlier detection ejected an endpoint (also the `reason` label of
+/// `chat_lb_endpoint_ejections_total`, as [`EjectionReason::as_str`] writes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EjectionReason {
+    /// A call never reached it (connection refused or failed): at once.
+    Refused,
+    /// The connection failed under a call: at once.
+    Transport,
+    /// It answered `UNAVAILABLE`: at once.
+    Unavailable,
+    /// No response headers within the per-try timeout: at once.
+    Timeout,
+    /// `consecutive_failures` failed attempts in a row (see
+    /// [`crate::Builder::consecutive_failures`]).
+    ConsecutiveFailures,
+    /// Its success rate over the accrual window was far below the other
+    /// endpoints' (gRPC A50's success-rate ejection; see
+    /// [`crate::Builder::success_rate_ejection`]).
+    SuccessRate,
+    /// Its share of failed attempts over the accrual window was over the
+    /// threshold (gRPC A50's failure-percentage ejection; see
+    /// [`crate::Builder::failure_percentage_ejection`]).
+    FailurePercentage,
+}
+
+impl EjectionReason {
+    /// Every reason, in the order of their metric labels.
+    pub const ALL: [EjectionReason; 7] = [
+        EjectionReason::Refused,
+        EjectionReason::Transport,
+        EjectionReason::Unavailable,
+        EjectionReason::Timeout,
+        EjectionReason::ConsecutiveFailures,
+        EjectionReason::SuccessRate,
+        EjectionReason::FailurePercentage,
+    ];
+
+    /// Its name: `refused`, `transport`, `unavailable`, `timeout`,
+    /// `consecutive_failures`, `success_rate` or `failure_percentage`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EjectionReason::Refused => "refused",
+            EjectionReason::Transport => "transport",
+            EjectionReason::Unavailable => "unavailable",
+            EjectionReason::Timeout => "timeout",
+            EjectionReason::ConsecutiveFailures => "consecutive_failures",
+            EjectionReason::SuccessRate => "success_rate",
+            EjectionReason::FailurePercentage => "failure_percentage",
+        }
+    }
+}
+
+impl fmt::Display for EjectionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -106,13 +165,21 @@ pub struct EndpointSnapshot {
     pub consecutive_call_failures: u32,
     /// How many times outlier detection ejected it.
     pub ejections: u32,
+    /// Why its current ejection (or, once that ended, its last one) happened.
+    pub ejection_reason: Option<EjectionReason>,
     /// How long the current ejection still lasts at least.
     pub ejected_for: Option<Duration>,
     /// Attempts sent to it.
     pub calls: u64,
     /// Attempts that failed in a way that counts against its health (transport
-    /// error, `UNAVAILABLE`, per-try timeout).
+    /// error, a failure status code such as `UNAVAILABLE` or `INTERNAL`,
+    /// per-try timeout).
     pub errors: u64,
+    /// Attempts it finished within the accrual window (answered or failed;
+    /// cleared when it is ejected and when the ejection ends).
+    pub recent_attempts: u64,
+    /// Of those, the failed ones.
+    pub recent_failures: u64,
     /// The last error seen, from a probe or a call.
     pub last_error: Option<String>,
 }

@@ -31,7 +31,13 @@ use tonic::body::Body;
 use tower::Service;
 
 use crate::transport::SendError;
-use crate::{Balancer, classify::Outcome, context::CallContext, error::BoxError, members::Members};
+use crate::{
+    Balancer,
+    classify::{FailureCodes, Outcome},
+    context::CallContext,
+    error::BoxError,
+    members::Members,
+};
 use state::{Action, Attempt, Call, Done, Response};
 
 /// The future of a call through the [`Balancer`].
@@ -83,6 +89,7 @@ enum Event {
 /// it the next event.
 async fn run(ctx: Arc<CallContext>, request: http::Request<Body>) -> Result<Response, BoxError> {
     let tls = ctx.cfg.connect.tls.is_some();
+    let codes = ctx.cfg.outlier.failure_codes;
     let mut call = Call::new(ctx, request, Instant::now());
     let mut attempts = Attempts {
         slot: pin!(None),
@@ -93,7 +100,7 @@ async fn run(ctx: Arc<CallContext>, request: http::Request<Body>) -> Result<Resp
     let mut action = call.start(Instant::now());
     loop {
         match action {
-            Action::Send(attempt) => attempts.push(send(attempt, tls)),
+            Action::Send(attempt) => attempts.push(send(attempt, tls, codes)),
             Action::Wait => {}
             Action::Answer(answer) => {
                 call.ctx.metrics.call_answered(call.start.elapsed());
@@ -144,8 +151,9 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Sends one attempt; the endpoint's outstanding count covers it until the
 /// response headers (or the failure), including when the caller gives up on it.
-/// `tls`: whether the endpoint's connections use TLS.
-async fn send(attempt: Attempt, tls: bool) -> Done {
+/// `tls`: whether the endpoint's connections use TLS; `codes`: the failure
+/// codes (see `classify`).
+async fn send(attempt: Attempt, tls: bool, codes: FailureCodes) -> Done {
     let Attempt {
         n,
         endpoint,
@@ -155,7 +163,7 @@ async fn send(attempt: Attempt, tls: bool) -> Done {
         let _in_flight = endpoint.start();
         let sent = Instant::now();
         match endpoint.transport.send(request).await {
-            Ok(response) => Outcome::of_response(response, sent.elapsed()),
+            Ok(response) => Outcome::of_response(response, sent.elapsed(), codes),
             Err(SendError::NotReady(error)) => Outcome::of_error(error, true, false),
             Err(SendError::Failed(error)) => {
                 let closed_unanswered = tls && endpoint.closed_unanswered(&*error);

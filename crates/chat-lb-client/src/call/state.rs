@@ -253,9 +253,11 @@ impl Call {
                 return Action::Answer(Ok(response));
             }
             Outcome::Expired => return Action::Answer(Ok(self.deadline_exceeded(&endpoint))),
-            Outcome::Unavailable(response, rtt, why) => {
+            Outcome::Failing(response, rtt, kind, why) => {
+                // A failure code: counted against the endpoint (see
+                // `outlier`), and a retry-safe call goes elsewhere.
                 if was_live {
-                    self.count(&endpoint, CallFailure::Unavailable, &why, rtt);
+                    self.count(&endpoint, kind, &why, rtt);
                 }
                 let give_up = GiveUp::Respond(response);
                 (

@@ -11,9 +11,16 @@ use tonic::{Code, Status, body::Body};
 
 use super::state::{Action, Attempt, Call, Done, Response};
 use crate::{
-    EndpointState, ProbeStatus, RetrySafe, classify::Outcome, config::Config, context::CallContext,
-    endpoint::Endpoint, members::Members, outlier::EjectionCap, picker::Policy,
-    transport::ServiceTransport, update::Update,
+    EjectionReason, EndpointState, ProbeStatus, RetrySafe,
+    classify::{CallFailure, FailureCodes, Outcome},
+    config::Config,
+    context::CallContext,
+    endpoint::Endpoint,
+    members::Members,
+    outlier::EjectionCap,
+    picker::Policy,
+    transport::ServiceTransport,
+    update::Update,
 };
 
 /// A call's surroundings: the published membership (changeable), and the
@@ -47,6 +54,7 @@ fn endpoint(port: u16) -> Arc<Endpoint> {
         channel,
         transport,
         Duration::from_millis(1),
+        Duration::from_secs(10),
         Duration::from_secs(10),
     );
     let healthy = Ok(ProbeStatus::Healthy {
@@ -120,11 +128,18 @@ fn done(attempt: &Attempt, outcome: Outcome) -> Done {
 }
 
 fn headers() -> Outcome {
-    Outcome::of_response(http::Response::new(Body::empty()), Duration::from_millis(2))
+    let response = http::Response::new(Body::empty());
+    Outcome::of_response(response, Duration::from_millis(2), FailureCodes::default())
+}
+
+/// A trailers-only answer with `status`, classified with the default failure
+/// codes.
+fn answer(status: Status) -> Outcome {
+    Outcome::of_response(status.into_http(), Duration::ZERO, FailureCodes::default())
 }
 
 fn unavailable() -> Outcome {
-    Outcome::of_response(Status::unavailable("draining").into_http(), Duration::ZERO)
+    answer(Status::unavailable("draining"))
 }
 
 fn refused() -> Outcome {
@@ -400,5 +415,132 @@ async fn the_channels_own_deadline_answers_deadline_exceeded() {
     assert_eq!(
         status.message(),
         "chat-lb-client: deadline of 2s exceeded waiting for 127.0.0.1:1 (attempt 1)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_code_is_retried_elsewhere_and_accrues_an_application_code_does_neither() {
+    let (a, b) = (endpoint(1), endpoint(2));
+    let w = world(config(), &[a.clone(), b.clone()]);
+    let now = Instant::now();
+    let mut call = Call::new(w.ctx.clone(), request(None), now);
+    let first = sent(call.start(now));
+    assert_eq!(first.endpoint.addr, a.addr);
+    let internal = answer(Status::internal("oops"));
+    let second = sent(call.on_attempt(done(&first, internal), false, now));
+    assert_eq!(second.endpoint.addr, b.addr, "retried on another endpoint");
+    let seen = a.snapshot();
+    assert_eq!(
+        (seen.state, seen.errors, seen.consecutive_call_failures),
+        (EndpointState::Healthy, 1, 1),
+        "INTERNAL accrues: no ejection at once"
+    );
+    assert_eq!((seen.recent_attempts, seen.recent_failures), (1, 1));
+    assert!(seen.last_error.unwrap().starts_with("Internal: oops"));
+    assert!(answered(call.on_attempt(done(&second, headers()), false, now)).is_ok());
+
+    // NOT_FOUND is the caller's answer: passed on, not retried, a success for
+    // the endpoint.
+    let mut call = Call::new(w.ctx.clone(), request(None), now);
+    let first = sent(call.start(now));
+    let not_found = answer(Status::not_found("no such user"));
+    let status = answered(call.on_attempt(done(&first, not_found), false, now)).unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let seen = a.snapshot();
+    assert_eq!((seen.errors, seen.consecutive_call_failures), (1, 0));
+    assert_eq!((seen.recent_attempts, seen.recent_failures), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_in_a_row_eject_for_consecutive_failures() {
+    let (a, b) = (endpoint(1), endpoint(2));
+    let w = world(config(), &[a.clone(), b.clone()]);
+    let internal = CallFailure::Status(Code::Internal);
+    for n in 1..=4 {
+        w.ctx.count_failure(&a, internal, "oops", Duration::ZERO);
+        assert_eq!(a.snapshot().state, EndpointState::Healthy, "after {n}");
+    }
+    a.on_success(Duration::from_millis(1), Instant::now());
+    for _ in 0..4 {
+        w.ctx.count_failure(&a, internal, "oops", Duration::ZERO);
+    }
+    assert_eq!(
+        a.snapshot().state,
+        EndpointState::Healthy,
+        "a success starts over"
+    );
+    w.ctx.count_failure(&a, internal, "oops", Duration::ZERO);
+    let seen = a.snapshot();
+    assert_eq!(seen.state, EndpointState::Ejected);
+    assert_eq!(
+        seen.ejection_reason,
+        Some(EjectionReason::ConsecutiveFailures)
+    );
+    assert_eq!(
+        (seen.consecutive_call_failures, seen.recent_attempts),
+        (0, 0),
+        "an ejection starts the accrual over"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flaky_endpoint_is_ejected_by_failure_percentage_once_enough_endpoints_have_volume() {
+    let (a, b, c) = (endpoint(1), endpoint(2), endpoint(3));
+    let mut cfg = config();
+    cfg.outlier.consecutive_failures = None;
+    let w = world(cfg, &[a.clone(), b.clone(), c.clone()]);
+    let rtt = Duration::from_millis(1);
+    // One failure in five, as a replica with --inject-error-rate 0.2 does.
+    let flaky = |attempts: usize| {
+        for n in 0..attempts {
+            if n % 5 == 4 {
+                let internal = CallFailure::Status(Code::Internal);
+                w.ctx
+                    .count_failure(&a, internal, "injected", Duration::ZERO);
+            } else {
+                a.on_success(rtt, Instant::now());
+            }
+        }
+    };
+    for _ in 0..60 {
+        b.on_success(rtt, Instant::now());
+    }
+    for _ in 0..49 {
+        c.on_success(rtt, Instant::now());
+    }
+    flaky(100);
+    assert_eq!(
+        a.snapshot().state,
+        EndpointState::Healthy,
+        "two endpoints with the request volume are fewer than minimum_hosts (3)"
+    );
+    tokio::time::advance(Duration::from_secs(11)).await;
+    for endpoint in [&b, &c] {
+        for _ in 0..50 {
+            endpoint.on_success(rtt, Instant::now());
+        }
+    }
+    flaky(49);
+    assert_eq!(
+        a.snapshot().state,
+        EndpointState::Healthy,
+        "under the volume"
+    );
+    let internal = CallFailure::Status(Code::Internal);
+    w.ctx
+        .count_failure(&a, internal, "injected", Duration::ZERO);
+    let seen = a.snapshot();
+    assert_eq!(
+        seen.state,
+        EndpointState::Ejected,
+        "10 of 50 failed: over 10%"
+    );
+    assert_eq!(
+        seen.ejection_reason,
+        Some(EjectionReason::FailurePercentage)
+    );
+    assert_eq!(
+        (b.snapshot().state, c.snapshot().state),
+        (EndpointState::Healthy, EndpointState::Healthy)
     );
 }

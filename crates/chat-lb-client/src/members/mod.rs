@@ -282,6 +282,7 @@ impl Membership {
             transport,
             env.cfg.default_rtt,
             env.cfg.ewma_decay,
+            env.cfg.outlier.window,
         ));
         let prober = env.cancel.child_token();
         let task = prober::run(
