@@ -7,9 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_lb_client::{Balancer, EndpointSnapshot, EndpointState};
+use chat_lb_client::{Balancer, EjectionReason, EndpointSnapshot, EndpointState};
 use chat_proto::v1::{
-    HealthCheckRequest, SendMessageRequest, chat_service_client::ChatServiceClient,
+    HealthCheckRequest, LoginRequest, SendMessageRequest, chat_service_client::ChatServiceClient,
 };
 use chat_testkit::{PASSWORD, Replica, SendLoad, SharedStore, authed};
 use tonic::Code;
@@ -337,4 +337,64 @@ async fn all_replicas_down_fails_fast_then_one_back_recovers_the_same_client() {
             .replica_id
             .starts_with(&replicas[1].address().to_string())
     );
+}
+
+#[tokio::test]
+async fn a_replica_failing_a_fifth_of_calls_with_internal_costs_no_call_and_is_ejected() {
+    let store = SharedStore::new();
+    let healthy = Replica::start_several(&store, 2);
+    let flaky = Replica::start_with(&store, &["--inject-error-rate", "0.2"]);
+    let addresses = [healthy[0].address(), healthy[1].address(), flaky.address()];
+    let lb = balancer(&addresses);
+    let mut client = ChatServiceClient::new(lb.clone());
+    wait_for(&lb, Duration::from_secs(10), "every replica healthy", |s| {
+        s.iter().all(|e| e.state == EndpointState::Healthy)
+    })
+    .await;
+
+    // Retry-safe calls answered at once: the login of a user that does not exist.
+    // NOT_FOUND is the application's answer (never a replica's failure); INTERNAL
+    // from the flaky replica is retried on another.
+    let mut failed = Vec::new();
+    for _ in 0..600 {
+        let request = LoginRequest {
+            username: "nobody".into(),
+            password: PASSWORD.into(),
+        };
+        match client.login(request).await {
+            Err(status) if status.code() == Code::NotFound => {}
+            other => failed.push(format!("{other:?}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed calls: {failed:?}",
+        failed.len()
+    );
+
+    let snapshot = lb.snapshot();
+    let seen = |address: SocketAddr| {
+        snapshot
+            .iter()
+            .find(|e| e.address == address)
+            .expect("in the snapshot")
+            .clone()
+    };
+    let flaky_seen = seen(flaky.address());
+    assert!(flaky_seen.ejections >= 1, "{flaky_seen:#?}");
+    assert!(
+        matches!(
+            flaky_seen.ejection_reason,
+            Some(EjectionReason::FailurePercentage | EjectionReason::ConsecutiveFailures)
+        ),
+        "ejected by failure accrual: {flaky_seen:#?}"
+    );
+    for replica in &healthy {
+        let healthy_seen = seen(replica.address());
+        assert_eq!(healthy_seen.ejections, 0, "{healthy_seen:#?}");
+        assert!(
+            healthy_seen.calls > flaky_seen.calls,
+            "the flaky replica got fewer attempts: {snapshot:#?}"
+        );
+    }
 }

@@ -3,9 +3,10 @@
 //! Every replica listens on a free port of 127.0.0.1 and they share one temporary
 //! SQLite store (in `/dev/shm` when it exists, so that fsync costs do not drown the
 //! balancers' differences; `--store-dir` to change). Four replica processes: `A`, `B`
-//! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); and, for
+//! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); for
 //! `steady-one-process`, a fifth process serving three healthy servers `P1`, `P2`,
-//! `P3` (each on its own port).
+//! `P3` (each on its own port); and, for `flaky-replica`, `F`, which answers
+//! `INTERNAL` to a share of chat calls (`--inject-error-rate`, [`FLAKY_ERROR_RATE`]).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -13,6 +14,9 @@ use anyhow::Context;
 use chat_testkit::replica::{Placement, Replica};
 
 use crate::{plan::Plan, scenario::Scenario};
+
+/// The share of chat calls `F` answers `INTERNAL` in `flaky-replica`.
+pub const FLAKY_ERROR_RATE: &str = "0.2";
 
 /// The replicas of a run, on one temporary store.
 pub struct Cluster {
@@ -23,6 +27,8 @@ pub struct Cluster {
     /// `P1`, `P2`, `P3`: three servers in one process (only when
     /// `steady-one-process` is planned).
     pub one_process: Option<Replica>,
+    /// `F`: fails a share of chat calls (only when `flaky-replica` is planned).
+    pub flaky: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
     /// Kept for its `Drop` (removes the store).
@@ -59,6 +65,15 @@ impl Cluster {
             .chain(server_args.iter().copied())
             .collect();
         let slow = Replica::start_placed(&store, &slow_args, &one).await?;
+        let flaky = if plan.scenarios.contains(&Scenario::FlakyReplica) {
+            let flaky_args: Vec<&str> = ["--inject-error-rate", FLAKY_ERROR_RATE]
+                .into_iter()
+                .chain(server_args.iter().copied())
+                .collect();
+            Some(Replica::start_placed(&store, &flaky_args, &one).await?)
+        } else {
+            None
+        };
         let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
             let three = Placement { servers: 3, ..one };
             Some(Replica::start_placed(&store, &server_args, &three).await?)
@@ -69,6 +84,7 @@ impl Cluster {
             healthy: [a, b, c],
             slow,
             one_process,
+            flaky,
             dead: dead_address()?,
             _store_dir: dir,
         })
@@ -97,11 +113,15 @@ impl Cluster {
             Scenario::Steady | Scenario::KilledReplica => list.push(c.address()),
             Scenario::DeadAddress => list.extend([c.address(), self.dead]),
             Scenario::SlowReplica => list.push(self.slow.address()),
+            Scenario::FlakyReplica => {
+                list.push(c.address());
+                list.extend(self.flaky.as_ref().map(Replica::address));
+            }
         }
         list
     }
 
-    /// The name of an address in the output (`A`, `B`, `C`, `S`, `P1`.., `dead`).
+    /// The name of an address in the output (`A`, `B`, `C`, `S`, `F`, `P1`.., `dead`).
     pub fn name(&self, address: SocketAddr) -> String {
         let mut in_one_process = self.one_process.iter().flat_map(|p| p.addresses());
         if let Some(i) = in_one_process.position(|a| *a == address) {
@@ -111,6 +131,7 @@ impl Cluster {
             .into_iter()
             .zip(&self.healthy)
             .chain([("S", &self.slow)])
+            .chain(self.flaky.iter().map(|f| ("F", f)))
             .find(|(_, replica)| replica.address() == address);
         match named {
             Some((name, _)) => name.to_owned(),
@@ -127,7 +148,8 @@ impl Cluster {
     /// Stops every replica (SIGINT, then SIGKILL after 2s).
     pub async fn stop(self) {
         let [a, b, c] = self.healthy;
-        for replica in [a, b, c, self.slow].into_iter().chain(self.one_process) {
+        let extra = self.one_process.into_iter().chain(self.flaky);
+        for replica in [a, b, c, self.slow].into_iter().chain(extra) {
             replica.stop(Duration::from_secs(2)).await;
         }
     }

@@ -6,7 +6,12 @@
 //! `unhealthy_threshold`, `healthy_threshold`, `health_watch`,
 //! `slow_endpoint_detection`, `slow_endpoint_factor`, `slow_endpoint_min_latency`,
 //! `outlier_detection`, `base_ejection_time`, `max_ejection_time`,
-//! `max_ejection_percent`, `retry_safe` (`none` | `all` | a method path prefix),
+//! `max_ejection_percent`, `failure_codes` (comma-separated gRPC code names such as
+//! `unavailable,internal`, or `none`), `consecutive_failures` (a number or `off`),
+//! `accrual_window`, `success_rate_ejection`, `success_rate_stdev_factor`,
+//! `success_rate_minimum_hosts`, `success_rate_request_volume`,
+//! `failure_percentage_ejection`, `failure_percentage_threshold`,
+//! `failure_percentage_minimum_hosts`, `failure_percentage_request_volume`, `retry_safe` (`none` | `all` | a method path prefix),
 //! `max_attempts`, `per_try_timeout`, `retry_budget_ratio`, `retry_budget_min_per_sec`,
 //! `retry_budget_window`, `max_replay_bytes`, `timeout`, `wait_for_ready`,
 //! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
@@ -16,6 +21,7 @@
 use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
 use chat_lb_client::{Builder, Policy, RetrySafe};
+use tonic::Code;
 
 /// One `--lb-set` override: its text (for the output) and what it sets.
 #[derive(Clone)]
@@ -98,6 +104,23 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "base_ejection_time" => with(text.duration()?, Builder::base_ejection_time),
         "max_ejection_time" => with(text.duration()?, Builder::max_ejection_time),
         "max_ejection_percent" => with(text.parse()?, Builder::max_ejection_percent),
+        "failure_codes" => with(text.codes()?, |b, codes: Vec<Code>| b.failure_codes(codes)),
+        "consecutive_failures" => with(text.optional()?, |b, n| b.consecutive_failures(n)),
+        "accrual_window" => with(text.duration()?, Builder::accrual_window),
+        "success_rate_ejection" => with(text.parse()?, Builder::success_rate_ejection),
+        "success_rate_stdev_factor" => with(text.parse()?, Builder::success_rate_stdev_factor),
+        "success_rate_minimum_hosts" => with(text.parse()?, Builder::success_rate_minimum_hosts),
+        "success_rate_request_volume" => with(text.parse()?, Builder::success_rate_request_volume),
+        "failure_percentage_ejection" => with(text.parse()?, Builder::failure_percentage_ejection),
+        "failure_percentage_threshold" => {
+            with(text.parse()?, Builder::failure_percentage_threshold)
+        }
+        "failure_percentage_minimum_hosts" => {
+            with(text.parse()?, Builder::failure_percentage_minimum_hosts)
+        }
+        "failure_percentage_request_volume" => {
+            with(text.parse()?, Builder::failure_percentage_request_volume)
+        }
         "retry_safe" => with(text.retry_safe()?, Builder::retry_safe),
         "max_attempts" => with(text.parse()?, Builder::max_attempts),
         "per_try_timeout" => with(text.optional_duration()?, |b, d| b.per_try_timeout(d)),
@@ -155,6 +178,35 @@ impl Text<'_> {
             "off" | "none" => Ok(None),
             _ => self.duration().map(Some),
         }
+    }
+
+    /// A number, or `off`/`none` for none.
+    fn optional<T: FromStr>(&self) -> Result<Option<T>, String>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.value {
+            "off" | "none" => Ok(None),
+            _ => self.parse().map(Some),
+        }
+    }
+
+    /// gRPC code names (`internal`, `DATA_LOSS`, `data-loss`), comma-separated;
+    /// `none` for none.
+    fn codes(&self) -> Result<Vec<Code>, String> {
+        if self.value == "none" {
+            return Ok(Vec::new());
+        }
+        self.value
+            .split(',')
+            .map(|name| {
+                let norm = name.trim().to_ascii_lowercase().replace(['-', '_'], "");
+                (0..17)
+                    .map(Code::from_i32)
+                    .find(|code| format!("{code:?}").to_ascii_lowercase() == norm)
+                    .ok_or_else(|| self.invalid(format!("{name:?} is not a gRPC code name")))
+            })
+            .collect()
     }
 
     fn policy(&self) -> Result<Policy, String> {

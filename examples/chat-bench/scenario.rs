@@ -7,7 +7,9 @@
 //! - `dead-address`: `A, B, C` and an address where nothing listens;
 //! - `slow-replica`: `A, B, S` — `S` delays every RPC by `--slow-delay` (20ms);
 //! - `killed-replica`: `A, B, C`; `C` is SIGKILLed during every round (see
-//!   `faults.rs`).
+//!   `faults.rs`);
+//! - `flaky-replica`: `A, B, C, F` — `F` answers `INTERNAL` to 20% of chat calls
+//!   (`--inject-error-rate 0.2`).
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
@@ -21,6 +23,7 @@ pub enum Scenario {
     DeadAddress,
     SlowReplica,
     KilledReplica,
+    FlakyReplica,
 }
 
 impl Scenario {
@@ -30,12 +33,13 @@ impl Scenario {
     }
 
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Steady,
         Scenario::SteadyOneProcess,
         Scenario::DeadAddress,
         Scenario::SlowReplica,
         Scenario::KilledReplica,
+        Scenario::FlakyReplica,
     ];
 
     /// The name in flags and output.
@@ -46,6 +50,7 @@ impl Scenario {
             Scenario::DeadAddress => "dead-address",
             Scenario::SlowReplica => "slow-replica",
             Scenario::KilledReplica => "killed-replica",
+            Scenario::FlakyReplica => "flaky-replica",
         }
     }
 }

@@ -110,6 +110,7 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
     for (scenario, fault) in [
         (Scenario::DeadAddress, "a dead address"),
         (Scenario::KilledReplica, "a killed replica"),
+        (Scenario::FlakyReplica, "a flaky replica"),
     ] {
         verdicts.push(check(
             rows,
@@ -135,6 +136,27 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
             Some((
                 factor <= 1.5,
                 format!("{slow}µs vs {base}µs ({factor:.2}x)"),
+            ))
+        },
+    ));
+    verdicts.push(check(
+        rows,
+        plan,
+        "chat-lb: the flaky replica gets at most 5% of attempts".to_owned(),
+        (Contender::ChatLb, Scenario::FlakyReplica),
+        &[],
+        |r, _| {
+            let total: u64 = r.attempts.iter().map(|(_, n)| n).sum();
+            let flaky: u64 = r
+                .attempts
+                .iter()
+                .filter(|(name, _)| name == "F")
+                .map(|(_, n)| n)
+                .sum();
+            let share = flaky as f64 / total.max(1) as f64;
+            Some((
+                share <= 0.05,
+                format!("F got {flaky} of {total} attempts ({:.1}%)", share * 100.0),
             ))
         },
     ));

@@ -60,20 +60,24 @@
 //! 3. **Send** over the endpoint's own lazily connected tonic `Channel`. The
 //!    request body goes through a replay buffer (see below).
 //! 4. **Classify** the outcome: response headers (success for balancing
-//!    purposes, whatever the gRPC status — except `UNAVAILABLE`); a
-//!    trailers-only `UNAVAILABLE`; a transport error that proves the request
-//!    never reached the server (connection refused or failed, stream refused
-//!    unprocessed); another transport error; no headers within the per-try
-//!    timeout.
+//!    purposes, whatever the gRPC status — except a *failure code*); a
+//!    trailers-only answer with a failure code ([`Builder::failure_codes`]:
+//!    `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS` by default; application
+//!    outcomes such as `NOT_FOUND` never are); a transport error that proves
+//!    the request never reached the server (connection refused or failed,
+//!    stream refused unprocessed); another transport error; no headers within
+//!    the per-try timeout.
 //! 5. **Update**: the latency feeds the endpoint's peak-EWMA (the estimate of
 //!    an endpoint that took no call between two probe checks drops to the
 //!    latest check's latency if that is lower, so one slow call long ago does
-//!    not keep it unused under light load); every failure kind above ejects the
-//!    endpoint at once (outlier detection). An answered call's response body
-//!    stays watched: a connection that breaks mid-stream, or a stream ended
-//!    `UNAVAILABLE`, ejects the endpoint too.
+//!    not keep it unused under light load). A failure that says the replica
+//!    may be down (no connection, a transport error, `UNAVAILABLE`, a per-try
+//!    timeout) ejects the endpoint at once; the other failure codes accrue
+//!    until a detector ejects it ([failure accrual](#failure-accrual)). An
+//!    answered call's response body stays watched: a connection that breaks
+//!    mid-stream, or a stream ended `UNAVAILABLE`, ejects the endpoint too.
 //! 6. **Maybe retry** on another endpoint: always when the request never
-//!    reached a server; for retry-safe calls also on `UNAVAILABLE`, transport
+//!    reached a server; for retry-safe calls also on a failure code, transport
 //!    errors and per-try timeouts, within `max_attempts` and the retry budget.
 //!    An attempt past its per-try timeout is not cancelled: the first attempt
 //!    to get response headers answers the call, and a call gives up only at
@@ -110,6 +114,39 @@
 //! healthy or unknown (see step 2 above), so a single healthy replica that
 //! failed one call is used rather than failing every call with `UNAVAILABLE`.
 //!
+//! # Failure accrual
+//!
+//! A replica that answers quickly *with errors* (`INTERNAL` from a bad deploy
+//! or a broken dependency) passes its health checks, so one error proves
+//! little; its failures accrue instead. Every endpoint counts its finished
+//! attempts, answered or failed, over a sliding window
+//! ([`accrual_window`](Builder::accrual_window), 10s, in ten buckets), and its
+//! failed attempts in a row. Every failure kind counts (failure codes,
+//! transport failures, per-try timeouts), and every other answer counts as a
+//! success, whatever its status. Three rules eject, each judged on every
+//! failure, all on by default:
+//!
+//! | rule | ejects | defaults |
+//! |---|---|---|
+//! | [consecutive failures](Builder::consecutive_failures) | after N failed attempts in a row | N = 5 |
+//! | [failure percentage](Builder::failure_percentage_ejection) (gRPC A50) | an endpoint whose share of failed attempts in the window is over the threshold, once at least `minimum_hosts` endpoints have `request_volume` attempts in it | 10%, 3 endpoints, 50 attempts |
+//! | [success rate](Builder::success_rate_ejection) (gRPC A50) | an endpoint whose success rate is under `mean - stdev_factor * stdev` of the rates of the endpoints with `request_volume` attempts, when there are at least `minimum_hosts` of them | 1.9, 5 endpoints, 100 attempts |
+//!
+//! A50's own failure-percentage defaults (85%, 5 endpoints) catch only a
+//! replica that fails nearly everything, which is ejected at once anyway;
+//! ours catch one failing a call in five among three replicas. The success
+//! rate rule is for larger clusters: the lowest of `n` rates is at most
+//! `(n - 1) / sqrt(n)` standard deviations under their mean, so with the
+//! factor 1.9 it needs 6 endpoints to ever eject. These ejections are like
+//! any other: the same growing ejection time, the same cap on the share
+//! ejected (so replicas that all fail alike are never all ejected), a probe
+//! to readmit, a last resort meanwhile; each says why in
+//! [`EndpointSnapshot::ejection_reason`] and in the `reason` label of
+//! `chat_lb_endpoint_ejections_total`. An ejection starts the endpoint's
+//! accrual over, and so does its end. A retry-safe call that got a failure
+//! code is retried on another endpoint, so a flaky replica costs the caller
+//! nothing while accrual takes it out.
+//!
 //! **Slow endpoints.** Peak-EWMA steers calls away from a slow replica, but
 //! not far enough: the healthy replicas' costs swing with their own latency,
 //! so a replica several times slower still wins a few percent of the
@@ -145,6 +182,8 @@
 //! | unhealthy / healthy threshold | 2 failed / 1 successful probes in a row |
 //! | slow endpoints | on: probe latency (fastest of last 3) over 3x the others' median and over 10ms; cleared under 2x |
 //! | ejection | 1s × offences in a row, at most 30s, at most 50% of endpoints |
+//! | failure codes | `UNAVAILABLE` (ejects at once), `INTERNAL`, `UNKNOWN`, `DATA_LOSS` (accrue) |
+//! | failure accrual | 5 in a row; over a 10s window: failure percentage over 10% (3 endpoints, 50 attempts), success rate under mean − 1.9 stdev (5 endpoints, 100 attempts) |
 //! | retry-safe calls | none ([`RetrySafe::None`]) |
 //! | max attempts (retry-safe) | 3 |
 //! | per-try timeout (retry-safe) | 2s |
@@ -305,8 +344,8 @@
 //! |---|---|
 //! | `chat_lb_endpoint_state` (gauge: 0 unknown, 1 healthy, 2 ejected, 3 unhealthy, 4 not serving) | `endpoint` |
 //! | `chat_lb_endpoint_attempts_total`, `chat_lb_endpoint_calls_total` (answered), `chat_lb_endpoint_outstanding` (gauge) | `endpoint` |
-//! | `chat_lb_endpoint_failures_total` | `endpoint`, `kind`: `refused`, `transport`, `unavailable`, `timeout` |
-//! | `chat_lb_endpoint_ejections_total` | `endpoint`, `reason` (the failure `kind`) |
+//! | `chat_lb_endpoint_failures_total` | `endpoint`, `kind`: `refused`, `transport`, `unavailable`, `timeout`, `failure_code` |
+//! | `chat_lb_endpoint_ejections_total` | `endpoint`, `reason`: `refused`, `transport`, `unavailable`, `timeout`, `consecutive_failures`, `success_rate`, `failure_percentage` |
 //! | `chat_lb_endpoint_slow_marks_total` | `endpoint` |
 //! | `chat_lb_probe_duration_seconds` (histogram), `chat_lb_probes_total` | `endpoint`; probes also `result`: `serving`, `not_serving`, `failed` |
 //! | `chat_lb_retries_total`, `chat_lb_retry_budget_refusals_total`, `chat_lb_no_endpoint_total` | none |
@@ -331,11 +370,11 @@
 //! | `balancer.rs` | the handle an application clones; its settings in `builder.rs` and `config.rs` |
 //! | `call/` | one call as a state machine: `state.rs` decides each step, `mod.rs` drives it, `answer.rs` words the balancer's own answers |
 //! | `picker.rs` | the tiers and the policies |
-//! | `classify.rs` | what became of an attempt: headers, `UNAVAILABLE`, never sent, transport failure, expired |
+//! | `classify.rs` | what became of an attempt: headers, a failure code, never sent, transport failure, expired |
 //! | `retry/` | which calls may be retried, and the retry budget |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
 //! | `transport.rs`, `connect.rs`, `tls/` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
-//! | `endpoint.rs` | one endpoint: its load, latency estimate (`ewma.rs`), health record, ejection (`outlier.rs`) and slowness (`slow.rs`) |
+//! | `endpoint.rs` | one endpoint: its load, latency estimate (`ewma.rs`), health record, ejection (`outlier.rs`, failure accrual in `outlier/accrual.rs`) and slowness (`slow.rs`) |
 //! | `members/` | the one owner of the endpoint set: its sources, reconciliation, publication through a `watch` channel |
 //! | `update.rs` | the changes everything else reports to that owner |
 //! | `resolve.rs`, `discover.rs` | host names and discovery streams, turned into updates |
