@@ -25,8 +25,8 @@ use tokio::{sync::Notify, time::Instant};
 use tonic::transport::Channel;
 
 use crate::{
-    classify::{CallFailure, describe},
-    config::{HealthConfig, OutlierConfig, SlowConfig},
+    classify::{CallFailure, Pushback, describe},
+    config::{HealthConfig, OutlierConfig, SlowConfig, SlowStartConfig},
     ewma::PeakEwma,
     health::{Active, HealthTracker, ProbeStatus, Verdict},
     metrics::EndpointMetrics,
@@ -65,8 +65,20 @@ pub(crate) struct Endpoint {
     probes: AtomicU64,
     /// Whether the server ever answered a call or a probe.
     answered: AtomicBool,
+    /// Calls it shed (`RESOURCE_EXHAUSTED` with a retry pushback).
+    overloads: AtomicU64,
+    /// When the endpoint was created: the origin of `ramp_from_ns`.
+    born: Instant,
+    /// When its current slow start began, in nanoseconds since `born`
+    /// ([`NO_RAMP`]: none yet).
+    ramp_from_ns: AtomicU64,
+    /// Slow start (`None`: off, as under pick-first).
+    slow_start: Option<SlowStartConfig>,
     metrics: EndpointMetrics,
 }
+
+/// `ramp_from_ns` before any slow start.
+const NO_RAMP: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 struct Record {
@@ -149,6 +161,10 @@ impl Candidate for Arc<Endpoint> {
         self.ewma
             .cost(self.outstanding.load(Ordering::Acquire), now)
     }
+
+    fn weight(&self, now: Instant) -> f64 {
+        self.slow_start_weight(now).unwrap_or(1.0)
+    }
 }
 
 impl Endpoint {
@@ -176,8 +192,57 @@ impl Endpoint {
             probes_started: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             answered: AtomicBool::new(false),
+            overloads: AtomicU64::new(0),
+            born: Instant::now(),
+            ramp_from_ns: AtomicU64::new(NO_RAMP),
+            slow_start: None,
             metrics: EndpointMetrics::new(addr),
         }
+    }
+
+    /// The same endpoint with slow start (`None`: off; see `ramp`).
+    pub fn with_slow_start(mut self, cfg: Option<SlowStartConfig>) -> Self {
+        self.slow_start = cfg.filter(|cfg| cfg.window.is_some());
+        self
+    }
+
+    /// Its slow-start weight while it ramps up (see `ramp`); `None` when it
+    /// does not (slow start off, never healthy yet, or the window is over).
+    pub fn slow_start_weight(&self, now: Instant) -> Option<f64> {
+        let cfg = self.slow_start.as_ref()?;
+        let from = self.ramp_from_ns.load(Ordering::Relaxed);
+        if from == NO_RAMP {
+            return None;
+        }
+        let elapsed = now
+            .saturating_duration_since(self.born)
+            .saturating_sub(Duration::from_nanos(from));
+        let weight = crate::ramp::weight(elapsed, cfg);
+        (weight < 1.0).then_some(weight)
+    }
+
+    /// The server shed a call (`RESOURCE_EXHAUSTED` with a retry pushback):
+    /// counted, and with a pushback period its cost is raised until the period
+    /// ends (see `ewma`). Not a failure: it neither ejects the endpoint nor
+    /// feeds its latency estimate.
+    pub fn on_overload(&self, pushback: Pushback, now: Instant) {
+        self.note_answered();
+        self.overloads.fetch_add(1, Ordering::Relaxed);
+        self.metrics.overloaded();
+        match pushback {
+            Pushback::After(period) => {
+                self.ewma.penalize_until(now + period);
+                tracing::debug!(endpoint = %self.addr, ?period, "endpoint shed a call; avoided for its pushback");
+            }
+            Pushback::DoNotRetry => {
+                tracing::debug!(endpoint = %self.addr, "endpoint shed a call and asks not to retry it");
+            }
+        }
+    }
+
+    /// Whether it is within the pushback period of a shed call.
+    pub fn is_overloaded(&self, now: Instant) -> bool {
+        self.ewma.penalty_left(now).is_some()
     }
 
     /// Notes that the server answered (once: the flag is then only read).
@@ -475,6 +540,13 @@ impl Endpoint {
         if tier > old && old <= Tier::LastResort {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
+        // (Re)joining the healthy tier: its slow start begins (see `ramp`).
+        if tier == Tier::Preferred && old < Tier::Preferred && self.slow_start.is_some() {
+            let since_born = Instant::now().saturating_duration_since(self.born);
+            let ns = u64::try_from(since_born.as_nanos()).unwrap_or(NO_RAMP - 1);
+            self.ramp_from_ns.store(ns, Ordering::Relaxed);
+            tracing::debug!(endpoint = %self.addr, "slow start begins");
+        }
     }
 
     /// The endpoint was removed from the balancer.
@@ -520,6 +592,9 @@ impl Endpoint {
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             last_error: record.last_error.clone(),
+            overloads: self.overloads.load(Ordering::Relaxed),
+            overloaded_for: self.ewma.penalty_left(now),
+            slow_start_weight: self.slow_start_weight(now),
         }
     }
 }

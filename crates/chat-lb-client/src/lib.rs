@@ -365,6 +365,7 @@ mod metrics;
 mod observe;
 mod outlier;
 mod picker;
+mod ramp;
 mod resolve;
 mod retry;
 mod slow;

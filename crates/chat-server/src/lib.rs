@@ -24,6 +24,9 @@
 //!
 //! With `--metrics-addr` the replica serves Prometheus metrics ([`metrics`]).
 //!
+//! Beyond `--max-concurrent-rpcs` chat calls in flight, the replica answers further
+//! ones at once with `RESOURCE_EXHAUSTED` and a retry pushback ([`shed`]).
+//!
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 
 pub mod auth;
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod password;
 pub mod server;
 pub mod service;
+pub mod shed;
 pub mod store;
 pub mod throttle;
 pub mod tls;

@@ -178,6 +178,8 @@ fn grpc_server(
         .layer(tower::util::MapResponseLayer::new(
             crate::error::relabel_decode_errors as fn(_) -> _,
         ))
+        // Inside the metrics layer, so shed calls count as RESOURCE_EXHAUSTED there.
+        .layer(crate::shed::ShedLayer::new(config.max_concurrent_rpcs()))
         .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
@@ -317,6 +319,7 @@ fn announce(config: &ServerConfig, address: SocketAddr, replica_id: &str, tls: b
         tls,
         mutual_tls = config.tls_client_ca.is_some(),
         max_connections = config.connection_limits().max_connections,
+        max_concurrent_rpcs = config.max_concurrent_rpcs(),
         password_hash_threads = crate::password::hashing_threads(),
         "replica serving"
     );

@@ -46,6 +46,7 @@ use crate::{
     endpoint::Endpoint,
     health::{HealthProbe, prober},
     outlier::EjectionCap,
+    picker::Policy,
     resolve, slow,
     transport::{MakeTransport, ServiceTransport, Transport},
     update::{Update, Updates},
@@ -276,13 +277,18 @@ impl Membership {
             Some(make) => make(addr),
             None => Arc::new(ServiceTransport(channel.clone())),
         };
-        let endpoint = Arc::new(Endpoint::new(
-            addr,
-            channel,
-            transport,
-            env.cfg.default_rtt,
-            env.cfg.ewma_decay,
-        ));
+        // Slow start ramps shares; pick-first has none to ramp.
+        let slow_start = (env.cfg.policy != Policy::PickFirst).then_some(env.cfg.slow_start);
+        let endpoint = Arc::new(
+            Endpoint::new(
+                addr,
+                channel,
+                transport,
+                env.cfg.default_rtt,
+                env.cfg.ewma_decay,
+            )
+            .with_slow_start(slow_start),
+        );
         let prober = env.cancel.child_token();
         let task = prober::run(
             endpoint.clone(),
