@@ -3,16 +3,20 @@
 //! Every replica listens on a free port of 127.0.0.1 and they share one temporary
 //! SQLite store (in `/dev/shm` when it exists, so that fsync costs do not drown the
 //! balancers' differences; `--store-dir` to change). Four replica processes: `A`, `B`
-//! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); and, for
+//! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); for
 //! `steady-one-process`, a fifth process serving three healthy servers `P1`, `P2`,
-//! `P3` (each on its own port).
+//! `P3` (each on its own port); and, for `overloaded-replica`, `O`, which sheds load
+//! beyond `--max-concurrent-rpcs` [`OVERLOADED_LIMIT`].
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context;
 use chat_testkit::replica::{Placement, Replica};
 
-use crate::{plan::Plan, scenario::Scenario};
+use crate::{
+    plan::Plan,
+    scenario::{OVERLOADED_LIMIT, Scenario},
+};
 
 /// The replicas of a run, on one temporary store.
 pub struct Cluster {
@@ -23,6 +27,9 @@ pub struct Cluster {
     /// `P1`, `P2`, `P3`: three servers in one process (only when
     /// `steady-one-process` is planned).
     pub one_process: Option<Replica>,
+    /// `O`: sheds load beyond a tiny `--max-concurrent-rpcs` (only when
+    /// `overloaded-replica` is planned).
+    pub overloaded: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
     /// Kept for its `Drop` (removes the store).
@@ -65,10 +72,21 @@ impl Cluster {
         } else {
             None
         };
+        let overloaded = if plan.scenarios.contains(&Scenario::OverloadedReplica) {
+            let limit = OVERLOADED_LIMIT.to_string();
+            let args: Vec<&str> = ["--max-concurrent-rpcs", limit.as_str()]
+                .into_iter()
+                .chain(server_args.iter().copied())
+                .collect();
+            Some(Replica::start_placed(&store, &args, &one).await?)
+        } else {
+            None
+        };
         Ok(Self {
             healthy: [a, b, c],
             slow,
             one_process,
+            overloaded,
             dead: dead_address()?,
             _store_dir: dir,
         })
@@ -97,11 +115,12 @@ impl Cluster {
             Scenario::Steady | Scenario::KilledReplica => list.push(c.address()),
             Scenario::DeadAddress => list.extend([c.address(), self.dead]),
             Scenario::SlowReplica => list.push(self.slow.address()),
+            Scenario::OverloadedReplica => list.extend(self.overloaded.iter().map(Replica::address)),
         }
         list
     }
 
-    /// The name of an address in the output (`A`, `B`, `C`, `S`, `P1`.., `dead`).
+    /// The name of an address in the output (`A`, `B`, `C`, `S`, `O`, `P1`.., `dead`).
     pub fn name(&self, address: SocketAddr) -> String {
         let mut in_one_process = self.one_process.iter().flat_map(|p| p.addresses());
         if let Some(i) = in_one_process.position(|a| *a == address) {
@@ -111,6 +130,7 @@ impl Cluster {
             .into_iter()
             .zip(&self.healthy)
             .chain([("S", &self.slow)])
+            .chain(self.overloaded.iter().map(|o| ("O", o)))
             .find(|(_, replica)| replica.address() == address);
         match named {
             Some((name, _)) => name.to_owned(),
@@ -127,7 +147,8 @@ impl Cluster {
     /// Stops every replica (SIGINT, then SIGKILL after 2s).
     pub async fn stop(self) {
         let [a, b, c] = self.healthy;
-        for replica in [a, b, c, self.slow].into_iter().chain(self.one_process) {
+        let extra = self.one_process.into_iter().chain(self.overloaded);
+        for replica in [a, b, c, self.slow].into_iter().chain(extra) {
             replica.stop(Duration::from_secs(2)).await;
         }
     }

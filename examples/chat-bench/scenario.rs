@@ -7,11 +7,18 @@
 //! - `dead-address`: `A, B, C` and an address where nothing listens;
 //! - `slow-replica`: `A, B, S` — `S` delays every RPC by `--slow-delay` (20ms);
 //! - `killed-replica`: `A, B, C`; `C` is SIGKILLed during every round (see
-//!   `faults.rs`).
+//!   `faults.rs`);
+//! - `overloaded-replica`: `A, B, O` — `O` runs with `--max-concurrent-rpcs 1`
+//!   ([`OVERLOADED_LIMIT`]), so it sheds the chat calls beyond one in flight with
+//!   `RESOURCE_EXHAUSTED` and a retry pushback (health checks are never shed: with
+//!   the default mix it is the `SendMessage` calls that are).
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
 use clap::ValueEnum;
+
+/// `O`'s `--max-concurrent-rpcs` in `overloaded-replica`.
+pub const OVERLOADED_LIMIT: u32 = 1;
 
 /// What the replicas behind the address list do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -21,6 +28,7 @@ pub enum Scenario {
     DeadAddress,
     SlowReplica,
     KilledReplica,
+    OverloadedReplica,
 }
 
 impl Scenario {
@@ -30,12 +38,13 @@ impl Scenario {
     }
 
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Steady,
         Scenario::SteadyOneProcess,
         Scenario::DeadAddress,
         Scenario::SlowReplica,
         Scenario::KilledReplica,
+        Scenario::OverloadedReplica,
     ];
 
     /// The name in flags and output.
@@ -46,6 +55,7 @@ impl Scenario {
             Scenario::DeadAddress => "dead-address",
             Scenario::SlowReplica => "slow-replica",
             Scenario::KilledReplica => "killed-replica",
+            Scenario::OverloadedReplica => "overloaded-replica",
         }
     }
 }

@@ -675,6 +675,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_new_and_a_readmitted_endpoint() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let transport = Arc::new(crate::transport::ServiceTransport(channel.clone()));
+        let ms = Duration::from_millis;
+        let endpoint = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(Some(SlowStartConfig::default()));
+        let health = HealthConfig::default();
+        let cap = EjectionCap::default();
+        let serving = || {
+            Ok(ProbeStatus::Healthy {
+                latency: ms(1),
+                detail: String::new(),
+            })
+        };
+        let weight = |endpoint: &Endpoint| endpoint.slow_start_weight(Instant::now());
+        assert_eq!(weight(&endpoint), None, "not healthy yet");
+        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&endpoint), Some(0.1), "the floor at first");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!((weight(&endpoint).unwrap() - 0.5).abs() < 1e-9);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(weight(&endpoint), None, "the window is over");
+        assert_eq!(endpoint.snapshot().slow_start_weight, None);
+
+        // Ejected, then readmitted by a probe after its ejection time: it ramps again.
+        let outlier = OutlierConfig::default();
+        assert!(endpoint.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        tokio::time::advance(outlier.base_ejection_time).await;
+        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(endpoint.snapshot().state, EndpointState::Healthy);
+        assert_eq!(endpoint.snapshot().slow_start_weight, Some(0.1));
+
+        // Off (as under pick-first): never ramps.
+        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let plain = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(None);
+        plain.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&plain), None);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_slow_healthy_endpoint_is_a_fallback() {
         let mut record = Record::default();
         probed(&mut record, Verdict::Serving);
