@@ -74,6 +74,10 @@ pub(crate) struct Endpoint {
     ramp_from_ns: AtomicU64,
     /// Slow start (`None`: off, as under pick-first).
     slow_start: Option<SlowStartConfig>,
+    /// Whether its first admission to the healthy tier ramps too (see `ramp`).
+    ramp_first: bool,
+    /// Whether it was ever in the healthy tier.
+    was_preferred: AtomicBool,
     metrics: EndpointMetrics,
 }
 
@@ -196,14 +200,23 @@ impl Endpoint {
             born: Instant::now(),
             ramp_from_ns: AtomicU64::new(NO_RAMP),
             slow_start: None,
+            ramp_first: false,
+            was_preferred: AtomicBool::new(false),
             metrics: EndpointMetrics::new(addr),
         }
     }
 
-    /// The same endpoint with slow start (`None`: off; see `ramp`).
-    pub fn with_slow_start(mut self, cfg: Option<SlowStartConfig>) -> Self {
+    /// The same endpoint with slow start (`None`: off; see `ramp`), also for
+    /// its first admission when `ramp_first`.
+    pub fn with_slow_start(mut self, cfg: Option<SlowStartConfig>, ramp_first: bool) -> Self {
         self.slow_start = cfg.filter(|cfg| cfg.window.is_some());
+        self.ramp_first = ramp_first;
         self
+    }
+
+    /// Whether it is in the healthy tier now.
+    pub fn is_preferred(&self) -> bool {
+        Tier::from_u8(self.tier.load(Ordering::Acquire)) == Tier::Preferred
     }
 
     /// Its slow-start weight while it ramps up (see `ramp`); `None` when it
@@ -540,8 +553,11 @@ impl Endpoint {
         if tier > old && old <= Tier::LastResort {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
-        // (Re)joining the healthy tier: its slow start begins (see `ramp`).
-        if tier == Tier::Preferred && old < Tier::Preferred && self.slow_start.is_some() {
+        // (Re)joining the healthy tier: its slow start begins (see `ramp` for
+        // which first admissions do).
+        let joins = tier == Tier::Preferred && old < Tier::Preferred;
+        let again = joins && self.was_preferred.swap(true, Ordering::Relaxed);
+        if joins && (again || self.ramp_first) && self.slow_start.is_some() {
             let since_born = Instant::now().saturating_duration_since(self.born);
             let ns = u64::try_from(since_born.as_nanos()).unwrap_or(NO_RAMP - 1);
             self.ramp_from_ns.store(ns, Ordering::Relaxed);
@@ -681,7 +697,7 @@ mod tests {
         let transport = Arc::new(crate::transport::ServiceTransport(channel.clone()));
         let ms = Duration::from_millis;
         let endpoint = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
-            .with_slow_start(Some(SlowStartConfig::default()));
+            .with_slow_start(Some(SlowStartConfig::default()), true);
         let health = HealthConfig::default();
         let cap = EjectionCap::default();
         let serving = || {
@@ -708,10 +724,22 @@ mod tests {
         assert_eq!(endpoint.snapshot().state, EndpointState::Healthy);
         assert_eq!(endpoint.snapshot().slow_start_weight, Some(0.1));
 
+        // One of the endpoints the balancer started with: its first admission
+        // does not ramp, a readmission does.
+        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let initial = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(Some(SlowStartConfig::default()), false);
+        initial.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&initial), None);
+        assert!(initial.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        tokio::time::advance(outlier.base_ejection_time * 2).await;
+        initial.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&initial), Some(0.1));
+
         // Off (as under pick-first): never ramps.
         let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
         let plain = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
-            .with_slow_start(None);
+            .with_slow_start(None, true);
         plain.on_probe((&health, &cap), serving(), ms(1), false);
         assert_eq!(weight(&plain), None);
     }

@@ -18,9 +18,10 @@
 //! (three times when slow start passes a choice over).
 //!
 //! An endpoint in its slow start weighs less than 1 (see `ramp`): when the
-//! policy's choice weighs `w`, it is passed over with probability `1 - w` for
-//! the other candidate (power of two choices) or the next in turn
-//! (round-robin). Pick-first ignores weights.
+//! policy's choice weighs `w` and the other candidate (power of two choices)
+//! or the next in turn (round-robin) weighs more, `w_other`, the choice is
+//! passed over for it with probability `1 - w / w_other`. Pick-first ignores
+//! weights.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -82,10 +83,18 @@ pub(crate) trait Candidate {
     }
 }
 
-/// Whether a choice weighing `weight` is passed over (probability `1 - weight`).
-fn passed_over<C: Candidate, R: Rng + ?Sized>(c: &C, rng: &mut R, now: Instant) -> bool {
-    let weight = c.weight(now);
-    weight < 1.0 && rng.random::<f64>() >= weight
+/// Whether `chosen` is passed over for `other`: with probability
+/// `1 - w / w_other` when it weighs less than the other, never otherwise. So
+/// endpoints ramping up side by side (all weighing the same) still compare by
+/// cost, and a ramping one next to a full one is taken with probability `w`.
+fn passed_over<C: Candidate, R: Rng + ?Sized>(
+    chosen: &C,
+    other: &C,
+    rng: &mut R,
+    now: Instant,
+) -> bool {
+    let (weight, other) = (chosen.weight(now), other.weight(now));
+    weight < other && rng.random::<f64>() * other >= weight
 }
 
 /// Picks an endpoint from `list` by `policy`, or `None` when no endpoint may
@@ -125,8 +134,11 @@ pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
         Policy::RoundRobin => {
             let turn = next.fetch_add(1, Ordering::Relaxed) % count;
             let chosen = nth(turn)?;
-            if count > 1 && passed_over(chosen, rng, now) {
-                return nth((turn + 1) % count);
+            if count > 1
+                && let Some(next) = nth((turn + 1) % count)
+                && passed_over(chosen, next, rng, now)
+            {
+                return Some(next);
             }
             Some(chosen)
         }
@@ -157,7 +169,7 @@ pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
             } else {
                 (x, y)
             };
-            Some(if passed_over(winner, rng, now) {
+            Some(if passed_over(winner, other, rng, now) {
                 other
             } else {
                 winner
@@ -229,6 +241,11 @@ mod tests {
                 );
             }
         }
+        // Ramping side by side with equal weights: the cost decides, as ever.
+        let mut list = vec![fake(Tier::Preferred, 2.0), fake(Tier::Preferred, 1.0)];
+        list[0].weight = 0.3;
+        list[1].weight = 0.3;
+        assert_eq!(shares(Policy::PowerOfTwoChoices, &list, 1000)[1], 1.0);
         // Pick-first ignores weights; a lone candidate is never passed over.
         let mut list = vec![fake(Tier::Preferred, 1.0), fake(Tier::Preferred, 1.0)];
         list[0].weight = 0.1;

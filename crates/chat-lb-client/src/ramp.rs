@@ -19,11 +19,20 @@
 //! warms up with it. After the window the weight is 1.
 //!
 //! The picker applies the weight as a chance of being *passed over*: when the
-//! endpoint it would choose weighs `w < 1`, it takes the other candidate (under
-//! power of two choices) or the next one in turn (round-robin) with
-//! probability `1 - w`. So an endpoint's share of the calls is about `w` times
-//! what it would get at full weight. Pick-first has no shares to ramp: slow
-//! start is off under it. A lone candidate is never passed over.
+//! endpoint it would choose weighs `w` and the other candidate (under power of
+//! two choices) or the next one in turn (round-robin) weighs more, `w_other`,
+//! it takes that one instead with probability `1 - w / w_other`. So an
+//! endpoint's share of the calls is about `w` times what it would get at full
+//! weight, while endpoints ramping side by side still compare by cost.
+//! Pick-first has no shares to ramp: slow start is off under it. A lone
+//! candidate is never passed over.
+//!
+//! Which admissions ramp: every readmission (after an ejection, failed or
+//! not-serving probes, or slowness), and a new endpoint's first one when the
+//! balancer already had a healthy endpoint as it was added (one found by
+//! discovery or DNS later on). The endpoints a balancer starts with are all
+//! cold together: ramping them would change nothing but the balancer's first
+//! seconds.
 
 use std::time::Duration;
 

@@ -61,9 +61,11 @@ async fn not_serving_is_seen_through_watch_and_readmitted() {
     let b = Replica::start("b");
     // Checks are 30s apart: only the Watch stream can notice changes in time.
     // Round-robin, so that readmission shows in the call counts whatever the latency
-    // estimates (p2c under sequential calls may keep preferring a).
+    // estimates (p2c under sequential calls may keep preferring a); slow start off,
+    // so that it shows at once (its ramp is tested in `tests/lb_overload.rs`).
     let lb = Balancer::builder()
         .policy(Policy::RoundRobin)
+        .slow_start_window(None)
         .probe(GrpcHealthProbe::new())
         .probe_interval(Duration::from_secs(30))
         .probe_jitter(0.0)
