@@ -129,7 +129,12 @@ fn chat_lb_fails_no_call_with_an_overloaded_replica() {
     let output = Command::new(bench)
         .args(["--seed", "7", "--duration", "400ms", "--rounds", "1"])
         .args(["--concurrency", "8", "--send-percent", "100"])
-        .args(["--scenarios", "overloaded-replica", "--contenders", "chat-lb"])
+        .args([
+            "--scenarios",
+            "overloaded-replica",
+            "--contenders",
+            "chat-lb",
+        ])
         .arg("--json")
         .arg(&json)
         .arg("--store-dir")

@@ -115,7 +115,9 @@ impl Cluster {
             Scenario::Steady | Scenario::KilledReplica => list.push(c.address()),
             Scenario::DeadAddress => list.extend([c.address(), self.dead]),
             Scenario::SlowReplica => list.push(self.slow.address()),
-            Scenario::OverloadedReplica => list.extend(self.overloaded.iter().map(Replica::address)),
+            Scenario::OverloadedReplica => {
+                list.extend(self.overloaded.iter().map(Replica::address))
+            }
         }
         list
     }

@@ -296,7 +296,11 @@ mod tests {
             }
             overloaded(&response)
         };
-        assert_eq!(with(None), None, "a quota or a throttled login: the app's answer");
+        assert_eq!(
+            with(None),
+            None,
+            "a quota or a throttled login: the app's answer"
+        );
         assert_eq!(
             with(Some("250")),
             Some(Pushback::After(Duration::from_millis(250)))

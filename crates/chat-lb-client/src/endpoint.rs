@@ -236,8 +236,11 @@ impl Endpoint {
 
     /// The server shed a call (`RESOURCE_EXHAUSTED` with a retry pushback):
     /// counted, and with a pushback period its cost is raised until the period
-    /// ends (see `ewma`). Not a failure: it neither ejects the endpoint nor
-    /// feeds its latency estimate.
+    /// ends (see `ewma`), and the period is a latency sample: what a call sent
+    /// there would have waited. Without that sample the endpoint would look
+    /// cheap the moment the period ends (its shed answers took no time) and
+    /// draw a burst of calls it sheds again. Not a failure: the endpoint is
+    /// not ejected.
     pub fn on_overload(&self, pushback: Pushback, now: Instant) {
         self.note_answered();
         self.overloads.fetch_add(1, Ordering::Relaxed);
@@ -245,6 +248,7 @@ impl Endpoint {
         match pushback {
             Pushback::After(period) => {
                 self.ewma.penalize_until(now + period);
+                self.ewma.observe(period, now);
                 tracing::debug!(endpoint = %self.addr, ?period, "endpoint shed a call; avoided for its pushback");
             }
             Pushback::DoNotRetry => {

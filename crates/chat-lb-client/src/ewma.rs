@@ -13,8 +13,9 @@
 //! ([`PeakEwma::penalize_until`]), so it loses every power-of-two draw against
 //! an endpoint that is not overloaded, whatever their latencies, while two
 //! overloaded ones still compare by their real cost. The penalty ends exactly
-//! when the period does; the shed answer itself is no latency sample (it says
-//! nothing about how fast the server serves).
+//! when the period does; the endpoint also observes the period as a latency
+//! sample (what a call sent there would have waited, see
+//! `Endpoint::on_overload`), which then decays as usual.
 
 use std::{
     sync::{Mutex, PoisonError},
@@ -166,10 +167,7 @@ mod tests {
         for ms in [0, 20, 39] {
             let at = start + Duration::from_millis(ms);
             assert_eq!(ewma.cost(2, at), plain(at) + OVERLOAD_COST, "at {ms}ms");
-            assert_eq!(
-                ewma.penalty_left(at),
-                Some(Duration::from_millis(40 - ms))
-            );
+            assert_eq!(ewma.penalty_left(at), Some(Duration::from_millis(40 - ms)));
         }
         for ms in [40, 41, 1000] {
             let at = start + Duration::from_millis(ms);

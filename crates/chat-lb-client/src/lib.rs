@@ -150,8 +150,11 @@
 //! - the endpoint is **avoided for the pushback period**: its cost gets a
 //!   penalty far above any latency cost until the period ends, so power of two
 //!   choices picks any endpoint that is not overloaded over it (two overloaded
-//!   ones still compare by their real cost). A shed call is no failure: the
-//!   endpoint is not ejected, and the answer is no latency sample;
+//!   ones still compare by their real cost). The period also counts as a
+//!   latency sample of the endpoint (what a call sent there would have
+//!   waited), so it does not look idle and cheap the moment the period ends
+//!   and draw a burst it sheds again. A shed call is no failure: the endpoint
+//!   is not ejected;
 //! - a **retry-safe call is retried at once** on an endpoint it has not tried
 //!   that is not itself within a pushback period, within `max_attempts` and
 //!   the retry budget;

@@ -99,7 +99,11 @@ impl Shared {
     fn shed(&self) -> http::Response<Body> {
         let pushback = self.pushback();
         crate::metrics::record_shed();
-        tracing::debug!(limit = self.limit, ?pushback, "call shed: replica at its limit");
+        tracing::debug!(
+            limit = self.limit,
+            ?pushback,
+            "call shed: replica at its limit"
+        );
         let status = Status::resource_exhausted(format!(
             "replica overloaded: {} chat calls in flight (--max-concurrent-rpcs); retry elsewhere or after the pushback",
             self.limit
@@ -158,7 +162,10 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Self::Response, S::Error>>, BoxFuture<'static, Result<Self::Response, S::Error>>>;
+    type Future = Either<
+        Ready<Result<Self::Response, S::Error>>,
+        BoxFuture<'static, Result<Self::Response, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -254,10 +261,19 @@ mod tests {
         let first = tokio::spawn(first);
         tokio::task::yield_now().await;
 
-        let shed = service.ready().await.unwrap().call(request(send)).await.unwrap();
+        let shed = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request(send))
+            .await
+            .unwrap();
         let status = Status::from_header_map(shed.headers()).expect("trailers-only");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().contains("1 chat calls in flight"), "{status:?}");
+        assert!(
+            status.message().contains("1 chat calls in flight"),
+            "{status:?}"
+        );
         assert_eq!(shed.headers()[PUSHBACK_HEADER], "10");
 
         // A health check goes through while the slot is taken.

@@ -33,7 +33,15 @@ mod tests {
     fn it_doubles_up_to_the_cap_with_jitter_within_bounds() {
         let (base, max) = (Duration::from_millis(20), Duration::from_millis(500));
         let mut rng = StdRng::seed_from_u64(3);
-        for (n, ceiling_ms) in [(1, 20), (2, 40), (3, 80), (4, 160), (5, 320), (6, 500), (40, 500)] {
+        for (n, ceiling_ms) in [
+            (1, 20),
+            (2, 40),
+            (3, 80),
+            (4, 160),
+            (5, 320),
+            (6, 500),
+            (40, 500),
+        ] {
             let ceiling = Duration::from_millis(ceiling_ms);
             let draws: Vec<Duration> = (0..200).map(|_| backoff(n, base, max, &mut rng)).collect();
             for d in &draws {

@@ -83,7 +83,11 @@ async fn a_negative_pushback_is_not_retried_nor_is_a_call_that_is_not_retry_safe
         let first = sent(call.start(now));
         let status = answered(call.on_attempt(done(&first, shed(pushback)), false, now))
             .expect_err("the server's answer");
-        assert_eq!(status.code(), Code::ResourceExhausted, "pushback {pushback}");
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "pushback {pushback}"
+        );
         assert_eq!(a.snapshot().overloads, 1);
         assert_eq!(b.snapshot().overloads, 0);
     }
@@ -103,7 +107,10 @@ async fn with_no_endpoint_free_the_retry_backs_off_exponentially_with_jitter() {
     for (n, ceiling_ms) in [(2, 20), (3, 40), (4, 50)] {
         let now = Instant::now();
         let action = call.on_attempt(done(&attempt, shed("1")), false, now);
-        assert!(matches!(action, Action::Wait), "backs off before attempt {n}");
+        assert!(
+            matches!(action, Action::Wait),
+            "backs off before attempt {n}"
+        );
         let wait = call.timer().unwrap() - now;
         let ceiling = Duration::from_millis(ceiling_ms);
         assert!(
