@@ -118,3 +118,43 @@ fn chat_bench_runs_every_contender_and_writes_json_lines() {
         "chat-lb-single uses direct's one replica: {single}"
     );
 }
+
+/// `overloaded-replica`: `O` sheds most of its share of the calls (all of them
+/// `SendMessage` here, which it does not exempt), and chat-lb still fails none.
+#[test]
+fn chat_lb_fails_no_call_with_an_overloaded_replica() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bench = chat_testkit::workspace_binary("examples/chat-bench");
+    let json = dir.path().join("bench.jsonl");
+    let output = Command::new(bench)
+        .args(["--seed", "7", "--duration", "400ms", "--rounds", "1"])
+        .args(["--concurrency", "8", "--send-percent", "100"])
+        .args([
+            "--scenarios",
+            "overloaded-replica",
+            "--contenders",
+            "chat-lb",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--store-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run chat-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chat-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON lines file");
+    let row: Value = serde_json::from_str(text.lines().next().expect("one row")).expect("JSON");
+    assert_eq!(row["scenario"], "overloaded-replica", "{row}");
+    assert!(row["calls"].as_u64().unwrap_or(0) > 0, "{row}");
+    assert_eq!(row["failed"], 0, "chat-lb failed calls: {row}");
+    let replicas: BTreeSet<&str> = row["attempts_by_replica"]
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(replicas, BTreeSet::from(["A", "B", "O"]), "{row}");
+}

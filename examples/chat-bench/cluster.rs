@@ -5,15 +5,20 @@
 //! balancers' differences; `--store-dir` to change). Four replica processes: `A`, `B`
 //! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); for
 //! `steady-one-process`, a fifth process serving three healthy servers `P1`, `P2`,
-//! `P3` (each on its own port); and, for `flaky-replica`, `F`, which answers
-//! `INTERNAL` to a share of chat calls (`--inject-error-rate`, [`FLAKY_ERROR_RATE`]).
+//! `P3` (each on its own port); for `flaky-replica`, `F`, which answers `INTERNAL`
+//! to a share of chat calls (`--inject-error-rate`, [`FLAKY_ERROR_RATE`]); and, for
+//! `overloaded-replica`, `O`, which sheds load beyond `--max-concurrent-rpcs`
+//! [`OVERLOADED_LIMIT`].
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context;
 use chat_testkit::replica::{Placement, Replica};
 
-use crate::{plan::Plan, scenario::Scenario};
+use crate::{
+    plan::Plan,
+    scenario::{OVERLOADED_LIMIT, Scenario},
+};
 
 /// The share of chat calls `F` answers `INTERNAL` in `flaky-replica`.
 pub const FLAKY_ERROR_RATE: &str = "0.2";
@@ -29,6 +34,9 @@ pub struct Cluster {
     pub one_process: Option<Replica>,
     /// `F`: fails a share of chat calls (only when `flaky-replica` is planned).
     pub flaky: Option<Replica>,
+    /// `O`: sheds load beyond a tiny `--max-concurrent-rpcs` (only when
+    /// `overloaded-replica` is planned).
+    pub overloaded: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
     /// Kept for its `Drop` (removes the store).
@@ -80,11 +88,22 @@ impl Cluster {
         } else {
             None
         };
+        let overloaded = if plan.scenarios.contains(&Scenario::OverloadedReplica) {
+            let limit = OVERLOADED_LIMIT.to_string();
+            let args: Vec<&str> = ["--max-concurrent-rpcs", limit.as_str()]
+                .into_iter()
+                .chain(server_args.iter().copied())
+                .collect();
+            Some(Replica::start_placed(&store, &args, &one).await?)
+        } else {
+            None
+        };
         Ok(Self {
             healthy: [a, b, c],
             slow,
             one_process,
             flaky,
+            overloaded,
             dead: dead_address()?,
             _store_dir: dir,
         })
@@ -117,11 +136,14 @@ impl Cluster {
                 list.push(c.address());
                 list.extend(self.flaky.as_ref().map(Replica::address));
             }
+            Scenario::OverloadedReplica => {
+                list.extend(self.overloaded.iter().map(Replica::address))
+            }
         }
         list
     }
 
-    /// The name of an address in the output (`A`, `B`, `C`, `S`, `F`, `P1`.., `dead`).
+    /// The name of an address in the output (`A`, `B`, `C`, `S`, `F`, `O`, `P1`.., `dead`).
     pub fn name(&self, address: SocketAddr) -> String {
         let mut in_one_process = self.one_process.iter().flat_map(|p| p.addresses());
         if let Some(i) = in_one_process.position(|a| *a == address) {
@@ -132,6 +154,7 @@ impl Cluster {
             .zip(&self.healthy)
             .chain([("S", &self.slow)])
             .chain(self.flaky.iter().map(|f| ("F", f)))
+            .chain(self.overloaded.iter().map(|o| ("O", o)))
             .find(|(_, replica)| replica.address() == address);
         match named {
             Some((name, _)) => name.to_owned(),
@@ -148,7 +171,7 @@ impl Cluster {
     /// Stops every replica (SIGINT, then SIGKILL after 2s).
     pub async fn stop(self) {
         let [a, b, c] = self.healthy;
-        let extra = self.one_process.into_iter().chain(self.flaky);
+        let extra = self.one_process.into_iter().chain(self.flaky).chain(self.overloaded);
         for replica in [a, b, c, self.slow].into_iter().chain(extra) {
             replica.stop(Duration::from_secs(2)).await;
         }

@@ -5,6 +5,8 @@
 //! `round_robin` | `pick_first`), `probe_interval`, `probe_timeout`, `probe_jitter`,
 //! `unhealthy_threshold`, `healthy_threshold`, `health_watch`,
 //! `slow_endpoint_detection`, `slow_endpoint_factor`, `slow_endpoint_min_latency`,
+//! `slow_start_window` (a duration, or `off`), `slow_start_aggression`,
+//! `slow_start_min_weight`,
 //! `outlier_detection`, `base_ejection_time`, `max_ejection_time`,
 //! `max_ejection_percent`, `failure_codes` (comma-separated gRPC code names such as
 //! `unavailable,internal`, or `none`), `consecutive_failures` (a number or `off`),
@@ -100,6 +102,9 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "slow_endpoint_detection" => with(text.parse()?, Builder::slow_endpoint_detection),
         "slow_endpoint_factor" => with(text.parse()?, Builder::slow_endpoint_factor),
         "slow_endpoint_min_latency" => with(text.duration()?, Builder::slow_endpoint_min_latency),
+        "slow_start_window" => with(text.optional_duration()?, |b, d| b.slow_start_window(d)),
+        "slow_start_aggression" => with(text.parse()?, Builder::slow_start_aggression),
+        "slow_start_min_weight" => with(text.parse()?, Builder::slow_start_min_weight),
         "outlier_detection" => with(text.parse()?, Builder::outlier_detection),
         "base_ejection_time" => with(text.duration()?, Builder::base_ejection_time),
         "max_ejection_time" => with(text.duration()?, Builder::max_ejection_time),

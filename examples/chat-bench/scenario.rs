@@ -10,10 +10,17 @@
 //!   `faults.rs`);
 //! - `flaky-replica`: `A, B, C, F` — `F` answers `INTERNAL` to 20% of chat calls
 //!   (`--inject-error-rate 0.2`).
+//! - `overloaded-replica`: `A, B, O` — `O` runs with `--max-concurrent-rpcs 1`
+//!   ([`OVERLOADED_LIMIT`]), so it sheds the chat calls beyond one in flight with
+//!   `RESOURCE_EXHAUSTED` and a retry pushback (health checks are never shed: with
+//!   the default mix it is the `SendMessage` calls that are).
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
 use clap::ValueEnum;
+
+/// `O`'s `--max-concurrent-rpcs` in `overloaded-replica`.
+pub const OVERLOADED_LIMIT: u32 = 1;
 
 /// What the replicas behind the address list do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -24,6 +31,7 @@ pub enum Scenario {
     SlowReplica,
     KilledReplica,
     FlakyReplica,
+    OverloadedReplica,
 }
 
 impl Scenario {
@@ -40,6 +48,7 @@ impl Scenario {
         Scenario::SlowReplica,
         Scenario::KilledReplica,
         Scenario::FlakyReplica,
+        Scenario::OverloadedReplica,
     ];
 
     /// The name in flags and output.
@@ -51,6 +60,7 @@ impl Scenario {
             Scenario::SlowReplica => "slow-replica",
             Scenario::KilledReplica => "killed-replica",
             Scenario::FlakyReplica => "flaky-replica",
+            Scenario::OverloadedReplica => "overloaded-replica",
         }
     }
 }

@@ -111,6 +111,7 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
         (Scenario::DeadAddress, "a dead address"),
         (Scenario::KilledReplica, "a killed replica"),
         (Scenario::FlakyReplica, "a flaky replica"),
+        (Scenario::OverloadedReplica, "an overloaded replica"),
     ] {
         verdicts.push(check(
             rows,
@@ -157,6 +158,24 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
             Some((
                 share <= 0.05,
                 format!("F got {flaky} of {total} attempts ({:.1}%)", share * 100.0),
+            ))
+        },
+    ));
+    verdicts.push(check(
+        rows,
+        plan,
+        "chat-lb: p99 with an overloaded replica at most 2x steady p99".to_owned(),
+        (Contender::ChatLb, Scenario::OverloadedReplica),
+        &[Scenario::Steady],
+        |r, c| {
+            let (overloaded, base) = (
+                r.latency.p99?,
+                other(Contender::ChatLb, Scenario::Steady, c)?.latency.p99?,
+            );
+            let factor = f64::from(overloaded) / f64::from(base.max(1));
+            Some((
+                factor <= 2.0,
+                format!("{overloaded}µs vs {base}µs ({factor:.2}x)"),
             ))
         },
     ));

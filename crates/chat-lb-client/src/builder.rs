@@ -253,6 +253,33 @@ impl Builder {
         self
     }
 
+    // ---- slow start --------------------------------------------------------
+
+    /// Slow start: for this long after an endpoint (re)joins the healthy tier
+    /// (new, back from an ejection or from failed probes), its share of calls
+    /// ramps up from [`slow_start_min_weight`](Self::slow_start_min_weight) to
+    /// full (see [slow start](crate#slow-start)). `None` turns it off; it is
+    /// always off under [`Policy::PickFirst`]. Default 10s.
+    pub fn slow_start_window(mut self, window: impl Into<Option<Duration>>) -> Self {
+        self.cfg.slow_start.window = window.into();
+        self
+    }
+
+    /// The shape of the slow-start ramp: the weight is
+    /// `(elapsed / window) ^ (1 / aggression)`; 1 is linear, above 1 ramps
+    /// faster early. Must be finite and above zero. Default 1.
+    pub fn slow_start_aggression(mut self, aggression: f64) -> Self {
+        self.cfg.slow_start.aggression = aggression;
+        self
+    }
+
+    /// The weight an endpoint starts its slow start with (its share of calls
+    /// relative to a full one). Above 0, at most 1. Default 0.1.
+    pub fn slow_start_min_weight(mut self, weight: f64) -> Self {
+        self.cfg.slow_start.min_weight = weight;
+        self
+    }
+
     // ---- passive health ----------------------------------------------------
 
     /// Whether outlier detection ejects endpoints after failed calls: at once
@@ -414,6 +441,16 @@ impl Builder {
     /// 60s. Default 10s.
     pub fn retry_budget_window(mut self, window: Duration) -> Self {
         self.cfg.retry.budget_window = window;
+        self
+    }
+
+    /// The backoff of a retry that must wait after the server shed the call
+    /// (no other endpoint can take it now): the n-th waits
+    /// `min(base * 2^(n-1), max)` scaled by a random 0.5..1, and at least the
+    /// server's pushback, within the call's deadline. Default 25ms, 1s.
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.cfg.retry.backoff_base = base;
+        self.cfg.retry.backoff_max = max;
         self
     }
 
@@ -643,6 +680,24 @@ mod tests {
         assert_eq!(b.cfg.slow.clear_factor(), 3.0);
         assert_eq!(b.cfg.slow.min_latency, Duration::from_millis(5));
         assert!(b.cfg.validate().is_ok());
+
+        let b = Builder::new()
+            .slow_start_window(Duration::from_secs(3))
+            .slow_start_aggression(2.0)
+            .slow_start_min_weight(0.05)
+            .retry_backoff(Duration::from_millis(10), Duration::from_millis(200));
+        assert_eq!(b.cfg.slow_start.window, Some(Duration::from_secs(3)));
+        assert_eq!(
+            (b.cfg.slow_start.aggression, b.cfg.slow_start.min_weight),
+            (2.0, 0.05)
+        );
+        assert_eq!(b.cfg.retry.backoff_base, Duration::from_millis(10));
+        assert_eq!(b.cfg.retry.backoff_max, Duration::from_millis(200));
+        assert!(b.cfg.validate().is_ok());
+        assert_eq!(
+            Builder::new().slow_start_window(None).cfg.slow_start.window,
+            None
+        );
 
         for factor in [1.2, f64::NAN, f64::INFINITY] {
             let b = Builder::new().slow_endpoint_factor(factor);

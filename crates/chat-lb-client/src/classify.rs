@@ -11,6 +11,11 @@
 //!   failed, not the request. `UNAVAILABLE` ("cannot serve now") is kept apart
 //!   from the others, since it ejects at once (see `outlier`). Application
 //!   outcomes (`NOT_FOUND`, `INVALID_ARGUMENT`, ...) are never failure codes;
+//! * **overloaded** — a trailers-only `RESOURCE_EXHAUSTED` answer carrying
+//!   gRPC's retry pushback trailer, `grpc-retry-pushback-ms` (gRPC A6): the
+//!   server shed the call, and says when to come back ([`Pushback`]). Without
+//!   that trailer `RESOURCE_EXHAUSTED` is the application's answer (a quota, a
+//!   throttled login) and is passed on like any other;
 //! * **never sent** — a transport error that proves the request never reached
 //!   the server: the connection was refused or could not be made (a failed TLS
 //!   handshake included, also one that only shows on the first request, as a
@@ -123,13 +128,39 @@ impl Default for FailureCodes {
     }
 }
 
+/// What an overloaded server's `grpc-retry-pushback-ms` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushback {
+    /// Retry no sooner than this (a whole, non-negative number of milliseconds).
+    After(Duration),
+    /// Do not retry (a negative or malformed value, as gRPC A6 reads it).
+    DoNotRetry,
+}
+
+impl Pushback {
+    /// The name of the trailer.
+    pub const HEADER: &'static str = "grpc-retry-pushback-ms";
+
+    /// Reads the trailer's value.
+    pub fn parse(value: &[u8]) -> Self {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map_or(Pushback::DoNotRetry, |ms| {
+                Pushback::After(Duration::from_millis(ms))
+            })
+    }
+}
+
 /// What became of one attempt.
 pub(crate) enum Outcome {
-    /// Response headers arrived, without a failure code.
+    /// Response headers arrived, without a failure code or an overload.
     Answered(Response, Duration),
     /// The server answered with a failure code (of this kind, with this
     /// message).
     Failing(Response, Duration, CallFailure, String),
+    /// The server shed the call: `RESOURCE_EXHAUSTED` with a retry pushback.
+    Overloaded(Response, Pushback),
     /// The request provably never reached the server.
     NotSent(BoxError),
     /// A transport error after the request may have reached the server.
@@ -142,6 +173,9 @@ impl Outcome {
     /// An attempt's response headers, `rtt` after it was sent; `codes`: the
     /// failure codes.
     pub fn of_response(response: Response, rtt: Duration, codes: FailureCodes) -> Self {
+        if let Some(pushback) = overloaded(&response) {
+            return Outcome::Overloaded(response, pushback);
+        }
         match failure_status(&response, codes) {
             None => Outcome::Answered(response, rtt),
             Some((kind, message)) => Outcome::Failing(response, rtt, kind, message),
@@ -265,6 +299,16 @@ pub(crate) fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
     }
+}
+
+/// The pushback of a trailers-only `RESOURCE_EXHAUSTED` answer that carries
+/// `grpc-retry-pushback-ms`; `None` for any other response.
+pub(crate) fn overloaded<B>(response: &http::Response<B>) -> Option<Pushback> {
+    let headers = response.headers();
+    if headers.get(&GRPC_STATUS)?.as_bytes() != b"8" {
+        return None;
+    }
+    Some(Pushback::parse(headers.get(Pushback::HEADER)?.as_bytes()))
 }
 
 /// The gRPC code of an error, if it is (or wraps) a `tonic::Status`.
@@ -408,6 +452,36 @@ mod tests {
         assert_eq!(parse_code(b"13"), Some(13));
         assert_eq!(parse_code(b"x"), None);
         assert_eq!(parse_code(b""), None);
+    }
+
+    #[test]
+    fn resource_exhausted_is_an_overload_only_with_a_pushback() {
+        let with = |value: Option<&str>| {
+            let mut response = Status::resource_exhausted("busy").into_http::<()>();
+            if let Some(value) = value {
+                let value = http::HeaderValue::from_str(value).unwrap();
+                response.headers_mut().insert(Pushback::HEADER, value);
+            }
+            overloaded(&response)
+        };
+        assert_eq!(
+            with(None),
+            None,
+            "a quota or a throttled login: the app's answer"
+        );
+        assert_eq!(
+            with(Some("250")),
+            Some(Pushback::After(Duration::from_millis(250)))
+        );
+        assert_eq!(with(Some("0")), Some(Pushback::After(Duration::ZERO)));
+        assert_eq!(with(Some("-1")), Some(Pushback::DoNotRetry));
+        assert_eq!(with(Some("soon")), Some(Pushback::DoNotRetry));
+        let mut other = Status::unavailable("x").into_http::<()>();
+        other
+            .headers_mut()
+            .insert(Pushback::HEADER, http::HeaderValue::from_static("5"));
+        assert_eq!(overloaded(&other), None, "only RESOURCE_EXHAUSTED");
+
     }
 
     #[test]

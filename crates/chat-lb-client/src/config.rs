@@ -150,6 +150,28 @@ impl Default for SlowConfig {
     }
 }
 
+/// Slow start: the share of calls of an endpoint that (re)joins the healthy
+/// tier ramps up over `window` (see `ramp`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlowStartConfig {
+    /// `None`: off.
+    pub window: Option<Duration>,
+    /// The curve's exponent is `1 / aggression` (1: linear).
+    pub aggression: f64,
+    /// The weight at the start of the window.
+    pub min_weight: f64,
+}
+
+impl Default for SlowStartConfig {
+    fn default() -> Self {
+        Self {
+            window: Some(Duration::from_secs(10)),
+            aggression: 1.0,
+            min_weight: 0.1,
+        }
+    }
+}
+
 /// Retries and the retry budget.
 #[derive(Clone)]
 pub(crate) struct RetryConfig {
@@ -162,6 +184,10 @@ pub(crate) struct RetryConfig {
     pub budget_min_per_sec: u32,
     pub budget_window: Duration,
     pub max_replay_bytes: usize,
+    /// The first backoff of a retry that must wait (see `retry::backoff`).
+    pub backoff_base: Duration,
+    /// The longest backoff.
+    pub backoff_max: Duration,
 }
 
 impl Default for RetryConfig {
@@ -174,6 +200,8 @@ impl Default for RetryConfig {
             budget_min_per_sec: 10,
             budget_window: Duration::from_secs(10),
             max_replay_bytes: 1024 * 1024,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_secs(1),
         }
     }
 }
@@ -210,6 +238,7 @@ pub(crate) struct Config {
     pub health: HealthConfig,
     pub outlier: OutlierConfig,
     pub slow: SlowConfig,
+    pub slow_start: SlowStartConfig,
     pub retry: RetryConfig,
     pub connect: ConnectConfig,
     pub default_timeout: Option<Duration>,
@@ -227,6 +256,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             outlier: OutlierConfig::default(),
             slow: SlowConfig::default(),
+            slow_start: SlowStartConfig::default(),
             retry: RetryConfig::default(),
             connect: ConnectConfig::default(),
             default_timeout: None,
@@ -288,8 +318,29 @@ impl Config {
             "slow_endpoint_factor",
             "must be a finite number >= 1.5 (it clears at 2/3 of it, which must not be below 1)",
         )?;
+        let ramp = &self.slow_start;
+        check(
+            ramp.window.is_none_or(|w| !w.is_zero()),
+            "slow_start_window",
+            "must be above zero (or None: off)",
+        )?;
+        check(
+            ramp.aggression.is_finite() && ramp.aggression > 0.0,
+            "slow_start_aggression",
+            "must be a finite number above zero",
+        )?;
+        check(
+            ramp.min_weight > 0.0 && ramp.min_weight <= 1.0,
+            "slow_start_min_weight",
+            "must be above 0 and at most 1",
+        )?;
         let r = &self.retry;
         check(r.max_attempts >= 1, "max_attempts", "must be at least 1")?;
+        check(
+            !r.backoff_base.is_zero() && r.backoff_max >= r.backoff_base,
+            "retry_backoff",
+            "base must be above zero and max not below base",
+        )?;
         // The ranges tower's `TpsBudget::new` accepts (it panics outside them).
         check(
             (0.0..=1000.0).contains(&r.budget_ratio),
@@ -427,6 +478,40 @@ mod tests {
         assert_eq!(
             with(|r| r.budget_window = Duration::from_secs(61)),
             Some("retry_budget_window")
+        );
+    }
+
+    #[test]
+    fn slow_start_and_backoff_limits() {
+        let with = |f: fn(&mut Config)| {
+            let mut cfg = Config::default();
+            f(&mut cfg);
+            out_of_range(&cfg)
+        };
+        assert_eq!(with(|c| c.slow_start.window = None), None, "off");
+        assert_eq!(with(|c| c.slow_start.min_weight = 1.0), None);
+        assert_eq!(with(|c| c.slow_start.aggression = 0.25), None);
+        assert_eq!(
+            with(|c| c.slow_start.window = Some(Duration::ZERO)),
+            Some("slow_start_window")
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let mut cfg = Config::default();
+            cfg.slow_start.aggression = bad;
+            assert_eq!(out_of_range(&cfg), Some("slow_start_aggression"), "{bad}");
+        }
+        for bad in [0.0, 1.5, f64::NAN] {
+            let mut cfg = Config::default();
+            cfg.slow_start.min_weight = bad;
+            assert_eq!(out_of_range(&cfg), Some("slow_start_min_weight"), "{bad}");
+        }
+        assert_eq!(
+            with(|c| c.retry.backoff_base = Duration::ZERO),
+            Some("retry_backoff")
+        );
+        assert_eq!(
+            with(|c| c.retry.backoff_max = Duration::from_millis(1)),
+            Some("retry_backoff")
         );
     }
 

@@ -25,8 +25,8 @@ use tokio::{sync::Notify, time::Instant};
 use tonic::transport::Channel;
 
 use crate::{
-    classify::{CallFailure, describe},
-    config::{HealthConfig, OutlierConfig, SlowConfig},
+    classify::{CallFailure, Pushback, describe},
+    config::{HealthConfig, OutlierConfig, SlowConfig, SlowStartConfig},
     ewma::PeakEwma,
     health::{Active, HealthTracker, ProbeStatus, Verdict},
     metrics::EndpointMetrics,
@@ -72,8 +72,24 @@ pub(crate) struct Endpoint {
     probes: AtomicU64,
     /// Whether the server ever answered a call or a probe.
     answered: AtomicBool,
+    /// Calls it shed (`RESOURCE_EXHAUSTED` with a retry pushback).
+    overloads: AtomicU64,
+    /// When the endpoint was created: the origin of `ramp_from_ns`.
+    born: Instant,
+    /// When its current slow start began, in nanoseconds since `born`
+    /// ([`NO_RAMP`]: none yet).
+    ramp_from_ns: AtomicU64,
+    /// Slow start (`None`: off, as under pick-first).
+    slow_start: Option<SlowStartConfig>,
+    /// Whether its first admission to the healthy tier ramps too (see `ramp`).
+    ramp_first: bool,
+    /// Whether it was ever in the healthy tier.
+    was_preferred: AtomicBool,
     metrics: EndpointMetrics,
 }
+
+/// `ramp_from_ns` before any slow start.
+const NO_RAMP: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 struct Record {
@@ -156,6 +172,10 @@ impl Candidate for Arc<Endpoint> {
         self.ewma
             .cost(self.outstanding.load(Ordering::Acquire), now)
     }
+
+    fn weight(&self, now: Instant) -> f64 {
+        self.slow_start_weight(now).unwrap_or(1.0)
+    }
 }
 
 impl Endpoint {
@@ -185,8 +205,70 @@ impl Endpoint {
             probes_started: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             answered: AtomicBool::new(false),
+            overloads: AtomicU64::new(0),
+            born: Instant::now(),
+            ramp_from_ns: AtomicU64::new(NO_RAMP),
+            slow_start: None,
+            ramp_first: false,
+            was_preferred: AtomicBool::new(false),
             metrics: EndpointMetrics::new(addr),
         }
+    }
+
+    /// The same endpoint with slow start (`None`: off; see `ramp`), also for
+    /// its first admission when `ramp_first`.
+    pub fn with_slow_start(mut self, cfg: Option<SlowStartConfig>, ramp_first: bool) -> Self {
+        self.slow_start = cfg.filter(|cfg| cfg.window.is_some());
+        self.ramp_first = ramp_first;
+        self
+    }
+
+    /// Whether it is in the healthy tier now.
+    pub fn is_preferred(&self) -> bool {
+        Tier::from_u8(self.tier.load(Ordering::Acquire)) == Tier::Preferred
+    }
+
+    /// Its slow-start weight while it ramps up (see `ramp`); `None` when it
+    /// does not (slow start off, never healthy yet, or the window is over).
+    pub fn slow_start_weight(&self, now: Instant) -> Option<f64> {
+        let cfg = self.slow_start.as_ref()?;
+        let from = self.ramp_from_ns.load(Ordering::Relaxed);
+        if from == NO_RAMP {
+            return None;
+        }
+        let elapsed = now
+            .saturating_duration_since(self.born)
+            .saturating_sub(Duration::from_nanos(from));
+        let weight = crate::ramp::weight(elapsed, cfg);
+        (weight < 1.0).then_some(weight)
+    }
+
+    /// The server shed a call (`RESOURCE_EXHAUSTED` with a retry pushback):
+    /// counted, and with a pushback period its cost is raised until the period
+    /// ends (see `ewma`), and the period is a latency sample: what a call sent
+    /// there would have waited. Without that sample the endpoint would look
+    /// cheap the moment the period ends (its shed answers took no time) and
+    /// draw a burst of calls it sheds again. Not a failure: the endpoint is
+    /// not ejected.
+    pub fn on_overload(&self, pushback: Pushback, now: Instant) {
+        self.note_answered();
+        self.overloads.fetch_add(1, Ordering::Relaxed);
+        self.metrics.overloaded();
+        match pushback {
+            Pushback::After(period) => {
+                self.ewma.penalize_until(now + period);
+                self.ewma.observe(period, now);
+                tracing::debug!(endpoint = %self.addr, ?period, "endpoint shed a call; avoided for its pushback");
+            }
+            Pushback::DoNotRetry => {
+                tracing::debug!(endpoint = %self.addr, "endpoint shed a call and asks not to retry it");
+            }
+        }
+    }
+
+    /// Whether it is within the pushback period of a shed call.
+    pub fn is_overloaded(&self, now: Instant) -> bool {
+        self.ewma.penalty_left(now).is_some()
     }
 
     /// Notes that the server answered (once: the flag is then only read).
@@ -515,6 +597,16 @@ impl Endpoint {
         if tier > old && old <= Tier::LastResort {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
+        // (Re)joining the healthy tier: its slow start begins (see `ramp` for
+        // which first admissions do).
+        let joins = tier == Tier::Preferred && old < Tier::Preferred;
+        let again = joins && self.was_preferred.swap(true, Ordering::Relaxed);
+        if joins && (again || self.ramp_first) && self.slow_start.is_some() {
+            let since_born = Instant::now().saturating_duration_since(self.born);
+            let ns = u64::try_from(since_born.as_nanos()).unwrap_or(NO_RAMP - 1);
+            self.ramp_from_ns.store(ns, Ordering::Relaxed);
+            tracing::debug!(endpoint = %self.addr, "slow start begins");
+        }
     }
 
     /// The endpoint was removed from the balancer.
@@ -564,6 +656,9 @@ impl Endpoint {
             recent_attempts: recent.attempts,
             recent_failures: recent.failures,
             last_error: record.last_error.clone(),
+            overloads: self.overloads.load(Ordering::Relaxed),
+            overloaded_for: self.ewma.penalty_left(now),
+            slow_start_weight: self.slow_start_weight(now),
         }
     }
 }
@@ -645,6 +740,60 @@ mod tests {
             EjectionReason::Transport,
         );
         assert_eq!(record.tier(), Tier::Excluded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_new_and_a_readmitted_endpoint() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let transport = Arc::new(crate::transport::ServiceTransport(channel.clone()));
+        let ms = Duration::from_millis;
+        let endpoint = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(Some(SlowStartConfig::default()), true);
+        let health = HealthConfig::default();
+        let cap = EjectionCap::default();
+        let serving = || {
+            Ok(ProbeStatus::Healthy {
+                latency: ms(1),
+                detail: String::new(),
+            })
+        };
+        let weight = |endpoint: &Endpoint| endpoint.slow_start_weight(Instant::now());
+        assert_eq!(weight(&endpoint), None, "not healthy yet");
+        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&endpoint), Some(0.1), "the floor at first");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!((weight(&endpoint).unwrap() - 0.5).abs() < 1e-9);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(weight(&endpoint), None, "the window is over");
+        assert_eq!(endpoint.snapshot().slow_start_weight, None);
+
+        // Ejected, then readmitted by a probe after its ejection time: it ramps again.
+        let outlier = OutlierConfig::default();
+        assert!(endpoint.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        tokio::time::advance(outlier.base_ejection_time).await;
+        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(endpoint.snapshot().state, EndpointState::Healthy);
+        assert_eq!(endpoint.snapshot().slow_start_weight, Some(0.1));
+
+        // One of the endpoints the balancer started with: its first admission
+        // does not ramp, a readmission does.
+        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let initial = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(Some(SlowStartConfig::default()), false);
+        initial.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&initial), None);
+        assert!(initial.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        tokio::time::advance(outlier.base_ejection_time * 2).await;
+        initial.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&initial), Some(0.1));
+
+        // Off (as under pick-first): never ramps.
+        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let plain = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(None, true);
+        plain.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&plain), None);
     }
 
     #[tokio::test(start_paused = true)]

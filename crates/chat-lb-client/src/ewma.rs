@@ -6,6 +6,16 @@
 //! slow once and then got no traffic is tried again after a while; sooner when
 //! its health probes, answering quickly, lower it ([`PeakEwma::lower_to`], see
 //! `Endpoint::on_probe`).
+//!
+//! **Overload penalty.** A server that sheds a call (`RESOURCE_EXHAUSTED` with
+//! a retry pushback, see `classify`) asks to be left alone for the pushback
+//! period: until then its cost gets [`OVERLOAD_COST`] added
+//! ([`PeakEwma::penalize_until`]), so it loses every power-of-two draw against
+//! an endpoint that is not overloaded, whatever their latencies, while two
+//! overloaded ones still compare by their real cost. The penalty ends exactly
+//! when the period does; the endpoint also observes the period as a latency
+//! sample (what a call sent there would have waited, see
+//! `Endpoint::on_overload`), which then decays as usual.
 
 use std::{
     sync::{Mutex, PoisonError},
@@ -25,7 +35,13 @@ pub(crate) struct PeakEwma {
 struct State {
     estimate_ns: f64,
     updated: Instant,
+    /// The end of the overload penalty, if one was ever set.
+    penalized_until: Option<Instant>,
 }
+
+/// What an overloaded endpoint's cost gets added (in the cost's unit,
+/// nanoseconds × calls): 1000 seconds, far above any real latency cost.
+pub(crate) const OVERLOAD_COST: f64 = 1e12;
 
 impl PeakEwma {
     /// An estimate that starts at `initial` and decays with time constant `decay`.
@@ -35,6 +51,7 @@ impl PeakEwma {
             state: Mutex::new(State {
                 estimate_ns: nanos(initial),
                 updated: now,
+                penalized_until: None,
             }),
         }
     }
@@ -73,9 +90,29 @@ impl PeakEwma {
         state.updated = now;
     }
 
-    /// The load-balancing cost: `estimate * (outstanding + 1)`.
+    /// The load-balancing cost: `estimate * (outstanding + 1)`, plus
+    /// [`OVERLOAD_COST`] while the overload penalty lasts.
     pub fn cost(&self, outstanding: usize, now: Instant) -> f64 {
-        self.estimate(now) * (outstanding as f64 + 1.0)
+        let cost = self.estimate(now) * (outstanding as f64 + 1.0);
+        match self.penalty_left(now) {
+            Some(_) => cost + OVERLOAD_COST,
+            None => cost,
+        }
+    }
+
+    /// Penalizes the cost until `until` (a later penalty already set stands).
+    pub fn penalize_until(&self, until: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.penalized_until = Some(state.penalized_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// How long the overload penalty still lasts at `now`, if it does.
+    pub fn penalty_left(&self, now: Instant) -> Option<Duration> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .penalized_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
     }
 }
 
@@ -116,5 +153,26 @@ mod tests {
         assert_eq!(ewma.estimate(probed), 300e3);
         ewma.lower_to(Duration::from_millis(50), probed);
         assert_eq!(ewma.estimate(probed), 300e3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pushback_raises_the_cost_for_exactly_its_period() {
+        let start = Instant::now();
+        let ewma = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10), start);
+        let plain = |at| ewma.estimate(at) * 3.0;
+        assert_eq!(ewma.penalty_left(start), None);
+        ewma.penalize_until(start + Duration::from_millis(40));
+        // A shorter pushback arriving meanwhile does not cut the period short.
+        ewma.penalize_until(start + Duration::from_millis(10));
+        for ms in [0, 20, 39] {
+            let at = start + Duration::from_millis(ms);
+            assert_eq!(ewma.cost(2, at), plain(at) + OVERLOAD_COST, "at {ms}ms");
+            assert_eq!(ewma.penalty_left(at), Some(Duration::from_millis(40 - ms)));
+        }
+        for ms in [40, 41, 1000] {
+            let at = start + Duration::from_millis(ms);
+            assert_eq!(ewma.cost(2, at), plain(at), "at {ms}ms: over");
+            assert_eq!(ewma.penalty_left(at), None);
+        }
     }
 }

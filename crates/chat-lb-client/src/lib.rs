@@ -60,13 +60,15 @@
 //! 3. **Send** over the endpoint's own lazily connected tonic `Channel`. The
 //!    request body goes through a replay buffer (see below).
 //! 4. **Classify** the outcome: response headers (success for balancing
-//!    purposes, whatever the gRPC status — except a *failure code*); a
-//!    trailers-only answer with a failure code ([`Builder::failure_codes`]:
-//!    `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS` by default; application
-//!    outcomes such as `NOT_FOUND` never are); a transport error that proves
-//!    the request never reached the server (connection refused or failed,
-//!    stream refused unprocessed); another transport error; no headers within
-//!    the per-try timeout.
+//!    purposes, whatever the gRPC status — except a *failure code* and a shed
+//!    call); a trailers-only answer with a failure code
+//!    ([`Builder::failure_codes`]: `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`,
+//!    `DATA_LOSS` by default; application outcomes such as `NOT_FOUND` never
+//!    are); a shed call (trailers-only `RESOURCE_EXHAUSTED` with a
+//!    `grpc-retry-pushback-ms` trailer, see [overload](#overload)); a transport
+//!    error that proves the request never reached the server (connection
+//!    refused or failed, stream refused unprocessed); another transport error;
+//!    no headers within the per-try timeout.
 //! 5. **Update**: the latency feeds the endpoint's peak-EWMA (the estimate of
 //!    an endpoint that took no call between two probe checks drops to the
 //!    latest check's latency if that is lower, so one slow call long ago does
@@ -78,7 +80,9 @@
 //!    mid-stream, or a stream ended `UNAVAILABLE`, ejects the endpoint too.
 //! 6. **Maybe retry** on another endpoint: always when the request never
 //!    reached a server; for retry-safe calls also on a failure code, transport
-//!    errors and per-try timeouts, within `max_attempts` and the retry budget.
+//!    errors, per-try timeouts and shed calls (those after a backoff when no
+//!    other endpoint can take them, see [overload](#overload)), within
+//!    `max_attempts` and the retry budget.
 //!    An attempt past its per-try timeout is not cancelled: the first attempt
 //!    to get response headers answers the call, and a call gives up only at
 //!    its deadline or when nothing is running and no retry is possible (the
@@ -173,6 +177,65 @@
 //! stays fast, is not caught (peak-EWMA still sends it less). Turn it off with
 //! [`Builder::slow_endpoint_detection`]`(false)`.
 //!
+//! # Overload
+//!
+//! A server that has no room for a call can shed it: answer at once,
+//! trailers-only, `RESOURCE_EXHAUSTED` with gRPC's standard retry pushback
+//! trailer `grpc-retry-pushback-ms` (gRPC A6; chat-server does so beyond its
+//! `--max-concurrent-rpcs`). The balancer honours it:
+//!
+//! - the endpoint is **avoided for the pushback period**: its cost gets a
+//!   penalty far above any latency cost until the period ends, so power of two
+//!   choices picks any endpoint that is not overloaded over it (two overloaded
+//!   ones still compare by their real cost). The period also counts as a
+//!   latency sample of the endpoint (what a call sent there would have
+//!   waited), so it does not look idle and cheap the moment the period ends
+//!   and draw a burst it sheds again. A shed call is no failure: the endpoint
+//!   is not ejected;
+//! - a **retry-safe call is retried at once** on an endpoint it has not tried
+//!   that is not itself within a pushback period, within `max_attempts` and
+//!   the retry budget;
+//! - when there is none, the retry **backs off**: it waits the longer of the
+//!   pushback and the call's n-th backoff, `min(base * 2^(n-1), max)` scaled
+//!   by a random factor from 0.5 to 1 ([`Builder::retry_backoff`], 25ms and
+//!   1s), then picks afresh among all endpoints, the one that shed it
+//!   included. A wait that would reach the call's deadline is not made;
+//! - a **negative (or malformed) pushback** means "do not retry": the caller
+//!   gets the server's answer, as does a call that is not retry-safe (the
+//!   balancer cannot know the server shed it before acting on it) or one out
+//!   of attempts, budget or time.
+//!
+//! `RESOURCE_EXHAUSTED` **without** the trailer is an application's answer (a
+//! quota, a throttled login): it is passed on like any other and never
+//! retried. [`EndpointSnapshot::overloads`] counts an endpoint's shed calls
+//! and [`EndpointSnapshot::overloaded_for`] says how long it is still avoided;
+//! metrics: `chat_lb_endpoint_overloads_total`,
+//! `chat_lb_retry_backoffs_total`.
+//!
+//! # Slow start
+//!
+//! An endpoint that (re)joins the healthy tier — new, back from an ejection or
+//! from failed probes, or no longer slow — gets a share of the calls that
+//! ramps up over [`slow_start_window`](Builder::slow_start_window) (10s)
+//! instead of its full share at once: a restarted replica has cold caches and
+//! connections, while its latency estimate, decayed while it took no calls,
+//! makes it look cheap. Its **weight** follows Envoy's slow-start curve:
+//!
+//! ```text
+//! weight = max(min_weight, (elapsed / window) ^ (1 / aggression))
+//! ```
+//!
+//! with [`slow_start_aggression`](Builder::slow_start_aggression) 1 (linear;
+//! above 1 ramps faster early) and
+//! [`slow_start_min_weight`](Builder::slow_start_min_weight) 0.1 (so it warms
+//! up from the start). When the policy would choose an endpoint of weight
+//! `w < 1`, it takes the other candidate (power of two choices) or the next
+//! one in turn (round-robin) instead with probability `1 - w`: its share is
+//! about `w` times a full one. A lone candidate is never passed over, and
+//! [`Policy::PickFirst`] has no shares to ramp: slow start is off under it.
+//! [`EndpointSnapshot::slow_start_weight`] shows the weight while it ramps.
+//! Turn it off with `slow_start_window(None)`.
+//!
 //! # Defaults
 //!
 //! | setting | default |
@@ -188,6 +251,8 @@
 //! | max attempts (retry-safe) | 3 |
 //! | per-try timeout (retry-safe) | 2s |
 //! | retry budget | 20% of calls + 10/s over 10s |
+//! | backoff after a shed call ([overload](#overload)) | 25ms doubling to 1s, × random 0.5..1, at least the pushback |
+//! | slow start | 10s window, linear (aggression 1), from weight 0.1; off under pick-first |
 //! | replay buffer | 1 MiB |
 //! | overall timeout / wait for ready | none / none (fail fast) |
 //! | connect timeout, keepalive | 1s; HTTP/2 ping every 10s, 5s timeout |
@@ -346,9 +411,9 @@
 //! | `chat_lb_endpoint_attempts_total`, `chat_lb_endpoint_calls_total` (answered), `chat_lb_endpoint_outstanding` (gauge) | `endpoint` |
 //! | `chat_lb_endpoint_failures_total` | `endpoint`, `kind`: `refused`, `transport`, `unavailable`, `timeout`, `failure_code` |
 //! | `chat_lb_endpoint_ejections_total` | `endpoint`, `reason`: `refused`, `transport`, `unavailable`, `timeout`, `consecutive_failures`, `success_rate`, `failure_percentage` |
-//! | `chat_lb_endpoint_slow_marks_total` | `endpoint` |
+//! | `chat_lb_endpoint_slow_marks_total`, `chat_lb_endpoint_overloads_total` (shed calls) | `endpoint` |
 //! | `chat_lb_probe_duration_seconds` (histogram), `chat_lb_probes_total` | `endpoint`; probes also `result`: `serving`, `not_serving`, `failed` |
-//! | `chat_lb_retries_total`, `chat_lb_retry_budget_refusals_total`, `chat_lb_no_endpoint_total` | none |
+//! | `chat_lb_retries_total`, `chat_lb_retry_budget_refusals_total`, `chat_lb_retry_backoffs_total`, `chat_lb_no_endpoint_total` | none |
 //! | `chat_lb_call_duration_seconds` (histogram: start to answer) | none |
 //!
 //! # Runtime and lifecycle
@@ -370,11 +435,12 @@
 //! | `balancer.rs` | the handle an application clones; its settings in `builder.rs` and `config.rs` |
 //! | `call/` | one call as a state machine: `state.rs` decides each step, `mod.rs` drives it, `answer.rs` words the balancer's own answers |
 //! | `picker.rs` | the tiers and the policies |
-//! | `classify.rs` | what became of an attempt: headers, a failure code, never sent, transport failure, expired |
-//! | `retry/` | which calls may be retried, and the retry budget |
+//! | `classify.rs` | what became of an attempt: headers, a failure code, shed (with its pushback), never sent, transport failure, expired |
+//! | `retry/` | which calls may be retried, the retry budget, the backoff of a retry that must wait |
+//! | `ramp.rs` | slow start: the weight of an endpoint that (re)joined the healthy tier |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
 //! | `transport.rs`, `connect.rs`, `tls/` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
-//! | `endpoint.rs` | one endpoint: its load, latency estimate (`ewma.rs`), health record, ejection (`outlier.rs`, failure accrual in `outlier/accrual.rs`) and slowness (`slow.rs`) |
+//! | `endpoint.rs` | one endpoint: its load, latency estimate and overload penalty (`ewma.rs`), health record, ejection (`outlier.rs`, failure accrual in `outlier/accrual.rs`), slowness (`slow.rs`) and slow start (`ramp.rs`) |
 //! | `members/` | the one owner of the endpoint set: its sources, reconciliation, publication through a `watch` channel |
 //! | `update.rs` | the changes everything else reports to that owner |
 //! | `resolve.rs`, `discover.rs` | host names and discovery streams, turned into updates |
@@ -404,6 +470,7 @@ mod metrics;
 mod observe;
 mod outlier;
 mod picker;
+mod ramp;
 mod resolve;
 mod retry;
 mod slow;

@@ -25,10 +25,12 @@
 //! | `chat_lb_endpoint_failures_total` | counter | `endpoint`, `kind` | failed attempts counted against it, by `kind`: `refused` (never reached the server: connection refused or failed, stream refused), `transport` (the connection failed under the call, also mid-response), `unavailable` (the server answered `UNAVAILABLE`), `timeout` (no response headers within the per-try timeout), `failure_code` (the server answered with another failure status code, `INTERNAL`, `UNKNOWN` or `DATA_LOSS` by default; see `Builder::failure_codes`) |
 //! | `chat_lb_endpoint_ejections_total` | counter | `endpoint`, `reason` | ejections by outlier detection, by `reason`: at once after a failure of kind `refused`, `transport`, `unavailable` or `timeout`; by failure accrual, `consecutive_failures`, `success_rate` or `failure_percentage` (see [`crate::EjectionReason`]) |
 //! | `chat_lb_endpoint_slow_marks_total` | counter | `endpoint` | times it was marked slow (its probes much slower than the others') |
+//! | `chat_lb_endpoint_overloads_total` | counter | `endpoint` | calls it shed: `RESOURCE_EXHAUSTED` with a `grpc-retry-pushback-ms` trailer (not failures: they raise its cost for the pushback period) |
 //! | `chat_lb_probe_duration_seconds` | histogram | `endpoint` | how long each health check took (failed ones included) |
 //! | `chat_lb_probes_total` | counter | `endpoint`, `result` | health checks by `result`: `serving`, `not_serving`, `failed` (pushed `Watch` updates are not checks) |
 //! | `chat_lb_retries_total` | counter | | attempts after a call's first (transparent retries of calls that never reached a server included) |
 //! | `chat_lb_retry_budget_refusals_total` | counter | | retries not made because the retry budget was spent |
+//! | `chat_lb_retry_backoffs_total` | counter | | retries that waited out a backoff first (a shed call no other endpoint could take at once) |
 //! | `chat_lb_no_endpoint_total` | counter | | calls answered `UNAVAILABLE` at once because no endpoint could take them |
 //! | `chat_lb_call_duration_seconds` | histogram | | from a call's start to its answer (response headers, or the balancer's own error) |
 //!
@@ -107,6 +109,7 @@ pub(crate) struct EndpointMetrics {
     failures: [Counter; 5],
     ejections: [Counter; 7],
     slow_marks: Counter,
+    overloads: Counter,
     probe_duration: Histogram,
     probes: [Counter; 3],
 }
@@ -135,6 +138,7 @@ impl EndpointMetrics {
                 )
             }),
             slow_marks: counter!("chat_lb_endpoint_slow_marks_total", &[label()]),
+            overloads: counter!("chat_lb_endpoint_overloads_total", &[label()]),
             probe_duration: histogram!("chat_lb_probe_duration_seconds", &[label()]),
             probes: PROBE_RESULTS.map(|result| with("chat_lb_probes_total", "result", result)),
         };
@@ -183,12 +187,18 @@ impl EndpointMetrics {
     pub fn marked_slow(&self) {
         self.slow_marks.increment(1);
     }
+
+    /// It shed a call.
+    pub fn overloaded(&self) {
+        self.overloads.increment(1);
+    }
 }
 
 /// The balancer-wide metric handles, registered when it is built.
 pub(crate) struct BalancerMetrics {
     retries: Counter,
     budget_refusals: Counter,
+    backoffs: Counter,
     no_endpoint: Counter,
     call_duration: Histogram,
 }
@@ -198,6 +208,7 @@ impl BalancerMetrics {
         Self {
             retries: counter!("chat_lb_retries_total"),
             budget_refusals: counter!("chat_lb_retry_budget_refusals_total"),
+            backoffs: counter!("chat_lb_retry_backoffs_total"),
             no_endpoint: counter!("chat_lb_no_endpoint_total"),
             call_duration: histogram!("chat_lb_call_duration_seconds"),
         }
@@ -211,6 +222,11 @@ impl BalancerMetrics {
     /// A retry was refused by the retry budget.
     pub fn budget_refused(&self) {
         self.budget_refusals.increment(1);
+    }
+
+    /// A retry waits out a backoff.
+    pub fn backoff(&self) {
+        self.backoffs.increment(1);
     }
 
     /// A call was answered `UNAVAILABLE` at once: no endpoint could take it.

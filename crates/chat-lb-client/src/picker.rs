@@ -14,7 +14,14 @@
 //!
 //! Endpoints this call already tried are skipped before the tier is chosen, so
 //! a retry falls through to a lower tier only once the better ones were all
-//! tried. Picking allocates nothing: it walks the endpoint list at most twice.
+//! tried. Picking allocates nothing: it walks the endpoint list at most twice
+//! (three times when slow start passes a choice over).
+//!
+//! An endpoint in its slow start weighs less than 1 (see `ramp`): when the
+//! policy's choice weighs `w` and the other candidate (power of two choices)
+//! or the next in turn (round-robin) weighs more, `w_other`, the choice is
+//! passed over for it with probability `1 - w / w_other`. Pick-first ignores
+//! weights.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -70,6 +77,24 @@ pub(crate) trait Candidate {
     fn tier(&self) -> Tier;
     /// Its current load-balancing cost (lower is better).
     fn cost(&self, now: Instant) -> f64;
+    /// Its slow-start weight, 0..=1 (see `ramp`).
+    fn weight(&self, _now: Instant) -> f64 {
+        1.0
+    }
+}
+
+/// Whether `chosen` is passed over for `other`: with probability
+/// `1 - w / w_other` when it weighs less than the other, never otherwise. So
+/// endpoints ramping up side by side (all weighing the same) still compare by
+/// cost, and a ramping one next to a full one is taken with probability `w`.
+fn passed_over<C: Candidate, R: Rng + ?Sized>(
+    chosen: &C,
+    other: &C,
+    rng: &mut R,
+    now: Instant,
+) -> bool {
+    let (weight, other) = (chosen.weight(now), other.weight(now));
+    weight < other && rng.random::<f64>() * other >= weight
 }
 
 /// Picks an endpoint from `list` by `policy`, or `None` when no endpoint may
@@ -106,7 +131,17 @@ pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
     };
     match policy {
         Policy::PickFirst => nth(0),
-        Policy::RoundRobin => nth(next.fetch_add(1, Ordering::Relaxed) % count),
+        Policy::RoundRobin => {
+            let turn = next.fetch_add(1, Ordering::Relaxed) % count;
+            let chosen = nth(turn)?;
+            if count > 1
+                && let Some(next) = nth((turn + 1) % count)
+                && passed_over(chosen, next, rng, now)
+            {
+                return Some(next);
+            }
+            Some(chosen)
+        }
         Policy::PowerOfTwoChoices => {
             if count == 1 {
                 return nth(0);
@@ -125,11 +160,20 @@ pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
                 .filter(|(i, _)| *i == lo || *i == hi)
                 .map(|(_, c)| c);
             let (x, y) = (found.next()?, found.next());
-            match y {
+            let Some(y) = y else {
                 // A tier changed under us; take what we have.
-                None => Some(x),
-                Some(y) => Some(if y.cost(now) < x.cost(now) { y } else { x }),
-            }
+                return Some(x);
+            };
+            let (winner, other) = if y.cost(now) < x.cost(now) {
+                (y, x)
+            } else {
+                (x, y)
+            };
+            Some(if passed_over(winner, other, rng, now) {
+                other
+            } else {
+                winner
+            })
         }
     }
 }
@@ -142,6 +186,7 @@ mod tests {
     struct Fake {
         tier: Tier,
         cost: f64,
+        weight: f64,
         tried: bool,
     }
 
@@ -152,13 +197,62 @@ mod tests {
         fn cost(&self, _: Instant) -> f64 {
             self.cost
         }
+        fn weight(&self, _: Instant) -> f64 {
+            self.weight
+        }
     }
 
     fn fake(tier: Tier, cost: f64) -> Fake {
         Fake {
             tier,
             cost,
+            weight: 1.0,
             tried: false,
+        }
+    }
+
+    /// Each endpoint's share of `n` picks.
+    fn shares(policy: Policy, list: &[Fake], n: usize) -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(11);
+        let next = AtomicUsize::new(0);
+        let mut hits = vec![0usize; list.len()];
+        for _ in 0..n {
+            let c = pick(policy, list, |c| c.tried, &next, &mut rng, Instant::now()).unwrap();
+            hits[index_of(list, c)] += 1;
+        }
+        hits.iter().map(|h| *h as f64 / n as f64).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ramping_endpoint_gets_its_weight_times_its_share() {
+        for policy in [Policy::PowerOfTwoChoices, Policy::RoundRobin] {
+            let list = |weight| {
+                let mut list: Vec<Fake> = (0..3).map(|_| fake(Tier::Preferred, 1.0)).collect();
+                list[0].weight = weight;
+                list
+            };
+            let full = shares(policy, &list(1.0), 30_000)[0];
+            for weight in [0.1, 0.5] {
+                let share = shares(policy, &list(weight), 30_000)[0];
+                let expected = weight * full;
+                assert!(
+                    (share - expected).abs() < 0.02,
+                    "{policy:?}, weight {weight}: share {share:.3}, expected {expected:.3}"
+                );
+            }
+        }
+        // Ramping side by side with equal weights: the cost decides, as ever.
+        let mut list = vec![fake(Tier::Preferred, 2.0), fake(Tier::Preferred, 1.0)];
+        list[0].weight = 0.3;
+        list[1].weight = 0.3;
+        assert_eq!(shares(Policy::PowerOfTwoChoices, &list, 1000)[1], 1.0);
+        // Pick-first ignores weights; a lone candidate is never passed over.
+        let mut list = vec![fake(Tier::Preferred, 1.0), fake(Tier::Preferred, 1.0)];
+        list[0].weight = 0.1;
+        assert_eq!(shares(Policy::PickFirst, &list, 100)[0], 1.0);
+        list[1].tried = true;
+        for policy in [Policy::PowerOfTwoChoices, Policy::RoundRobin] {
+            assert_eq!(shares(policy, &list, 100)[0], 1.0, "{policy:?}");
         }
     }
 

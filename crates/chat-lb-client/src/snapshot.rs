@@ -182,4 +182,16 @@ pub struct EndpointSnapshot {
     pub recent_failures: u64,
     /// The last error seen, from a probe or a call.
     pub last_error: Option<String>,
+    /// Calls it shed: answered `RESOURCE_EXHAUSTED` with a retry pushback
+    /// (`grpc-retry-pushback-ms`). Not counted in `errors`: an overloaded
+    /// replica is not ejected, only avoided for its pushback.
+    pub overloads: u64,
+    /// How long it is still avoided after its latest shed call (its cost is
+    /// raised until then, see [overload](crate#overload)).
+    pub overloaded_for: Option<Duration>,
+    /// Its [slow-start](crate#slow-start) weight while it ramps up after
+    /// (re)joining the healthy tier: its share of calls relative to a full
+    /// one, from the minimum weight to 1. `None` once the window is over (or
+    /// with slow start off).
+    pub slow_start_weight: Option<f64>,
 }

@@ -61,9 +61,11 @@ async fn not_serving_is_seen_through_watch_and_readmitted() {
     let b = Replica::start("b");
     // Checks are 30s apart: only the Watch stream can notice changes in time.
     // Round-robin, so that readmission shows in the call counts whatever the latency
-    // estimates (p2c under sequential calls may keep preferring a).
+    // estimates (p2c under sequential calls may keep preferring a); slow start off,
+    // so that it shows at once (its ramp is tested in `tests/lb_overload.rs`).
     let lb = Balancer::builder()
         .policy(Policy::RoundRobin)
+        .slow_start_window(None)
         .probe(GrpcHealthProbe::new())
         .probe_interval(Duration::from_secs(30))
         .probe_jitter(0.0)
@@ -279,4 +281,41 @@ async fn a_stream_breaks_with_its_replica_and_resumes_elsewhere() {
         .into_inner();
     let m = stream.message().await.unwrap().unwrap();
     assert_eq!((m.sender.as_str(), m.sequence), ("b", last + 1));
+}
+
+#[tokio::test]
+async fn a_shed_call_is_retried_elsewhere_unless_the_pushback_is_negative() {
+    init_tracing();
+    let a = Replica::start("a");
+    let b = Replica::start("b");
+    let lb = grpc_builder()
+        .policy(Policy::PickFirst)
+        .retry_safe(RetrySafe::All)
+        .address(a.addr)
+        .address(b.addr)
+        .build()
+        .unwrap();
+    wait_all_healthy(&lb, LIMIT).await;
+    let mut client = ChatServiceClient::new(lb.clone());
+
+    // "Do not retry": the caller gets the server's answer; b never sees the call.
+    *a.knobs.shed_with_pushback.lock().unwrap() = Some("-1");
+    let status = app_call(&mut client).await.expect_err("shed, not retried");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "a is overloaded");
+    assert_eq!(b.calls(), 0);
+    let shedding = endpoint(&lb, a.addr);
+    assert_eq!(shedding.overloads, 1);
+    assert_eq!(shedding.overloaded_for, None, "no period to honour");
+
+    // A pushback: retried on b at once, and a avoided for the period.
+    *a.knobs.shed_with_pushback.lock().unwrap() = Some("60000");
+    assert_eq!(app_call(&mut client).await.expect("retried on b"), "b");
+    let shedding = endpoint(&lb, a.addr);
+    assert_eq!(
+        (shedding.overloads, shedding.state, shedding.errors),
+        (2, EndpointState::Healthy, 0),
+        "shedding is no failure: {shedding:#?}"
+    );
+    assert!(shedding.overloaded_for.is_some(), "{shedding:#?}");
 }

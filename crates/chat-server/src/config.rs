@@ -122,6 +122,13 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: Option<u32>,
 
+    /// Most unary chat calls in flight at once; beyond it a call is answered at once
+    /// with RESOURCE_EXHAUSTED and a `grpc-retry-pushback-ms` trailer (health checks,
+    /// reflection and Subscribe streams are never counted nor shed). Default: 64 per
+    /// CPU (see `chat_server::shed`).
+    #[arg(long, env = "CHAT_MAX_CONCURRENT_RPCS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_rpcs: Option<u32>,
+
     /// How long a new connection may take to complete its TLS handshake (or, without
     /// TLS, to send its first bytes) before it is closed. 100ms to 5m.
     #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value = "10s",
@@ -202,6 +209,12 @@ impl ServerConfig {
             stall: self.inject_stall,
             stall_rate: self.inject_stall_rate,
         }
+    }
+
+    /// The most chat calls in flight (`--max-concurrent-rpcs`, or its default).
+    pub fn max_concurrent_rpcs(&self) -> usize {
+        self.max_concurrent_rpcs
+            .map_or_else(crate::shed::default_max_concurrent_rpcs, |n| n as usize)
     }
 
     /// The TLS files, when the replica serves TLS (`--tls-cert` and `--tls-key`).

@@ -25,6 +25,9 @@
 //! With `--metrics-addr` the replica serves Prometheus metrics ([`metrics`]).
 //! For tests and benchmarks, [`fault`] injects errors and stalls into chat calls.
 //!
+//! Beyond `--max-concurrent-rpcs` chat calls in flight, the replica answers further
+//! ones at once with `RESOURCE_EXHAUSTED` and a retry pushback ([`shed`]).
+//!
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 
 pub mod auth;
@@ -39,6 +42,7 @@ pub mod metrics;
 pub mod password;
 pub mod server;
 pub mod service;
+pub mod shed;
 pub mod store;
 pub mod throttle;
 pub mod tls;

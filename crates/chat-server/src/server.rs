@@ -187,6 +187,8 @@ fn grpc_server(
         .layer(tower::util::MapResponseLayer::new(
             crate::error::relabel_decode_errors as fn(_) -> _,
         ))
+        // Inside the metrics layer, so shed calls count as RESOURCE_EXHAUSTED there.
+        .layer(crate::shed::ShedLayer::new(config.max_concurrent_rpcs()))
         .layer(tower::util::option_layer(config.fault_injection().layer()))
         .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
@@ -327,6 +329,7 @@ fn announce(config: &ServerConfig, address: SocketAddr, replica_id: &str, tls: b
         tls,
         mutual_tls = config.tls_client_ca.is_some(),
         max_connections = config.connection_limits().max_connections,
+        max_concurrent_rpcs = config.max_concurrent_rpcs(),
         password_hash_threads = crate::password::hashing_threads(),
         "replica serving"
     );

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | the call starts | [`Call::start`] |
 //! | an attempt finished | [`Call::on_attempt`] |
-//! | the timer fired (per-try timeout, deadline, end of a wait for endpoints) | [`Call::on_timer`] |
+//! | the timer fired (per-try timeout, deadline, end of a wait for endpoints or of a backoff) | [`Call::on_timer`] |
 //! | the endpoints changed while the call waits for one | [`Call::on_endpoints_changed`] |
 //!
 //! At most one attempt is *live*: the newest, while it is within its per-try
@@ -22,6 +22,17 @@
 //! any attempt is still running. It gives up only when its deadline passes, or
 //! when no attempt is left running and no retry is possible (attempts, budget
 //! or endpoints used up), with the outcome of the attempt that finished last.
+//!
+//! A **shed** attempt (`RESOURCE_EXHAUSTED` with a retry pushback, see
+//! `classify`) is no failure of its endpoint: the endpoint is avoided for the
+//! pushback period (its cost is raised, see `ewma`) and the call does not go
+//! back to it before a backoff. A retry-safe call is retried at once on an
+//! endpoint that is not itself under a pushback (within `max_attempts` and the
+//! budget); when there is none, it **backs off** (see `retry::backoff`): it
+//! waits at least the pushback, then picks afresh among all endpoints, the one
+//! that shed it included. A negative pushback ("do not retry"), a call that is
+//! not retry-safe, or a backoff that would outlast the deadline passes the
+//! server's answer on.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -30,7 +41,7 @@ use tonic::body::Body;
 
 use crate::{
     body::Replay,
-    classify::{CallFailure, Outcome},
+    classify::{CallFailure, Outcome, Pushback},
     context::CallContext,
     deadline,
     endpoint::Endpoint,
@@ -38,7 +49,7 @@ use crate::{
     members::EndpointList,
     observe::Observed,
     picker::pick,
-    retry::SafeToRetry,
+    retry::{SafeToRetry, backoff::backoff},
 };
 
 pub(crate) type Response = http::Response<Body>;
@@ -139,6 +150,10 @@ pub(crate) struct Call {
     timer: Option<Instant>,
     /// Whether the call waits for an endpoint to take it.
     waiting_for_endpoints: bool,
+    /// When the pending retry after a shed attempt is due, while one is.
+    backoff_until: Option<Instant>,
+    /// Backoffs so far (the next one's exponent).
+    backoffs: u32,
 }
 
 impl Call {
@@ -175,6 +190,8 @@ impl Call {
             live: false,
             timer: None,
             waiting_for_endpoints: false,
+            backoff_until: None,
+            backoffs: 0,
             ctx,
         }
     }
@@ -199,10 +216,16 @@ impl Call {
         self.pick_or_wait(now)
     }
 
-    /// The timer fired: the end of a wait for endpoints, the deadline, or the
-    /// newest attempt's per-try timeout.
+    /// The timer fired: the end of a wait for endpoints or of a backoff, the
+    /// deadline, or the newest attempt's per-try timeout.
     pub fn on_timer(&mut self, now: Instant) -> Action {
         if self.waiting_for_endpoints {
+            return self.pick_or_wait(now);
+        }
+        if self.backoff_until.take().is_some() {
+            // Every endpoint may take the retry now, the one that shed the
+            // call included (its pushback is over).
+            self.tried = Tried::default();
             return self.pick_or_wait(now);
         }
         let Some(current) = self.current.clone() else {
@@ -220,7 +243,7 @@ impl Call {
         self.ctx
             .count_failure(&current, CallFailure::Timeout, why, waited);
         self.tried.add(&current);
-        match self.charged_retry_target(now) {
+        match self.charged_retry_target(now, false) {
             Some(other) => {
                 tracing::debug!(from = %current.addr, to = %other.addr, "per-try timeout; retrying");
                 self.send_to(other, now)
@@ -253,6 +276,11 @@ impl Call {
                 return Action::Answer(Ok(response));
             }
             Outcome::Expired => return Action::Answer(Ok(self.deadline_exceeded(&endpoint))),
+            Outcome::Overloaded(response, pushback) => {
+                endpoint.on_overload(pushback, now);
+                self.tried.add(&endpoint);
+                return self.after_overload(&endpoint, response, pushback, running, now);
+            }
             Outcome::Failing(response, rtt, kind, why) => {
                 // A failure code: counted against the endpoint (see
                 // `outlier`), and a retry-safe call goes elsewhere.
@@ -319,12 +347,12 @@ impl Call {
         running: bool,
         now: Instant,
     ) -> Action {
-        if self.live {
+        if self.live || self.backoff_until.is_some() {
             return Action::Wait;
         }
         let target = match retry {
             Retry::Transparent => self.transparent_retry_target(),
-            Retry::IfSafe if self.retry_safe => self.charged_retry_target(now),
+            Retry::IfSafe if self.retry_safe => self.charged_retry_target(now, false),
             Retry::IfSafe => None,
         };
         if let Some(other) = target {
@@ -347,6 +375,77 @@ impl Call {
             GiveUp::Respond(response) => Action::Answer(Ok(response)),
             GiveUp::Fail(error) => Action::Answer(self.fail(&failed.endpoint, error, &failed.why)),
         }
+    }
+
+    /// After a shed attempt (see the module docs): while the live attempt runs
+    /// or a backoff is pending, wait; a retry-safe call with a pushback period
+    /// is retried at once on an endpoint not under a pushback, else after a
+    /// backoff; otherwise the server's answer is passed on (once no other
+    /// attempt runs).
+    fn after_overload(
+        &mut self,
+        endpoint: &Endpoint,
+        response: Response,
+        pushback: Pushback,
+        running: bool,
+        now: Instant,
+    ) -> Action {
+        if self.live || self.backoff_until.is_some() {
+            return Action::Wait;
+        }
+        match pushback {
+            Pushback::After(period) if self.retry_safe => {
+                if let Some(other) = self.charged_retry_target(now, true) {
+                    tracing::debug!(from = %endpoint.addr, to = %other.addr, "call shed; retrying elsewhere");
+                    return self.send_to(other, now);
+                }
+                if let Some(at) = self.back_off(period, now) {
+                    let wait = at - now;
+                    tracing::debug!(endpoint = %endpoint.addr, ?wait, "call shed, no endpoint free; backing off");
+                    return Action::Wait;
+                }
+            }
+            _ => {
+                tracing::debug!(endpoint = %endpoint.addr, ?pushback, retry_safe = self.retry_safe, "call shed; not retried");
+            }
+        }
+        if running {
+            self.timer = self.deadline;
+            return Action::Wait;
+        }
+        self.replay.commit();
+        Action::Answer(Ok(response))
+    }
+
+    /// Schedules a retry after the call's next backoff, and at least `period`
+    /// (the pushback) from `now`; returns when it is due, or `None` when it
+    /// cannot be made: no attempt left, a body that cannot be replayed, a wait
+    /// that would reach the deadline, or no retry budget.
+    fn back_off(&mut self, period: Duration, now: Instant) -> Option<Instant> {
+        let retry = &self.ctx.cfg.retry;
+        if self.charged_retries + 1 >= retry.max_attempts || !self.replay.can_replay() {
+            return None;
+        }
+        self.backoffs += 1;
+        let wait = backoff(
+            self.backoffs,
+            retry.backoff_base,
+            retry.backoff_max,
+            &mut rand::rng(),
+        );
+        let at = now + wait.max(period);
+        if self.deadline.is_some_and(|d| at >= d) {
+            return None;
+        }
+        if !self.ctx.budget.try_withdraw() {
+            self.ctx.metrics.budget_refused();
+            return None;
+        }
+        self.charged_retries += 1;
+        self.ctx.metrics.backoff();
+        self.backoff_until = Some(at);
+        self.timer = Some(at);
+        Some(at)
     }
 
     /// Starts the next attempt on `endpoint`; a retry tells the server the
@@ -377,17 +476,24 @@ impl Call {
         })
     }
 
-    fn pick(&self) -> Option<Arc<Endpoint>> {
+    /// Picks an endpoint the call has not tried; with `unloaded`, also not
+    /// one within the pushback period of a shed call.
+    fn pick_among(&self, unloaded: bool) -> Option<Arc<Endpoint>> {
         let tried = &self.tried;
+        let now = Instant::now();
         pick(
             self.ctx.cfg.policy,
             &self.list,
-            |e: &Arc<Endpoint>| tried.contains(e),
+            |e: &Arc<Endpoint>| tried.contains(e) || (unloaded && e.is_overloaded(now)),
             &self.ctx.round_robin,
             &mut rand::rng(),
-            Instant::now(),
+            now,
         )
         .cloned()
+    }
+
+    fn pick(&self) -> Option<Arc<Endpoint>> {
+        self.pick_among(false)
     }
 
     /// Another endpoint for a call that never reached a server: needs a
@@ -402,8 +508,9 @@ impl Call {
 
     /// Another endpoint for a retry of a call that may have reached a server:
     /// needs a replayable body, attempts left, time left, an untried endpoint
-    /// and a token from the retry budget.
-    fn charged_retry_target(&mut self, now: Instant) -> Option<Arc<Endpoint>> {
+    /// (with `unloaded`, also not under a pushback) and a token from the retry
+    /// budget.
+    fn charged_retry_target(&mut self, now: Instant, unloaded: bool) -> Option<Arc<Endpoint>> {
         let max_attempts = self.ctx.cfg.retry.max_attempts;
         if self.charged_retries + 1 >= max_attempts || !self.replay.can_replay() {
             return None;
@@ -412,7 +519,7 @@ impl Call {
             return None;
         }
         self.list = self.ctx.endpoints();
-        let other = self.pick()?;
+        let other = self.pick_among(unloaded)?;
         if !self.ctx.budget.try_withdraw() {
             self.ctx.metrics.budget_refused();
             tracing::debug!("retry budget exhausted; not retrying");

@@ -1,6 +1,8 @@
 //! Each transition of the call state machine, with fabricated outcomes on
 //! tokio's paused clock: no sockets, no attempts actually sent.
 
+mod overload;
+
 use std::{io, sync::Arc, time::Duration};
 
 use tokio::{

@@ -46,6 +46,7 @@ use crate::{
     endpoint::Endpoint,
     health::{HealthProbe, prober},
     outlier::EjectionCap,
+    picker::Policy,
     resolve, slow,
     transport::{MakeTransport, ServiceTransport, Transport},
     update::{Update, Updates},
@@ -242,10 +243,12 @@ impl Membership {
         }
         let mut members = Vec::with_capacity(wanted.len());
         let mut old = std::mem::take(&mut state.members);
+        // A new endpoint joining a balancer that serves already ramps up.
+        let serving = old.iter().any(|m| m.endpoint.is_preferred());
         for (addr, host_name) in wanted {
             if let Some(i) = old.iter().position(|m| m.endpoint.addr == addr) {
                 members.push(old.swap_remove(i));
-            } else if let Some(member) = self.admit(addr, host_name) {
+            } else if let Some(member) = self.admit(addr, host_name, serving) {
                 members.push(member);
             }
         }
@@ -258,8 +261,10 @@ impl Membership {
         true
     }
 
-    /// A new endpoint and its prober.
-    fn admit(&self, addr: SocketAddr, host_name: Option<&str>) -> Option<Member> {
+    /// A new endpoint and its prober; `serving`: whether the balancer has a
+    /// healthy endpoint already (then the new one's slow start ramps its first
+    /// admission too, see `ramp`).
+    fn admit(&self, addr: SocketAddr, host_name: Option<&str>, serving: bool) -> Option<Member> {
         let env = &self.env;
         let channel = {
             let _entered = env.runtime.enter();
@@ -276,14 +281,19 @@ impl Membership {
             Some(make) => make(addr),
             None => Arc::new(ServiceTransport(channel.clone())),
         };
-        let endpoint = Arc::new(Endpoint::new(
-            addr,
-            channel,
-            transport,
-            env.cfg.default_rtt,
-            env.cfg.ewma_decay,
-            env.cfg.outlier.window,
-        ));
+        // Slow start ramps shares; pick-first has none to ramp.
+        let slow_start = (env.cfg.policy != Policy::PickFirst).then_some(env.cfg.slow_start);
+        let endpoint = Arc::new(
+            Endpoint::new(
+                addr,
+                channel,
+                transport,
+                env.cfg.default_rtt,
+                env.cfg.ewma_decay,
+                env.cfg.outlier.window,
+            )
+            .with_slow_start(slow_start, serving),
+        );
         let prober = env.cancel.child_token();
         let task = prober::run(
             endpoint.clone(),

@@ -12,10 +12,17 @@
 //!   [`SafeToRetry`] request extension) are retried, on another endpoint, at
 //!   most `max_attempts` attempts in all, each retry drawing on the retry
 //!   budget ([`budget`]).
+//! * **After a shed** — the server answered `RESOURCE_EXHAUSTED` with a retry
+//!   pushback (it shed the call before handling it). A retry-safe call is
+//!   retried like the above (within `max_attempts` and the budget) on another
+//!   endpoint at once; when no endpoint can take it now, after a wait
+//!   ([`backoff`]). A negative pushback means "do not retry": the answer is
+//!   passed on.
 //!
 //! How a call runs its attempts and retries is the call state machine's job
 //! (see `call`).
 
+pub(crate) mod backoff;
 pub(crate) mod budget;
 
 use std::{fmt, sync::Arc};

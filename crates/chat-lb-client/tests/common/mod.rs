@@ -46,6 +46,9 @@ pub struct Knobs {
     pub unavailable: AtomicBool,
     /// The chat `HealthCheck` answers `NOT_SERVING`.
     pub chat_not_serving: AtomicBool,
+    /// Shed `ListAccounts`: answer `RESOURCE_EXHAUSTED` with this
+    /// `grpc-retry-pushback-ms` value.
+    pub shed_with_pushback: std::sync::Mutex<Option<&'static str>>,
 }
 
 /// The test replica's chat service.
@@ -97,6 +100,16 @@ impl pb::chat_service_server::ChatService for TestChat {
         }
         if self.knobs.unavailable.load(Ordering::SeqCst) {
             return Err(Status::unavailable(format!("{} is draining", self.name)));
+        }
+        let shed = *self.knobs.shed_with_pushback.lock().unwrap();
+        if let Some(pushback) = shed {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-retry-pushback-ms", pushback.parse().unwrap());
+            return Err(Status::with_metadata(
+                tonic::Code::ResourceExhausted,
+                format!("{} is overloaded", self.name),
+                metadata,
+            ));
         }
         self.knobs.calls.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(pb::ListAccountsResponse {

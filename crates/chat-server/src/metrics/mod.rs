@@ -38,6 +38,7 @@
 //! | `chat_password_hash_wait_seconds` | histogram | time an argon2 hash or verification waited for a hashing thread |
 //! | `chat_purge_runs_total` | counter | purge runs, by `kind` (`sessions`, `history`) and `outcome` (`ok`, `error`) |
 //! | `chat_purged_rows_total` | counter | rows deleted by purges, by `kind` |
+//! | `chat_shed_calls_total` | counter | chat calls answered `RESOURCE_EXHAUSTED` at once because `--max-concurrent-rpcs` were in flight ([`crate::shed`]) |
 //!
 //! Process metrics, read from `/proc` at each scrape (Linux only; [`process`]):
 //! `process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,
@@ -85,6 +86,9 @@ pub const PASSWORD_HASH_WAIT_SECONDS: &str = "chat_password_hash_wait_seconds";
 pub const PURGE_RUNS: &str = "chat_purge_runs_total";
 /// Rows deleted by purges, by `kind`.
 pub const PURGED_ROWS: &str = "chat_purged_rows_total";
+
+/// Chat calls shed by `--max-concurrent-rpcs`.
+pub const SHED_CALLS: &str = "chat_shed_calls_total";
 
 /// Histogram buckets (seconds) for call and store latencies: 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -177,6 +181,15 @@ fn describe() {
     );
     describe_counter!(PURGE_RUNS, "Purge runs by kind and outcome.");
     describe_counter!(PURGED_ROWS, "Rows deleted by purges, by kind.");
+    describe_counter!(
+        SHED_CALLS,
+        "Chat calls answered RESOURCE_EXHAUSTED at once: --max-concurrent-rpcs were in flight."
+    );
+}
+
+/// Records one call shed by the concurrency limit ([`SHED_CALLS`]).
+pub fn record_shed() {
+    ::metrics::counter!(SHED_CALLS).increment(1);
 }
 
 /// Records one purge run of `kind` and the rows it deleted.
