@@ -171,7 +171,11 @@ impl Cluster {
     /// Stops every replica (SIGINT, then SIGKILL after 2s).
     pub async fn stop(self) {
         let [a, b, c] = self.healthy;
-        let extra = self.one_process.into_iter().chain(self.flaky).chain(self.overloaded);
+        let extra = self
+            .one_process
+            .into_iter()
+            .chain(self.flaky)
+            .chain(self.overloaded);
         for replica in [a, b, c, self.slow].into_iter().chain(extra) {
             replica.stop(Duration::from_secs(2)).await;
         }

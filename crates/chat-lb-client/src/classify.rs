@@ -481,7 +481,6 @@ mod tests {
             .headers_mut()
             .insert(Pushback::HEADER, http::HeaderValue::from_static("5"));
         assert_eq!(overloaded(&other), None, "only RESOURCE_EXHAUSTED");
-
     }
 
     #[test]

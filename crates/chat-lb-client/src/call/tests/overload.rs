@@ -9,7 +9,11 @@ fn shed(pushback: &str) -> Outcome {
     let mut response = Status::resource_exhausted("replica overloaded").into_http();
     let value = http::HeaderValue::from_str(pushback).unwrap();
     response.headers_mut().insert(Pushback::HEADER, value);
-    Outcome::of_response(response, Duration::ZERO)
+    Outcome::of_response(
+        response,
+        Duration::ZERO,
+        crate::classify::FailureCodes::default(),
+    )
 }
 
 fn backing_off(cfg: Config) -> Config {
