@@ -55,6 +55,9 @@ pub(crate) struct Endpoint {
     /// `calls` when the previous probe check ended.
     calls_at_last_probe: AtomicU64,
     errors: AtomicU64,
+    /// Hedges sent to it, and those that answered their call.
+    hedges: AtomicU64,
+    hedges_won: AtomicU64,
     call_failures: AtomicU32,
     ewma: PeakEwma,
     record: Mutex<Record>,
@@ -169,6 +172,8 @@ impl Endpoint {
             calls: AtomicU64::new(0),
             calls_at_last_probe: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
+            hedges_won: AtomicU64::new(0),
             call_failures: AtomicU32::new(0),
             ewma: PeakEwma::new(default_rtt, decay, Instant::now()),
             record: Mutex::new(Record::default()),
@@ -251,6 +256,16 @@ impl Endpoint {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         self.metrics.attempt_started();
         InFlight(self)
+    }
+
+    /// A hedge is sent to it (its attempt is counted by [`Endpoint::start`]).
+    pub fn on_hedge(&self) {
+        self.hedges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A hedge sent to it answered its call.
+    pub fn on_hedge_won(&self) {
+        self.hedges_won.fetch_add(1, Ordering::Relaxed);
     }
 
     /// After a probe check: an endpoint that took no call since the previous
@@ -519,6 +534,8 @@ impl Endpoint {
                 .map(|until| until.saturating_duration_since(now)),
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            hedges: self.hedges.load(Ordering::Relaxed),
+            hedges_won: self.hedges_won.load(Ordering::Relaxed),
             last_error: record.last_error.clone(),
         }
     }

@@ -360,6 +360,7 @@ mod endpoint;
 mod error;
 mod ewma;
 mod health;
+mod hedge;
 mod members;
 mod metrics;
 mod observe;
@@ -384,6 +385,7 @@ pub use error::{
 #[cfg(feature = "chat-probe")]
 pub use health::ChatHealthProbe;
 pub use health::{GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
+pub use hedge::HedgeDelay;
 pub use picker::Policy;
 pub use retry::{RetrySafe, SafeToRetry};
 pub use snapshot::{EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};

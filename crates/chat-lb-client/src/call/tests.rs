@@ -9,6 +9,8 @@ use tokio::{
 };
 use tonic::{Code, Status, body::Body};
 
+mod hedging;
+
 use super::state::{Action, Attempt, Call, Done, Response};
 use crate::{
     EndpointState, ProbeStatus, RetrySafe, classify::Outcome, config::Config, context::CallContext,
