@@ -3,9 +3,10 @@
 //! Every replica listens on a free port of 127.0.0.1 and they share one temporary
 //! SQLite store (in `/dev/shm` when it exists, so that fsync costs do not drown the
 //! balancers' differences; `--store-dir` to change). Four replica processes: `A`, `B`
-//! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); and, for
+//! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); for
 //! `steady-one-process`, a fifth process serving three healthy servers `P1`, `P2`,
-//! `P3` (each on its own port).
+//! `P3` (each on its own port); and, for `tail-latency`, `T`, which stalls 50ms on
+//! 5% of its calls (`TAIL_STALL`).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -23,6 +24,8 @@ pub struct Cluster {
     /// `P1`, `P2`, `P3`: three servers in one process (only when
     /// `steady-one-process` is planned).
     pub one_process: Option<Replica>,
+    /// `T`: stalls on some calls (only when `tail-latency` is planned).
+    pub tail: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
     /// Kept for its `Drop` (removes the store).
@@ -59,6 +62,15 @@ impl Cluster {
             .chain(server_args.iter().copied())
             .collect();
         let slow = Replica::start_placed(&store, &slow_args, &one).await?;
+        let tail = if plan.scenarios.contains(&Scenario::TailLatency) {
+            let tail_args: Vec<&str> = TAIL_STALL
+                .into_iter()
+                .chain(server_args.iter().copied())
+                .collect();
+            Some(Replica::start_placed(&store, &tail_args, &one).await?)
+        } else {
+            None
+        };
         let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
             let three = Placement { servers: 3, ..one };
             Some(Replica::start_placed(&store, &server_args, &three).await?)
@@ -69,6 +81,7 @@ impl Cluster {
             healthy: [a, b, c],
             slow,
             one_process,
+            tail,
             dead: dead_address()?,
             _store_dir: dir,
         })
@@ -97,11 +110,12 @@ impl Cluster {
             Scenario::Steady | Scenario::KilledReplica => list.push(c.address()),
             Scenario::DeadAddress => list.extend([c.address(), self.dead]),
             Scenario::SlowReplica => list.push(self.slow.address()),
+            Scenario::TailLatency => list.extend(self.tail.as_ref().map(Replica::address)),
         }
         list
     }
 
-    /// The name of an address in the output (`A`, `B`, `C`, `S`, `P1`.., `dead`).
+    /// The name of an address in the output (`A`, `B`, `C`, `S`, `T`, `P1`.., `dead`).
     pub fn name(&self, address: SocketAddr) -> String {
         let mut in_one_process = self.one_process.iter().flat_map(|p| p.addresses());
         if let Some(i) = in_one_process.position(|a| *a == address) {
@@ -111,6 +125,7 @@ impl Cluster {
             .into_iter()
             .zip(&self.healthy)
             .chain([("S", &self.slow)])
+            .chain(self.tail.iter().map(|t| ("T", t)))
             .find(|(_, replica)| replica.address() == address);
         match named {
             Some((name, _)) => name.to_owned(),
@@ -127,11 +142,15 @@ impl Cluster {
     /// Stops every replica (SIGINT, then SIGKILL after 2s).
     pub async fn stop(self) {
         let [a, b, c] = self.healthy;
-        for replica in [a, b, c, self.slow].into_iter().chain(self.one_process) {
+        let extra = self.one_process.into_iter().chain(self.tail);
+        for replica in [a, b, c, self.slow].into_iter().chain(extra) {
             replica.stop(Duration::from_secs(2)).await;
         }
     }
 }
+
+/// The flags of `T` in `tail-latency`: a 50ms stall on 5% of its calls.
+const TAIL_STALL: [&str; 4] = ["--inject-stall", "50ms", "--inject-stall-rate", "0.05"];
 
 fn temp_store_dir(store_dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");

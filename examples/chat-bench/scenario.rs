@@ -7,7 +7,10 @@
 //! - `dead-address`: `A, B, C` and an address where nothing listens;
 //! - `slow-replica`: `A, B, S` — `S` delays every RPC by `--slow-delay` (20ms);
 //! - `killed-replica`: `A, B, C`; `C` is SIGKILLed during every round (see
-//!   `faults.rs`).
+//!   `faults.rs`);
+//! - `tail-latency`: `A, B, T` — `T` stalls 50ms on 5% of its calls
+//!   (`--inject-stall 50ms --inject-stall-rate 0.05`): the tail that hedging
+//!   (`chat-lb-hedged`) should cut.
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
@@ -21,6 +24,7 @@ pub enum Scenario {
     DeadAddress,
     SlowReplica,
     KilledReplica,
+    TailLatency,
 }
 
 impl Scenario {
@@ -30,12 +34,13 @@ impl Scenario {
     }
 
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Steady,
         Scenario::SteadyOneProcess,
         Scenario::DeadAddress,
         Scenario::SlowReplica,
         Scenario::KilledReplica,
+        Scenario::TailLatency,
     ];
 
     /// The name in flags and output.
@@ -46,6 +51,7 @@ impl Scenario {
             Scenario::DeadAddress => "dead-address",
             Scenario::SlowReplica => "slow-replica",
             Scenario::KilledReplica => "killed-replica",
+            Scenario::TailLatency => "tail-latency",
         }
     }
 }
