@@ -82,6 +82,12 @@
 //!    answer is the server's response as it came; a transport failure as
 //!    `UNAVAILABLE` naming the endpoint and error; a passed deadline as
 //!    `DEADLINE_EXCEEDED`.
+//! 7. **Maybe hedge**: a call of a [hedged](#hedging) method with no response
+//!    headers after the hedging delay is sent to another endpoint too, and the
+//!    first response headers win.
+//!
+//! Every attempt after a call's first (retry or hedge) carries the
+//! `grpc-previous-rpc-attempts` header: how many attempts came before it.
 //!
 //! What a tonic client sees from the balancer itself is always a `Status`:
 //! `UNAVAILABLE` when no endpoint can take the call (the message lists every
@@ -136,6 +142,61 @@
 //! stays fast, is not caught (peak-EWMA still sends it less). Turn it off with
 //! [`Builder::slow_endpoint_detection`]`(false)`.
 //!
+//! # Hedging
+//!
+//! A replica that stalls now and then sets the tail latency, and no
+//! per-try timeout short enough to catch the stall is long enough for a
+//! healthy call. Hedging (Finagle's backup requests, gRPC's hedging policy)
+//! does not wait for a failure: a call of a method named with
+//! [`Builder::hedge_methods`] that has no response headers after the
+//! *hedging delay* is sent again, to an endpoint it has not tried, while the
+//! first attempt goes on; whichever gets response headers first answers the
+//! call, and the other attempts are dropped, which cancels them (the server
+//! sees the stream reset). Unary and server-streaming calls alike: the headers
+//! decide, so a stream is hedged only until it starts. Each further delay
+//! without headers may send one more hedge, within `max_attempts` (hedges
+//! count as attempts).
+//!
+//! ```no_run
+//! use chat_lb_client::{Balancer, HedgeDelay, RetrySafe};
+//!
+//! # async fn demo() -> Result<(), chat_lb_client::BuildError> {
+//! let lb = Balancer::builder()
+//!     .addresses("replica-1:8500,replica-2:8500,replica-3:8500")
+//!     .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
+//!     .hedge_methods(["/chat.v1.ChatService/HealthCheck", "/chat.v1.ChatService/FetchMessages"])
+//!     .hedge_delay(HedgeDelay::Percentile(95.0)) // the default
+//!     .build()?;
+//! # let _ = lb; Ok(()) }
+//! ```
+//!
+//! - **Which calls**: only the named methods (full paths), and only
+//!   retry-safe ones: naming another fails the build
+//!   ([`ConfigError::Hedge`]), since a hedge runs the call twice on purpose. A
+//!   call whose [`SafeToRetry`] extension says `false` is not hedged.
+//! - **The delay** ([`HedgeDelay`]): fixed, or (the default) the 95th
+//!   percentile of that method's recent latency through this balancer, from a
+//!   call's start to its response headers: the last 512 answered calls, the
+//!   percentile recomputed every 32 (why a window and not a histogram:
+//!   `src/hedge.rs`). A method is not hedged until 32 of its calls have
+//!   answered. With p95, about one call in twenty waits long enough to be
+//!   hedged.
+//! - **The budget**: each hedge takes a token from the hedge budget
+//!   ([`Builder::hedge_budget`]: 10% of the hedged methods' calls plus 1/s,
+//!   over the retry budget's window) *and* from the retry budget, so retries
+//!   and hedges together stay within the retry budget, and hedges alone add at
+//!   most about 10% more attempts than calls. Without a token the call simply
+//!   waits on its attempt.
+//! - **Health**: being hedged is no failure: the attempt that lost is not
+//!   counted against its endpoint. A hedged attempt that fails still counts
+//!   (and ejects), as any failed attempt; from the hedge on, the newest
+//!   attempt's per-try timeout is the one that runs.
+//! - **Seen in**: [`EndpointSnapshot::hedges`] and
+//!   [`EndpointSnapshot::hedges_won`] (hedges sent to each endpoint, and
+//!   those that answered their call), the metrics `chat_lb_hedges_total` and
+//!   `chat_lb_hedges_won_total`, and `debug` events of target
+//!   `chat_lb_client` for each hedge sent and won.
+//!
 //! # Defaults
 //!
 //! | setting | default |
@@ -149,6 +210,9 @@
 //! | max attempts (retry-safe) | 3 |
 //! | per-try timeout (retry-safe) | 2s |
 //! | retry budget | 20% of calls + 10/s over 10s |
+//! | hedged methods | none ([`Builder::hedge_methods`]) |
+//! | hedging delay | p95 of the method's last 512 answered calls ([`HedgeDelay`]) |
+//! | hedge budget | 10% of hedged calls + 1/s over the retry budget's window, and a retry-budget token per hedge |
 //! | replay buffer | 1 MiB |
 //! | overall timeout / wait for ready | none / none (fail fast) |
 //! | connect timeout, keepalive | 1s; HTTP/2 ping every 10s, 5s timeout |
@@ -310,6 +374,7 @@
 //! | `chat_lb_endpoint_slow_marks_total` | `endpoint` |
 //! | `chat_lb_probe_duration_seconds` (histogram), `chat_lb_probes_total` | `endpoint`; probes also `result`: `serving`, `not_serving`, `failed` |
 //! | `chat_lb_retries_total`, `chat_lb_retry_budget_refusals_total`, `chat_lb_no_endpoint_total` | none |
+//! | `chat_lb_hedges_total`, `chat_lb_hedges_won_total` | none |
 //! | `chat_lb_call_duration_seconds` (histogram: start to answer) | none |
 //!
 //! # Runtime and lifecycle
@@ -333,6 +398,7 @@
 //! | `picker.rs` | the tiers and the policies |
 //! | `classify.rs` | what became of an attempt: headers, `UNAVAILABLE`, never sent, transport failure, expired |
 //! | `retry/` | which calls may be retried, and the retry budget |
+//! | `hedge.rs` | which calls are hedged, the hedging delay (fixed, or a percentile of recent latency) and the hedge budget |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
 //! | `transport.rs`, `connect.rs`, `tls/` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
 //! | `endpoint.rs` | one endpoint: its load, latency estimate (`ewma.rs`), health record, ejection (`outlier.rs`) and slowness (`slow.rs`) |
