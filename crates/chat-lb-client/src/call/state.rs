@@ -281,8 +281,9 @@ impl Call {
             endpoint,
             outcome,
         } = done;
-        // Whether this was the live attempt: an earlier one, or one past its
-        // per-try timeout, was counted against its endpoint already.
+        // Whether its failure is still to be counted: the live attempt's, or
+        // that of an attempt a hedge joined; an earlier attempt past its
+        // per-try timeout was counted against its endpoint already.
         let was_live = (self.live && n == self.attempts) || self.hedged_over.contains(&n);
         if n == self.attempts {
             self.live = false;
