@@ -137,6 +137,25 @@ pub struct ServerConfig {
     /// FAULT INJECTION, for tests and benchmarks only: delay every chat RPC by this long.
     #[arg(long, env = "CHAT_INJECT_DELAY", value_parser = humantime::parse_duration)]
     pub inject_delay: Option<Duration>,
+
+    /// FAULT INJECTION, for tests and benchmarks only: answer `INTERNAL` to this share
+    /// (0 to 1) of chat calls, drawn at random per call. Health checks and reflection
+    /// are never affected.
+    #[arg(long, env = "CHAT_INJECT_ERROR_RATE", value_name = "P", default_value_t = 0.0,
+          value_parser = crate::fault::parse_rate)]
+    pub inject_error_rate: f64,
+
+    /// FAULT INJECTION, for tests and benchmarks only: stall this long before handling a
+    /// share (`--inject-stall-rate`) of chat calls. Health checks and reflection are
+    /// never affected.
+    #[arg(long, env = "CHAT_INJECT_STALL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub inject_stall: Option<Duration>,
+
+    /// FAULT INJECTION: the share (0 to 1) of chat calls stalled by `--inject-stall`,
+    /// drawn at random per call.
+    #[arg(long, env = "CHAT_INJECT_STALL_RATE", value_name = "P", default_value_t = 1.0,
+          value_parser = crate::fault::parse_rate)]
+    pub inject_stall_rate: f64,
 }
 
 /// A parser of humantime durations within `min..=max`; the error names the range.
@@ -172,6 +191,16 @@ impl ServerConfig {
                 .max_connections
                 .map_or_else(crate::listener::default_max_connections, |n| n as usize),
             handshake_timeout: self.handshake_timeout,
+        }
+    }
+
+    /// The faults injected into chat calls (`--inject-error-rate`, `--inject-stall`,
+    /// `--inject-stall-rate`); tests and benchmarks only.
+    pub fn fault_injection(&self) -> crate::fault::FaultInjection {
+        crate::fault::FaultInjection {
+            error_rate: self.inject_error_rate,
+            stall: self.inject_stall,
+            stall_rate: self.inject_stall_rate,
         }
     }
 

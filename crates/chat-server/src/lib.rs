@@ -23,6 +23,7 @@
 //! with its password masked ([`store::redacted_uri`]).
 //!
 //! With `--metrics-addr` the replica serves Prometheus metrics ([`metrics`]).
+//! For tests and benchmarks, [`fault`] injects errors and stalls into chat calls.
 //!
 //! [`server::run`] puts it together; the `chat-server` binary is a thin wrapper.
 
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 mod error;
+pub mod fault;
 pub mod health;
 pub mod hub;
 pub mod listener;

@@ -113,6 +113,15 @@ pub async fn run(
     if let Some(delay) = config.inject_delay {
         tracing::warn!(?delay, "FAULT INJECTION: every RPC is delayed");
     }
+    let faults = config.fault_injection();
+    if faults.is_active() {
+        tracing::warn!(
+            error_rate = faults.error_rate,
+            stall = ?faults.stall,
+            stall_rate = faults.stall_rate,
+            "FAULT INJECTION: chat calls fail or stall on purpose (tests and benchmarks only)"
+        );
+    }
     let security = match &tls {
         Some(tls) => Security::Tls(tls.subscribe()),
         None => Security::Plaintext,
@@ -178,6 +187,7 @@ fn grpc_server(
         .layer(tower::util::MapResponseLayer::new(
             crate::error::relabel_decode_errors as fn(_) -> _,
         ))
+        .layer(tower::util::option_layer(config.fault_injection().layer()))
         .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
