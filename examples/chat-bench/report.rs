@@ -54,6 +54,13 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
             p.pid().unwrap_or(0)
         );
     }
+    if let Some(t) = &cluster.tail {
+        println!(
+            "tail        T {} (pid {}): stalls 50ms on 5% of its chat calls (never health checks)",
+            t.address(),
+            t.pid().unwrap_or(0)
+        );
+    }
     println!("placement   {}", plan.placement);
     let transport = match plan.tls {
         Some(_) => "TLS for every contender (rustls, ECDSA P-256 certificates)",
