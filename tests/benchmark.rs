@@ -8,15 +8,16 @@ use std::{collections::BTreeSet, process::Command};
 
 use serde_json::Value;
 
-/// Runs a tiny `chat-bench` with its store and JSON lines in `dir`; returns its
-/// stdout and the JSON rows.
-fn run_bench(dir: &std::path::Path) -> (String, Vec<Value>) {
+/// Runs a tiny `chat-bench` of `scenarios` with its store and JSON lines in `dir`
+/// (and any `extra` flags); returns its stdout and the JSON rows.
+fn run_bench(dir: &std::path::Path, scenarios: &str, extra: &[&str]) -> (String, Vec<Value>) {
     let bench = chat_testkit::workspace_binary("examples/chat-bench");
     let json = dir.join("bench.jsonl");
     let output = Command::new(bench)
         .args(["--seed", "7", "--duration", "400ms", "--rounds", "2"])
         .args(["--concurrency", "2"])
-        .args(["--scenarios", "steady-one-process,killed-replica"])
+        .args(["--scenarios", scenarios])
+        .args(extra)
         .arg("--json")
         .arg(&json)
         .arg("--store-dir")
@@ -40,7 +41,7 @@ fn run_bench(dir: &std::path::Path) -> (String, Vec<Value>) {
 #[test]
 fn chat_bench_runs_every_contender_and_writes_json_lines() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (stdout, rows) = run_bench(dir.path());
+    let (stdout, rows) = run_bench(dir.path(), "steady-one-process,killed-replica", &[]);
     assert!(stdout.contains("Targets (issue 6)"), "{stdout}");
 
     let cells: BTreeSet<(String, String)> = rows
@@ -157,4 +158,43 @@ fn chat_lb_fails_no_call_with_an_overloaded_replica() {
         .map(|m| m.keys().map(String::as_str).collect())
         .unwrap_or_default();
     assert_eq!(replicas, BTreeSet::from(["A", "B", "O"]), "{row}");
+}
+
+#[test]
+fn tail_latency_runs_chat_lb_hedged_against_a_stalling_replica() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let contenders = ["--contenders", "chat-lb,chat-lb-hedged"];
+    let (stdout, rows) = run_bench(dir.path(), "steady,tail-latency", &contenders);
+    let cells: BTreeSet<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap_or_default(),
+                r["contender"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        BTreeSet::from([
+            ("steady", "chat-lb"),
+            ("steady", "chat-lb-hedged"),
+            ("tail-latency", "chat-lb"),
+            ("tail-latency", "chat-lb-hedged"),
+        ])
+    );
+    let hedged = rows
+        .iter()
+        .find(|r| r["scenario"] == "tail-latency" && r["contender"] == "chat-lb-hedged")
+        .expect("row");
+    assert_eq!(hedged["failed"], 0, "{hedged}");
+    let replicas: BTreeSet<&str> = hedged["attempts_by_replica"]
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(replicas, BTreeSet::from(["A", "B", "T"]), "{hedged}");
+    assert!(
+        stdout.contains("tail-latency: chat-lb-hedged p99 at most 1.5x"),
+        "the target is judged: {stdout}"
+    );
 }

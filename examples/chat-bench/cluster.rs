@@ -6,9 +6,10 @@
 //! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); for
 //! `steady-one-process`, a fifth process serving three healthy servers `P1`, `P2`,
 //! `P3` (each on its own port); for `flaky-replica`, `F`, which answers `INTERNAL`
-//! to a share of chat calls (`--inject-error-rate`, [`FLAKY_ERROR_RATE`]); and, for
+//! to a share of chat calls (`--inject-error-rate`, [`FLAKY_ERROR_RATE`]); for
 //! `overloaded-replica`, `O`, which sheds load beyond `--max-concurrent-rpcs`
-//! [`OVERLOADED_LIMIT`].
+//! [`OVERLOADED_LIMIT`]; and, for `tail-latency`, `T`, which stalls 50ms on 5% of its
+//! calls (`TAIL_STALL`).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -37,6 +38,8 @@ pub struct Cluster {
     /// `O`: sheds load beyond a tiny `--max-concurrent-rpcs` (only when
     /// `overloaded-replica` is planned).
     pub overloaded: Option<Replica>,
+    /// `T`: stalls on some calls (only when `tail-latency` is planned).
+    pub tail: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
     /// Kept for its `Drop` (removes the store).
@@ -82,6 +85,15 @@ impl Cluster {
         } else {
             None
         };
+        let tail = if plan.scenarios.contains(&Scenario::TailLatency) {
+            let tail_args: Vec<&str> = TAIL_STALL
+                .into_iter()
+                .chain(server_args.iter().copied())
+                .collect();
+            Some(Replica::start_placed(&store, &tail_args, &one).await?)
+        } else {
+            None
+        };
         let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
             let three = Placement { servers: 3, ..one };
             Some(Replica::start_placed(&store, &server_args, &three).await?)
@@ -104,6 +116,7 @@ impl Cluster {
             one_process,
             flaky,
             overloaded,
+            tail,
             dead: dead_address()?,
             _store_dir: dir,
         })
@@ -139,11 +152,13 @@ impl Cluster {
             Scenario::OverloadedReplica => {
                 list.extend(self.overloaded.iter().map(Replica::address))
             }
+            Scenario::TailLatency => list.extend(self.tail.as_ref().map(Replica::address)),
         }
         list
     }
 
-    /// The name of an address in the output (`A`, `B`, `C`, `S`, `F`, `O`, `P1`.., `dead`).
+    /// The name of an address in the output (`A`, `B`, `C`, `S`, `F`, `O`, `T`, `P1`..,
+    /// `dead`).
     pub fn name(&self, address: SocketAddr) -> String {
         let mut in_one_process = self.one_process.iter().flat_map(|p| p.addresses());
         if let Some(i) = in_one_process.position(|a| *a == address) {
@@ -155,6 +170,7 @@ impl Cluster {
             .chain([("S", &self.slow)])
             .chain(self.flaky.iter().map(|f| ("F", f)))
             .chain(self.overloaded.iter().map(|o| ("O", o)))
+            .chain(self.tail.iter().map(|t| ("T", t)))
             .find(|(_, replica)| replica.address() == address);
         match named {
             Some((name, _)) => name.to_owned(),
@@ -175,12 +191,16 @@ impl Cluster {
             .one_process
             .into_iter()
             .chain(self.flaky)
-            .chain(self.overloaded);
+            .chain(self.overloaded)
+            .chain(self.tail);
         for replica in [a, b, c, self.slow].into_iter().chain(extra) {
             replica.stop(Duration::from_secs(2)).await;
         }
     }
 }
+
+/// The flags of `T` in `tail-latency`: a 50ms stall on 5% of its calls.
+const TAIL_STALL: [&str; 4] = ["--inject-stall", "50ms", "--inject-stall-rate", "0.05"];
 
 fn temp_store_dir(store_dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");

@@ -6,6 +6,10 @@
 //! - `chat-lb`: `chat_lb_client::Balancer` over the same list, with its defaults plus
 //!   retry-safety for `/chat.v1.ChatService/` (every chat RPC is safe to retry), and
 //!   any `--lb-set` overrides;
+//! - `chat-lb-hedged` (`steady` and `tail-latency` only): `chat-lb` with hedging on
+//!   for every chat RPC (all are retry-safe), with the balancer's hedging defaults:
+//!   a hedge after the method's recent p95 latency, within a budget of 10% more
+//!   attempts than calls;
 //! - `chat-lb-single` (steady scenarios only): the same balancer given `direct`'s one
 //!   replica. Same replica, same single connection as `direct`: the difference between
 //!   the two is the balancer's own cost per call, apart from the cost of spreading
@@ -30,15 +34,17 @@ pub enum Contender {
     TonicBalance,
     ChatLb,
     ChatLbSingle,
+    ChatLbHedged,
 }
 
 impl Contender {
     /// Every contender.
-    pub const ALL: [Contender; 4] = [
+    pub const ALL: [Contender; 5] = [
         Contender::Direct,
         Contender::TonicBalance,
         Contender::ChatLb,
         Contender::ChatLbSingle,
+        Contender::ChatLbHedged,
     ];
 
     /// The name in flags and output.
@@ -48,13 +54,29 @@ impl Contender {
             Contender::TonicBalance => "tonic-balance",
             Contender::ChatLb => "chat-lb",
             Contender::ChatLbSingle => "chat-lb-single",
+            Contender::ChatLbHedged => "chat-lb-hedged",
         }
     }
 
     /// Whether it runs in `scenario`: `chat-lb-single` only in the steady ones,
-    /// where it measures the balancer's own cost.
+    /// where it measures the balancer's own cost; `chat-lb-hedged` in `steady`
+    /// (what hedging costs) and `tail-latency` (what it is for).
     pub fn runs_in(self, scenario: Scenario) -> bool {
-        self != Contender::ChatLbSingle || scenario.is_steady()
+        match self {
+            Contender::ChatLbSingle => scenario.is_steady(),
+            Contender::ChatLbHedged => {
+                matches!(scenario, Scenario::Steady | Scenario::TailLatency)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether it is a balancer (its rows report attempts per replica).
+    pub fn is_balancer(self) -> bool {
+        matches!(
+            self,
+            Contender::ChatLb | Contender::ChatLbSingle | Contender::ChatLbHedged
+        )
     }
 }
 
@@ -63,7 +85,7 @@ impl Contender {
 pub enum Transport {
     /// `direct` and `tonic-balance`.
     Channel(Channel),
-    /// `chat-lb` and `chat-lb-single`.
+    /// `chat-lb`, `chat-lb-single` and `chat-lb-hedged`.
     Balancer(Balancer),
 }
 
@@ -119,17 +141,41 @@ pub async fn connect(
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Transport::Channel(Channel::balance_list(endpoints.into_iter()))
         }
-        Contender::ChatLb => Transport::Balancer(balancer(addresses, plan).await?),
+        Contender::ChatLb => Transport::Balancer(balancer(addresses, plan, false).await?),
         Contender::ChatLbSingle => {
-            Transport::Balancer(balancer(vec![cluster.reference(scenario)], plan).await?)
+            let reference = vec![cluster.reference(scenario)];
+            Transport::Balancer(balancer(reference, plan, false).await?)
         }
+        Contender::ChatLbHedged => Transport::Balancer(balancer(addresses, plan, true).await?),
     })
 }
 
+/// Every chat RPC (see chat.proto), as `chat-lb-hedged` hedges them.
+pub const CHAT_METHODS: [&str; 10] = [
+    "HealthCheck",
+    "CreateAccount",
+    "Login",
+    "Logout",
+    "ListAccounts",
+    "SendMessage",
+    "FetchMessages",
+    "AckMessages",
+    "Subscribe",
+    "DeleteAccount",
+];
+
 /// chat-lb over `addresses`, started from probed endpoints, as a long-running client
-/// would be.
-async fn balancer(addresses: Vec<SocketAddr>, plan: &Plan) -> anyhow::Result<Balancer> {
+/// would be; with `hedged`, hedging every chat RPC.
+async fn balancer(
+    addresses: Vec<SocketAddr>,
+    plan: &Plan,
+    hedged: bool,
+) -> anyhow::Result<Balancer> {
     let mut builder = Balancer::builder().retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"));
+    if hedged {
+        let service = chat_proto::CHAT_SERVICE_NAME;
+        builder = builder.hedge_methods(CHAT_METHODS.map(|m| format!("/{service}/{m}")));
+    }
     for address in addresses {
         builder = builder.address(address);
     }

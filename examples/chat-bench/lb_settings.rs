@@ -17,12 +17,14 @@
 //! `max_attempts`, `per_try_timeout`, `retry_budget_ratio`, `retry_budget_min_per_sec`,
 //! `retry_budget_window`, `max_replay_bytes`, `timeout`, `wait_for_ready`,
 //! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
-//! `ewma_decay`. Durations are humantime text (`250ms`, `2s`); `per_try_timeout`,
-//! `timeout` and `wait_for_ready` also take `off` or `none`.
+//! `ewma_decay`, `hedge_delay` (`pNN` for that percentile of the method's recent
+//! latency, e.g. `p95`, or a fixed duration; it matters for `chat-lb-hedged` only).
+//! Durations are humantime text (`250ms`, `2s`); `per_try_timeout`, `timeout` and
+//! `wait_for_ready` also take `off` or `none`.
 
 use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
-use chat_lb_client::{Builder, Policy, RetrySafe};
+use chat_lb_client::{Builder, HedgeDelay, Policy, RetrySafe};
 use tonic::Code;
 
 /// One `--lb-set` override: its text (for the output) and what it sets.
@@ -140,6 +142,7 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "resolve_timeout" => with(text.duration()?, Builder::resolve_timeout),
         "default_rtt" => with(text.duration()?, Builder::default_rtt),
         "ewma_decay" => with(text.duration()?, Builder::ewma_decay),
+        "hedge_delay" => with(text.hedge_delay()?, Builder::hedge_delay),
         _ => return Err(format!("unknown balancer setting {key:?}")),
     })
 }
@@ -212,6 +215,17 @@ impl Text<'_> {
                     .ok_or_else(|| self.invalid(format!("{name:?} is not a gRPC code name")))
             })
             .collect()
+    }
+
+    /// `pNN` (a percentile) or a duration.
+    fn hedge_delay(&self) -> Result<HedgeDelay, String> {
+        match self.value.strip_prefix('p') {
+            Some(percentile) => percentile
+                .parse()
+                .map(HedgeDelay::Percentile)
+                .map_err(|e| self.invalid(e)),
+            None => self.duration().map(HedgeDelay::Fixed),
+        }
     }
 
     fn policy(&self) -> Result<Policy, String> {

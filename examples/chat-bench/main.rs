@@ -15,9 +15,10 @@
 //! The example starts its own replicas: it re-executes itself with `--replica`, which
 //! runs `chat_server::run` (see `chat_testkit::replica`), so nothing but `cargo run` is
 //! needed. Then, for each scenario and concurrency level, every contender carries the
-//! same seeded calls in alternating rounds; the figures, the share of chat-lb's
-//! attempts each replica got, and the balancer's targets (issue 6), met or not, are
-//! printed at the end, and written as JSON lines with `--json FILE`.
+//! same seeded calls in alternating rounds; the figures, the share of each balancer
+//! contender's attempts each replica got, and the balancer's targets (issue 6 and
+//! issue 13's tail-latency one), met or not, are printed at the end, and written as
+//! JSON lines with `--json FILE`.
 //!
 //! Everything runs on one machine: the replicas share its CPUs (with the client, unless
 //! `--placement split`), so a balancer that spreads calls over three processes pays

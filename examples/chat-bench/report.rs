@@ -5,7 +5,6 @@ use std::{fmt::Write as _, net::SocketAddr};
 
 use crate::{
     cluster::Cluster,
-    contender::Contender,
     machine::{Machine, load_average},
     plan::Plan,
     stats::Row,
@@ -55,6 +54,13 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
             p.pid().unwrap_or(0)
         );
     }
+    if let Some(t) = &cluster.tail {
+        println!(
+            "tail        T {} (pid {}): stalls 50ms on 5% of its chat calls (never health checks)",
+            t.address(),
+            t.pid().unwrap_or(0)
+        );
+    }
     println!("placement   {}", plan.placement);
     let transport = match plan.tls {
         Some(_) => "TLS for every contender (rustls, ECDSA P-256 certificates)",
@@ -69,6 +75,10 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
     println!("metrics     {metrics}");
     println!("direct      one Channel to A (to P1 in steady-one-process)");
     println!("chat-lb     {}", plan.chat_lb());
+    println!(
+        "chat-lb-hedged  chat-lb + hedge_methods(every chat RPC): a hedge after the \
+         method's recent p95, hedge budget 10%+1/s"
+    );
     println!();
 }
 
@@ -77,7 +87,7 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
 pub fn print_results(rows: &[Row], plan: &Plan, machine: &Machine, markdown: bool) {
     let load_after = load_average();
     print!("{}", table(rows));
-    println!("\nchat-lb attempts per replica:\n{}", attempt_shares(rows));
+    println!("\nBalancer attempts per replica:\n{}", attempt_shares(rows));
     println!(
         "\nload average: {} before, {load_after} after",
         machine.load_before
@@ -180,12 +190,14 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Where chat-lb sent its attempts, per scenario and concurrency level.
+/// Where each balancer contender sent its attempts, per scenario and concurrency
+/// level, and how many more attempts than successful calls it made (retries and
+/// hedges; failed calls count as extra too).
 fn attempt_shares(rows: &[Row]) -> String {
     let mut out = String::new();
     for row in rows
         .iter()
-        .filter(|r| r.contender == Contender::ChatLb && !r.attempts.is_empty())
+        .filter(|r| r.contender.is_balancer() && !r.attempts.is_empty())
     {
         let total: u64 = row.attempts.iter().map(|(_, n)| n).sum();
         let shares: Vec<String> = row
@@ -193,10 +205,12 @@ fn attempt_shares(rows: &[Row]) -> String {
             .iter()
             .map(|(name, n)| format!("{name} {:.2}%", *n as f64 * 100.0 / total.max(1) as f64))
             .collect();
+        let extra = (total as f64 / row.calls.max(1) as f64 - 1.0) * 100.0;
         let _ = writeln!(
             out,
-            "  {} c={}: {} of {total} attempts",
+            "  {} {} c={}: {} of {total} attempts ({extra:+.1}% vs calls)",
             row.scenario.name(),
+            row.contender.name(),
             row.concurrency,
             shares.join(", ")
         );

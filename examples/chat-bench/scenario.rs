@@ -14,6 +14,9 @@
 //!   ([`OVERLOADED_LIMIT`]), so it sheds the chat calls beyond one in flight with
 //!   `RESOURCE_EXHAUSTED` and a retry pushback (health checks are never shed: with
 //!   the default mix it is the `SendMessage` calls that are).
+//! - `tail-latency`: `A, B, T` — `T` stalls 50ms on 5% of its calls
+//!   (`--inject-stall 50ms --inject-stall-rate 0.05`): the tail that hedging
+//!   (`chat-lb-hedged`) should cut.
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
@@ -32,6 +35,7 @@ pub enum Scenario {
     KilledReplica,
     FlakyReplica,
     OverloadedReplica,
+    TailLatency,
 }
 
 impl Scenario {
@@ -49,6 +53,7 @@ impl Scenario {
         Scenario::KilledReplica,
         Scenario::FlakyReplica,
         Scenario::OverloadedReplica,
+        Scenario::TailLatency,
     ];
 
     /// The name in flags and output.
@@ -61,6 +66,7 @@ impl Scenario {
             Scenario::KilledReplica => "killed-replica",
             Scenario::FlakyReplica => "flaky-replica",
             Scenario::OverloadedReplica => "overloaded-replica",
+            Scenario::TailLatency => "tail-latency",
         }
     }
 }

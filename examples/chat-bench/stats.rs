@@ -57,8 +57,8 @@ pub struct Measured {
     pub seconds: f64,
     /// CPU time this (the client's) process used during the rounds.
     pub cpu_seconds: f64,
-    /// chat-lb only: attempts per replica (named as in the header), from the
-    /// balancer's own counters.
+    /// Balancer contenders only: attempts per replica (named as in the header;
+    /// retries and hedges included), from the balancer's own counters.
     pub attempts: Vec<(String, u64)>,
 }
 

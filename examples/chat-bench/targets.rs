@@ -1,4 +1,4 @@
-//! The balancer's targets (issue 6), checked against the run's numbers and reported
+//! The balancer's targets (issue 6; issue 13's tail-latency one), checked against the run's numbers and reported
 //! as met or not met (or left out when the run did not measure them).
 
 use crate::{
@@ -176,6 +176,31 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
             Some((
                 factor <= 2.0,
                 format!("{overloaded}µs vs {base}µs ({factor:.2}x)"),
+            ))
+        },
+    ));
+    verdicts.push(check(
+        rows,
+        plan,
+        "tail-latency: chat-lb-hedged p99 at most 1.5x chat-lb's steady p99, \
+         with at most 10% extra attempts"
+            .to_owned(),
+        (Contender::ChatLbHedged, Scenario::TailLatency),
+        &[Scenario::Steady],
+        |r, c| {
+            let (tail, base) = (
+                r.latency.p99?,
+                other(Contender::ChatLb, Scenario::Steady, c)?.latency.p99?,
+            );
+            let factor = f64::from(tail) / f64::from(base.max(1));
+            let attempts: u64 = r.attempts.iter().map(|(_, n)| n).sum();
+            let extra = attempts as f64 / r.calls.max(1) as f64 - 1.0;
+            Some((
+                factor <= 1.5 && extra <= 0.10,
+                format!(
+                    "{tail}µs vs {base}µs ({factor:.2}x), {:+.1}% attempts",
+                    extra * 100.0
+                ),
             ))
         },
     ));

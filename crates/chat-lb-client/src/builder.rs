@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     error::{BoxError, BuildError},
     health::{HealthProbe, default_probe},
+    hedge::HedgeDelay,
     picker::Policy,
     retry::RetrySafe,
     tls::TlsSettings,
@@ -60,6 +61,7 @@ impl fmt::Debug for Builder {
             .field("outlier", &self.cfg.outlier)
             .field("slow", &self.cfg.slow)
             .field("retry_safe", &self.cfg.retry.safe)
+            .field("hedge", &self.cfg.hedge)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
@@ -458,6 +460,53 @@ impl Builder {
     /// body outgrows it is no longer retried. Default 1 MiB.
     pub fn max_replay_bytes(mut self, bytes: usize) -> Self {
         self.cfg.retry.max_replay_bytes = bytes;
+        self
+    }
+
+    // ---- hedging ----------------------------------------------------------------
+
+    /// Hedges calls to these methods, given as full paths
+    /// (`/package.Service/Method`): when a call has no response headers after
+    /// the [hedging delay](Builder::hedge_delay), the balancer sends the same
+    /// call to another endpoint (and again after each further delay, within
+    /// `max_attempts` and the [hedge budget](Builder::hedge_budget)); the first
+    /// attempt to get response headers answers the call and the others are
+    /// cancelled. Unary and server-streaming calls alike: headers decide.
+    ///
+    /// Only retry-safe methods (see [`Builder::retry_safe`]) can be hedged:
+    /// [`Builder::build`] fails with [`crate::ConfigError::Hedge`] naming any
+    /// other, or anything that is not a method path. A call whose
+    /// [`crate::SafeToRetry`] extension says `false` is not hedged. Adds to
+    /// the methods given before. Default: none.
+    pub fn hedge_methods<I, S>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cfg
+            .hedge
+            .methods
+            .extend(methods.into_iter().map(Into::into));
+        self
+    }
+
+    /// How long a hedged call waits for response headers before each hedge:
+    /// fixed, or a percentile of the method's recent latency through this
+    /// balancer (a method is not hedged until 32 of its calls have answered).
+    /// Default [`HedgeDelay::Percentile`]`(95.0)`.
+    pub fn hedge_delay(mut self, delay: HedgeDelay) -> Self {
+        self.cfg.hedge.delay = delay;
+        self
+    }
+
+    /// The hedge budget: hedges allowed per hedged call (`ratio`, counted like
+    /// the [retry budget](Builder::retry_budget)'s) plus a floor per second,
+    /// over the retry budget's window. Each hedge also draws on the retry
+    /// budget, so hedges and retries together stay within it. Default 0.1 and
+    /// 1/s: at most about 10% more attempts than calls.
+    pub fn hedge_budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
+        self.cfg.hedge.budget_ratio = ratio;
+        self.cfg.hedge.budget_min_per_sec = min_per_sec;
         self
     }
 

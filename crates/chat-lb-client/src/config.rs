@@ -7,7 +7,8 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    classify::FailureCodes, error::ConfigError, picker::Policy, retry::RetrySafe, tls::ClientTls,
+    classify::FailureCodes, error::ConfigError, hedge::HedgeDelay, picker::Policy,
+    retry::RetrySafe, tls::ClientTls,
 };
 
 /// Hook to adjust each endpoint's `tonic::transport::Endpoint` (user agent, window
@@ -206,6 +207,29 @@ impl Default for RetryConfig {
     }
 }
 
+/// Hedging (see `hedge`).
+#[derive(Debug, Clone)]
+pub(crate) struct HedgeConfig {
+    /// The full method paths (`/package.Service/Method`) of the hedged calls.
+    pub methods: Vec<String>,
+    pub delay: HedgeDelay,
+    /// The hedge budget: hedges per hedged call, plus a floor per second,
+    /// over the retry budget's window.
+    pub budget_ratio: f64,
+    pub budget_min_per_sec: u32,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        Self {
+            methods: Vec::new(),
+            delay: HedgeDelay::default(),
+            budget_ratio: 0.1,
+            budget_min_per_sec: 1,
+        }
+    }
+}
+
 /// Connection settings of each endpoint's channel.
 #[derive(Clone)]
 pub(crate) struct ConnectConfig {
@@ -240,6 +264,7 @@ pub(crate) struct Config {
     pub slow: SlowConfig,
     pub slow_start: SlowStartConfig,
     pub retry: RetryConfig,
+    pub hedge: HedgeConfig,
     pub connect: ConnectConfig,
     pub default_timeout: Option<Duration>,
     pub wait_for_ready: Option<Duration>,
@@ -258,6 +283,7 @@ impl Default for Config {
             slow: SlowConfig::default(),
             slow_start: SlowStartConfig::default(),
             retry: RetryConfig::default(),
+            hedge: HedgeConfig::default(),
             connect: ConnectConfig::default(),
             default_timeout: None,
             wait_for_ready: None,
@@ -362,6 +388,7 @@ impl Config {
             "per_try_timeout",
             "must be above zero (or unset)",
         )?;
+        self.validate_hedging()?;
         check(
             !self.resolve_interval.is_zero(),
             "resolve_interval",
@@ -437,6 +464,65 @@ impl OutlierConfig {
     }
 }
 
+
+impl Config {
+    /// Rejects hedging settings that cannot work: a hedged method must be a
+    /// full method path that [`RetrySafe`] calls safe (a hedge runs the call
+    /// twice on purpose); the delay must be positive (a percentile strictly
+    /// between 0 and 100); the hedge budget is checked like the retry budget.
+    fn validate_hedging(&self) -> Result<(), ConfigError> {
+        let h = &self.hedge;
+        for method in &h.methods {
+            let problem = if !is_method_path(method) {
+                Some("it is not a method path such as /package.Service/Method")
+            } else if !self.retry.safe.is_safe(method) {
+                Some("only retry-safe methods can be hedged (see Builder::retry_safe)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(ConfigError::Hedge {
+                    method: method.clone(),
+                    problem,
+                });
+            }
+        }
+        let delay_ok = match h.delay {
+            HedgeDelay::Fixed(delay) => !delay.is_zero(),
+            HedgeDelay::Percentile(p) => p > 0.0 && p < 100.0,
+        };
+        let out_of_range = |setting, problem| ConfigError::OutOfRange { setting, problem };
+        if !delay_ok {
+            return Err(out_of_range(
+                "hedge_delay",
+                "must be above zero (a percentile above 0 and below 100)",
+            ));
+        }
+        if !(0.0..=1000.0).contains(&h.budget_ratio) {
+            return Err(out_of_range(
+                "hedge_budget ratio",
+                "must be a number from 0 to 1000",
+            ));
+        }
+        if h.budget_min_per_sec >= i32::MAX as u32 {
+            return Err(out_of_range(
+                "hedge_budget min_per_sec",
+                "must be below 2^31 - 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` looks like `/package.Service/Method`.
+fn is_method_path(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, method)| {
+            !service.is_empty() && !method.is_empty() && !method.contains('/')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +531,7 @@ mod tests {
         match cfg.validate() {
             Ok(()) => None,
             Err(ConfigError::OutOfRange { setting, .. }) => Some(setting),
+            Err(other) => panic!("not a range error: {other}"),
         }
     }
 
@@ -540,5 +627,51 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn only_retry_safe_method_paths_can_be_hedged() {
+        let with = |safe: RetrySafe, methods: &[&str], delay: HedgeDelay| {
+            let mut cfg = Config::default();
+            cfg.retry.safe = safe;
+            cfg.hedge.methods = methods.iter().map(|m| m.to_string()).collect();
+            cfg.hedge.delay = delay;
+            cfg.validate()
+        };
+        let chat = || RetrySafe::prefix("/chat.v1.ChatService/");
+        let p95 = HedgeDelay::default();
+        assert_eq!(
+            with(chat(), &["/chat.v1.ChatService/HealthCheck"], p95),
+            Ok(())
+        );
+        let error = with(RetrySafe::None, &["/chat.v1.ChatService/HealthCheck"], p95);
+        assert_eq!(
+            error.unwrap_err().to_string(),
+            "cannot hedge method \"/chat.v1.ChatService/HealthCheck\": only retry-safe \
+             methods can be hedged (see Builder::retry_safe)"
+        );
+        for bad in [
+            "chat.v1.ChatService/X",
+            "/chat.v1.ChatService/",
+            "/chat.v1.ChatService",
+        ] {
+            assert!(
+                matches!(
+                    with(RetrySafe::All, &[bad], p95),
+                    Err(ConfigError::Hedge { .. })
+                ),
+                "{bad}"
+            );
+        }
+        for delay in [
+            HedgeDelay::Fixed(Duration::ZERO),
+            HedgeDelay::Percentile(0.0),
+            HedgeDelay::Percentile(100.0),
+            HedgeDelay::Percentile(f64::NAN),
+        ] {
+            let mut cfg = Config::default();
+            cfg.hedge.delay = delay;
+            assert_eq!(out_of_range(&cfg), Some("hedge_delay"), "{delay:?}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! What every call needs, shared by all clones of a balancer: the settings,
-//! the published membership, the retry budget, and where to report a change.
+//! the published membership, the retry and hedge budgets, and where to report a
+//! change.
 
 use std::{
     sync::{Arc, atomic::AtomicUsize},
@@ -12,6 +13,7 @@ use crate::{
     classify::CallFailure,
     config::Config,
     endpoint::Endpoint,
+    hedge::Hedging,
     members::{EndpointList, Members},
     metrics::BalancerMetrics,
     outlier::EjectionCap,
@@ -31,6 +33,8 @@ pub(crate) struct CallContext {
     pub ejections: Arc<EjectionCap>,
     /// Retries of calls that may have reached a server draw on it (see `retry`).
     pub budget: RetryBudget,
+    /// The hedged methods, their delays and the hedge budget (see `hedge`).
+    pub hedging: Hedging,
     /// The next turn of [`crate::Policy::RoundRobin`].
     pub round_robin: AtomicUsize,
     /// The balancer-wide metrics (see `metrics`).
@@ -50,12 +54,14 @@ impl CallContext {
             retry.budget_min_per_sec,
             retry.budget_window,
         );
+        let hedging = Hedging::new(&cfg.hedge, retry.budget_window);
         Self {
             cfg,
             members,
             updates,
             ejections,
             budget,
+            hedging,
             round_robin: AtomicUsize::new(0),
             metrics: BalancerMetrics::new(),
         }

@@ -58,6 +58,9 @@ pub(crate) struct Endpoint {
     /// `calls` when the previous probe check ended.
     calls_at_last_probe: AtomicU64,
     errors: AtomicU64,
+    /// Hedges sent to it, and those that answered their call.
+    hedges: AtomicU64,
+    hedges_won: AtomicU64,
     /// Failed attempts in a row (since its last answer or ejection).
     call_failures: AtomicU32,
     ewma: PeakEwma,
@@ -197,6 +200,8 @@ impl Endpoint {
             calls: AtomicU64::new(0),
             calls_at_last_probe: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
+            hedges_won: AtomicU64::new(0),
             call_failures: AtomicU32::new(0),
             ewma: PeakEwma::new(default_rtt, decay, Instant::now()),
             window: Mutex::new(OutcomeWindow::new(window, Instant::now())),
@@ -351,6 +356,16 @@ impl Endpoint {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         self.metrics.attempt_started();
         InFlight(self)
+    }
+
+    /// A hedge is sent to it (its attempt is counted by [`Endpoint::start`]).
+    pub fn on_hedge(&self) {
+        self.hedges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A hedge sent to it answered its call.
+    pub fn on_hedge_won(&self) {
+        self.hedges_won.fetch_add(1, Ordering::Relaxed);
     }
 
     /// After a probe check: an endpoint that took no call since the previous
@@ -655,6 +670,8 @@ impl Endpoint {
             errors: self.errors.load(Ordering::Relaxed),
             recent_attempts: recent.attempts,
             recent_failures: recent.failures,
+            hedges: self.hedges.load(Ordering::Relaxed),
+            hedges_won: self.hedges_won.load(Ordering::Relaxed),
             last_error: record.last_error.clone(),
             overloads: self.overloads.load(Ordering::Relaxed),
             overloaded_for: self.ewma.penalty_left(now),

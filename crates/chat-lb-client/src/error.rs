@@ -38,6 +38,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A method given to [`crate::Builder::hedge_methods`] cannot be hedged.
+    #[error("cannot hedge method {method:?}: {problem}")]
+    Hedge {
+        /// The method path as given.
+        method: String,
+        /// Why not.
+        problem: &'static str,
+    },
 }
 
 /// Why [`crate::Builder::build`] failed.

@@ -90,6 +90,12 @@
 //!    answer is the server's response as it came; a transport failure as
 //!    `UNAVAILABLE` naming the endpoint and error; a passed deadline as
 //!    `DEADLINE_EXCEEDED`.
+//! 7. **Maybe hedge**: a call of a [hedged](#hedging) method with no response
+//!    headers after the hedging delay is sent to another endpoint too, and the
+//!    first response headers win.
+//!
+//! Every attempt after a call's first (retry or hedge) carries the
+//! `grpc-previous-rpc-attempts` header: how many attempts came before it.
 //!
 //! What a tonic client sees from the balancer itself is always a `Status`:
 //! `UNAVAILABLE` when no endpoint can take the call (the message lists every
@@ -236,6 +242,61 @@
 //! [`EndpointSnapshot::slow_start_weight`] shows the weight while it ramps.
 //! Turn it off with `slow_start_window(None)`.
 //!
+//! # Hedging
+//!
+//! A replica that stalls now and then sets the tail latency, and no
+//! per-try timeout short enough to catch the stall is long enough for a
+//! healthy call. Hedging (Finagle's backup requests, gRPC's hedging policy)
+//! does not wait for a failure: a call of a method named with
+//! [`Builder::hedge_methods`] that has no response headers after the
+//! *hedging delay* is sent again, to an endpoint it has not tried, while the
+//! first attempt goes on; whichever gets response headers first answers the
+//! call, and the other attempts are dropped, which cancels them (the server
+//! sees the stream reset). Unary and server-streaming calls alike: the headers
+//! decide, so a stream is hedged only until it starts. Each further delay
+//! without headers may send one more hedge, within `max_attempts` (hedges
+//! count as attempts).
+//!
+//! ```no_run
+//! use chat_lb_client::{Balancer, HedgeDelay, RetrySafe};
+//!
+//! # async fn demo() -> Result<(), chat_lb_client::BuildError> {
+//! let lb = Balancer::builder()
+//!     .addresses("replica-1:8500,replica-2:8500,replica-3:8500")
+//!     .retry_safe(RetrySafe::prefix("/chat.v1.ChatService/"))
+//!     .hedge_methods(["/chat.v1.ChatService/HealthCheck", "/chat.v1.ChatService/FetchMessages"])
+//!     .hedge_delay(HedgeDelay::Percentile(95.0)) // the default
+//!     .build()?;
+//! # let _ = lb; Ok(()) }
+//! ```
+//!
+//! - **Which calls**: only the named methods (full paths), and only
+//!   retry-safe ones: naming another fails the build
+//!   ([`ConfigError::Hedge`]), since a hedge runs the call twice on purpose. A
+//!   call whose [`SafeToRetry`] extension says `false` is not hedged.
+//! - **The delay** ([`HedgeDelay`]): fixed, or (the default) the 95th
+//!   percentile of that method's recent latency through this balancer, from a
+//!   call's start to its response headers: the last 512 answered calls, the
+//!   percentile recomputed every 32 (why a window and not a histogram:
+//!   `src/hedge.rs`). A method is not hedged until 32 of its calls have
+//!   answered. With p95, about one call in twenty waits long enough to be
+//!   hedged.
+//! - **The budget**: each hedge takes a token from the hedge budget
+//!   ([`Builder::hedge_budget`]: 10% of the hedged methods' calls plus 1/s,
+//!   over the retry budget's window) *and* from the retry budget, so retries
+//!   and hedges together stay within the retry budget, and hedges alone add at
+//!   most about 10% more attempts than calls. Without a token the call simply
+//!   waits on its attempt.
+//! - **Health**: being hedged is no failure: the attempt that lost is not
+//!   counted against its endpoint. A hedged attempt that fails still counts
+//!   (and ejects), as any failed attempt; from the hedge on, the newest
+//!   attempt's per-try timeout is the one that runs.
+//! - **Seen in**: [`EndpointSnapshot::hedges`] and
+//!   [`EndpointSnapshot::hedges_won`] (hedges sent to each endpoint, and
+//!   those that answered their call), the metrics `chat_lb_hedges_total` and
+//!   `chat_lb_hedges_won_total`, and `debug` events of target
+//!   `chat_lb_client` for each hedge sent and won.
+//!
 //! # Defaults
 //!
 //! | setting | default |
@@ -253,6 +314,9 @@
 //! | retry budget | 20% of calls + 10/s over 10s |
 //! | backoff after a shed call ([overload](#overload)) | 25ms doubling to 1s, × random 0.5..1, at least the pushback |
 //! | slow start | 10s window, linear (aggression 1), from weight 0.1; off under pick-first |
+//! | hedged methods | none ([`Builder::hedge_methods`]) |
+//! | hedging delay | p95 of the method's last 512 answered calls ([`HedgeDelay`]) |
+//! | hedge budget | 10% of hedged calls + 1/s over the retry budget's window, and a retry-budget token per hedge |
 //! | replay buffer | 1 MiB |
 //! | overall timeout / wait for ready | none / none (fail fast) |
 //! | connect timeout, keepalive | 1s; HTTP/2 ping every 10s, 5s timeout |
@@ -414,6 +478,7 @@
 //! | `chat_lb_endpoint_slow_marks_total`, `chat_lb_endpoint_overloads_total` (shed calls) | `endpoint` |
 //! | `chat_lb_probe_duration_seconds` (histogram), `chat_lb_probes_total` | `endpoint`; probes also `result`: `serving`, `not_serving`, `failed` |
 //! | `chat_lb_retries_total`, `chat_lb_retry_budget_refusals_total`, `chat_lb_retry_backoffs_total`, `chat_lb_no_endpoint_total` | none |
+//! | `chat_lb_hedges_total`, `chat_lb_hedges_won_total` | none |
 //! | `chat_lb_call_duration_seconds` (histogram: start to answer) | none |
 //!
 //! # Runtime and lifecycle
@@ -437,6 +502,7 @@
 //! | `picker.rs` | the tiers and the policies |
 //! | `classify.rs` | what became of an attempt: headers, a failure code, shed (with its pushback), never sent, transport failure, expired |
 //! | `retry/` | which calls may be retried, the retry budget, the backoff of a retry that must wait |
+//! | `hedge.rs` | which calls are hedged, the hedging delay (fixed, or a percentile of recent latency) and the hedge budget |
 //! | `ramp.rs` | slow start: the weight of an endpoint that (re)joined the healthy tier |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
 //! | `transport.rs`, `connect.rs`, `tls/` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
@@ -465,6 +531,7 @@ mod endpoint;
 mod error;
 mod ewma;
 mod health;
+mod hedge;
 mod members;
 mod metrics;
 mod observe;
@@ -490,6 +557,7 @@ pub use error::{
 #[cfg(feature = "chat-probe")]
 pub use health::ChatHealthProbe;
 pub use health::{GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
+pub use hedge::HedgeDelay;
 pub use picker::Policy;
 pub use retry::{RetrySafe, SafeToRetry};
 pub use snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};

@@ -28,9 +28,11 @@
 //! | `chat_lb_endpoint_overloads_total` | counter | `endpoint` | calls it shed: `RESOURCE_EXHAUSTED` with a `grpc-retry-pushback-ms` trailer (not failures: they raise its cost for the pushback period) |
 //! | `chat_lb_probe_duration_seconds` | histogram | `endpoint` | how long each health check took (failed ones included) |
 //! | `chat_lb_probes_total` | counter | `endpoint`, `result` | health checks by `result`: `serving`, `not_serving`, `failed` (pushed `Watch` updates are not checks) |
-//! | `chat_lb_retries_total` | counter | | attempts after a call's first (transparent retries of calls that never reached a server included) |
-//! | `chat_lb_retry_budget_refusals_total` | counter | | retries not made because the retry budget was spent |
+//! | `chat_lb_retries_total` | counter | | attempts after a call's first, hedges aside (transparent retries of calls that never reached a server included) |
+//! | `chat_lb_retry_budget_refusals_total` | counter | | retries and hedges not made because the retry budget (or, for a hedge, the hedge budget) was spent |
 //! | `chat_lb_retry_backoffs_total` | counter | | retries that waited out a backoff first (a shed call no other endpoint could take at once) |
+//! | `chat_lb_hedges_total` | counter | | hedges sent: attempts sent beside a hedged call's earlier attempt after the hedging delay (not counted in `chat_lb_retries_total`) |
+//! | `chat_lb_hedges_won_total` | counter | | hedges whose response headers came first and answered their call |
 //! | `chat_lb_no_endpoint_total` | counter | | calls answered `UNAVAILABLE` at once because no endpoint could take them |
 //! | `chat_lb_call_duration_seconds` | histogram | | from a call's start to its answer (response headers, or the balancer's own error) |
 //!
@@ -199,6 +201,8 @@ pub(crate) struct BalancerMetrics {
     retries: Counter,
     budget_refusals: Counter,
     backoffs: Counter,
+    hedges: Counter,
+    hedges_won: Counter,
     no_endpoint: Counter,
     call_duration: Histogram,
 }
@@ -209,6 +213,8 @@ impl BalancerMetrics {
             retries: counter!("chat_lb_retries_total"),
             budget_refusals: counter!("chat_lb_retry_budget_refusals_total"),
             backoffs: counter!("chat_lb_retry_backoffs_total"),
+            hedges: counter!("chat_lb_hedges_total"),
+            hedges_won: counter!("chat_lb_hedges_won_total"),
             no_endpoint: counter!("chat_lb_no_endpoint_total"),
             call_duration: histogram!("chat_lb_call_duration_seconds"),
         }
@@ -219,7 +225,7 @@ impl BalancerMetrics {
         self.retries.increment(1);
     }
 
-    /// A retry was refused by the retry budget.
+    /// A retry or a hedge was refused by the retry (or hedge) budget.
     pub fn budget_refused(&self) {
         self.budget_refusals.increment(1);
     }
@@ -227,6 +233,16 @@ impl BalancerMetrics {
     /// A retry waits out a backoff.
     pub fn backoff(&self) {
         self.backoffs.increment(1);
+    }
+
+    /// A call sends a hedge.
+    pub fn hedge(&self) {
+        self.hedges.increment(1);
+    }
+
+    /// A hedge answered its call.
+    pub fn hedge_won(&self) {
+        self.hedges_won.increment(1);
     }
 
     /// A call was answered `UNAVAILABLE` at once: no endpoint could take it.

@@ -169,8 +169,14 @@ pub struct EndpointSnapshot {
     pub ejection_reason: Option<EjectionReason>,
     /// How long the current ejection still lasts at least.
     pub ejected_for: Option<Duration>,
-    /// Attempts sent to it.
+    /// Attempts sent to it (hedges included).
     pub calls: u64,
+    /// Hedges sent to it: attempts of [hedged](crate::Builder::hedge_methods)
+    /// calls sent after the hedging delay, beside an earlier attempt elsewhere.
+    pub hedges: u64,
+    /// Hedges sent to it that got their response headers first and answered
+    /// their call.
+    pub hedges_won: u64,
     /// Attempts that failed in a way that counts against its health (transport
     /// error, a failure status code such as `UNAVAILABLE` or `INTERNAL`,
     /// per-try timeout).

@@ -33,6 +33,22 @@
 //! that shed it included. A negative pushback ("do not retry"), a call that is
 //! not retry-safe, or a backoff that would outlast the deadline passes the
 //! server's answer on.
+//!
+//! **Hedging** (for the methods named by `Builder::hedge_methods`; see
+//! `hedge`) adds one transition: when the live attempt has no response headers
+//! after the hedging delay, [`Call::on_timer`] sends a *hedge*, the same call
+//! to an endpoint it has not tried, if `max_attempts`, the hedge budget and the
+//! retry budget allow; else the call waits on as before. The hedge is now the
+//! live attempt (with its own per-try timeout and hedging delay); the attempt
+//! it joined is not cancelled and races it, and a failure of that attempt
+//! still counts against its endpoint (it was not timed out), but its own
+//! per-try timeout no longer applies: the newest attempt's does. As for any
+//! overlap, the first response headers answer the call and the driver drops
+//! the other attempts.
+//!
+//! Every attempt after the first carries `grpc-previous-rpc-attempts` (the
+//! number of attempts before it), set where attempts are built
+//! ([`Call::send_to`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -46,6 +62,7 @@ use crate::{
     deadline,
     endpoint::Endpoint,
     error::BoxError,
+    hedge::MethodLatency,
     members::EndpointList,
     observe::Observed,
     picker::pick,
@@ -146,6 +163,17 @@ pub(crate) struct Call {
     current: Option<Arc<Endpoint>>,
     /// Whether the newest attempt is still running within its per-try timeout.
     live: bool,
+    /// When the newest attempt's per-try timeout is due.
+    per_try_at: Option<Instant>,
+    /// The latency record of the call's method, if it is hedged.
+    hedged_method: Option<Arc<MethodLatency>>,
+    /// When the next hedge is due, if one may be sent.
+    hedge_at: Option<Instant>,
+    /// The numbers of the attempts that are hedges.
+    hedges: Vec<u32>,
+    /// Attempts a hedge joined within their per-try timeout: their failures
+    /// still count against their endpoints.
+    hedged_over: Vec<u32>,
     /// When [`Call::on_timer`] is due.
     timer: Option<Instant>,
     /// Whether the call waits for an endpoint to take it.
@@ -174,6 +202,10 @@ impl Call {
             None => cfg.retry.safe.is_safe(parts.uri.path()),
         };
         ctx.budget.deposit();
+        let hedged_method = ctx.hedging.method(parts.uri.path()).filter(|_| retry_safe);
+        if hedged_method.is_some() {
+            ctx.hedging.budget.deposit();
+        }
         Self {
             replay: Replay::new(body, cfg.retry.max_replay_bytes),
             per_try_timeout: cfg.retry.per_try_timeout.filter(|_| retry_safe),
@@ -188,6 +220,11 @@ impl Call {
             charged_retries: 0,
             current: None,
             live: false,
+            per_try_at: None,
+            hedged_method,
+            hedge_at: None,
+            hedges: Vec::new(),
+            hedged_over: Vec::new(),
             timer: None,
             waiting_for_endpoints: false,
             backoff_until: None,
@@ -217,7 +254,7 @@ impl Call {
     }
 
     /// The timer fired: the end of a wait for endpoints or of a backoff, the
-    /// deadline, or the newest attempt's per-try timeout.
+    /// deadline, the hedging delay, or the newest attempt's per-try timeout.
     pub fn on_timer(&mut self, now: Instant) -> Action {
         if self.waiting_for_endpoints {
             return self.pick_or_wait(now);
@@ -234,6 +271,11 @@ impl Call {
         if self.deadline.is_some_and(|d| now >= d) {
             return Action::Answer(Ok(self.deadline_exceeded(&current)));
         }
+        let due = |at: Option<Instant>| at.is_some_and(|at| now >= at);
+        if self.live && due(self.hedge_at) && !due(self.per_try_at) {
+            return self.hedge(current, now);
+        }
+        self.hedge_at = None;
         // Per-try timeout: no response headers yet. The attempt goes on (see
         // the module docs); only the deadline bounds it now.
         self.live = false;
@@ -262,15 +304,17 @@ impl Call {
             endpoint,
             outcome,
         } = done;
-        // Whether this was the live attempt: an earlier one, or one past its
-        // per-try timeout, was counted against its endpoint already.
-        let was_live = self.live && n == self.attempts;
+        // Whether its failure is still to be counted: the live attempt's, or
+        // that of an attempt a hedge joined; an earlier attempt past its
+        // per-try timeout was counted against its endpoint already.
+        let was_live = (self.live && n == self.attempts) || self.hedged_over.contains(&n);
         if n == self.attempts {
             self.live = false;
         }
         let (retry, failed) = match outcome {
             Outcome::Answered(response, rtt) => {
                 endpoint.on_success(rtt, now);
+                self.answered_by(n, &endpoint, now);
                 self.replay.commit();
                 let response = Observed::wrap(response, endpoint, self.ctx.clone());
                 return Action::Answer(Ok(response));
@@ -448,24 +492,80 @@ impl Call {
         Some(at)
     }
 
-    /// Starts the next attempt on `endpoint`; a retry tells the server the
-    /// time actually left (the first attempt's header is the whole timeout).
+    /// The hedging delay passed without response headers on the live attempt
+    /// (on `current`): sends a hedge elsewhere if allowed, else waits on.
+    fn hedge(&mut self, current: Arc<Endpoint>, now: Instant) -> Action {
+        self.hedge_at = None;
+        self.tried.add(&current);
+        match self.charged_target(now, true, true) {
+            Some(other) => {
+                let waited = now.saturating_duration_since(self.start);
+                tracing::debug!(from = %current.addr, to = %other.addr, ?waited, "no response headers within the hedging delay; hedging");
+                self.hedged_over.push(self.attempts);
+                self.hedges.push(self.attempts + 1);
+                other.on_hedge();
+                self.ctx.metrics.hedge();
+                self.send_to(other, now)
+            }
+            None => {
+                self.timer = earliest(self.per_try_at, self.deadline);
+                Action::Wait
+            }
+        }
+    }
+
+    /// Attempt `n`, on `endpoint`, got the response headers that answer the
+    /// call: a hedge won if it was one, and the latency of a hedged method is
+    /// recorded.
+    fn answered_by(&self, n: u32, endpoint: &Endpoint, now: Instant) {
+        if self.hedges.contains(&n) {
+            endpoint.on_hedge_won();
+            self.ctx.metrics.hedge_won();
+            tracing::debug!(endpoint = %endpoint.addr, attempt = n, "a hedge answered first");
+        }
+        if let Some(method) = &self.hedged_method {
+            let latency = now.saturating_duration_since(self.start);
+            self.ctx.hedging.record(method, latency);
+        }
+    }
+
+    /// When the next hedge of a call whose newest attempt started at `now` is
+    /// due: for a hedged method with a known delay and attempts left.
+    fn next_hedge_at(&self, now: Instant) -> Option<Instant> {
+        let method = self.hedged_method.as_ref()?;
+        if self.charged_retries + 1 >= self.ctx.cfg.retry.max_attempts {
+            return None;
+        }
+        self.ctx.hedging.delay(method).map(|delay| now + delay)
+    }
+
+    /// Starts the next attempt on `endpoint` — the one place attempts are
+    /// built. Every attempt after the first tells the server the time actually
+    /// left (the first attempt's header is the whole timeout) and how many
+    /// attempts came before it (`grpc-previous-rpc-attempts`).
     fn send_to(&mut self, endpoint: Arc<Endpoint>, now: Instant) -> Action {
         self.waiting_for_endpoints = false;
         self.attempts += 1;
-        if self.attempts > 1 {
+        let is_hedge = self.hedges.last() == Some(&self.attempts);
+        if self.attempts > 1 && !is_hedge {
             self.ctx.metrics.retry();
         }
         let mut request = http::Request::from_parts(self.parts.clone(), self.replay.attempt());
-        if self.attempts > 1
-            && let Some(deadline) = self.deadline
-        {
-            deadline::set(
-                request.headers_mut(),
-                deadline.saturating_duration_since(now),
+        if self.attempts > 1 {
+            request.headers_mut().insert(
+                PREVIOUS_ATTEMPTS,
+                http::HeaderValue::from(self.attempts - 1),
             );
+            if let Some(deadline) = self.deadline {
+                deadline::set(
+                    request.headers_mut(),
+                    deadline.saturating_duration_since(now),
+                );
+            }
         }
-        self.timer = earliest(self.per_try_timeout.map(|t| now + t), self.deadline);
+        self.per_try_at = self.per_try_timeout.map(|t| now + t);
+        self.hedge_at = self.next_hedge_at(now);
+        self.timer = earliest(earliest(self.per_try_at, self.hedge_at), self.deadline);
         self.live = true;
         self.current = Some(endpoint.clone());
         let n = self.attempts;
@@ -511,6 +611,18 @@ impl Call {
     /// (with `unloaded`, also not under a pushback) and a token from the retry
     /// budget.
     fn charged_retry_target(&mut self, now: Instant, unloaded: bool) -> Option<Arc<Endpoint>> {
+        self.charged_target(now, unloaded, false)
+    }
+
+    /// Another endpoint for a retry or (`hedge`) a hedge: see
+    /// [`Call::charged_retry_target`]; a hedge needs a token from the hedge
+    /// budget first (see `hedge`).
+    fn charged_target(
+        &mut self,
+        now: Instant,
+        unloaded: bool,
+        hedge: bool,
+    ) -> Option<Arc<Endpoint>> {
         let max_attempts = self.ctx.cfg.retry.max_attempts;
         if self.charged_retries + 1 >= max_attempts || !self.replay.can_replay() {
             return None;
@@ -520,7 +632,13 @@ impl Call {
         }
         self.list = self.ctx.endpoints();
         let other = self.pick_among(unloaded)?;
-        if !self.ctx.budget.try_withdraw() {
+        let budget = &self.ctx.budget;
+        if hedge && !(self.ctx.hedging.budget.try_withdraw() && budget.try_withdraw()) {
+            self.ctx.metrics.budget_refused();
+            tracing::debug!("hedge or retry budget exhausted; not hedging");
+            return None;
+        }
+        if !hedge && !budget.try_withdraw() {
             self.ctx.metrics.budget_refused();
             tracing::debug!("retry budget exhausted; not retrying");
             return None;
@@ -568,6 +686,10 @@ impl Call {
         }
     }
 }
+
+/// The header telling the server how many attempts of the call came before
+/// this one (gRPC's retry design, A6).
+pub(crate) const PREVIOUS_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {

@@ -11,6 +11,8 @@ use tokio::{
 };
 use tonic::{Code, Status, body::Body};
 
+mod hedging;
+
 use super::state::{Action, Attempt, Call, Done, Response};
 use crate::{
     EjectionReason, EndpointState, ProbeStatus, RetrySafe,
