@@ -624,6 +624,7 @@ mod tests {
         match b.cfg.validate() {
             Ok(()) => None,
             Err(ConfigError::OutOfRange { setting, .. }) => Some(setting),
+            Err(ConfigError::Hedge { .. }) => Some("hedge_methods"),
         }
     }
 
