@@ -11,12 +11,17 @@ use serde_json::Value;
 /// Runs a tiny `chat-bench` with its store and JSON lines in `dir`; returns its
 /// stdout and the JSON rows.
 fn run_bench(dir: &std::path::Path) -> (String, Vec<Value>) {
+    run_bench_with(dir, &["--scenarios", "steady-one-process,killed-replica"])
+}
+
+/// [`run_bench`] with other flags (`args`) than its scenarios.
+fn run_bench_with(dir: &std::path::Path, args: &[&str]) -> (String, Vec<Value>) {
     let bench = chat_testkit::workspace_binary("examples/chat-bench");
     let json = dir.join("bench.jsonl");
     let output = Command::new(bench)
         .args(["--seed", "7", "--duration", "400ms", "--rounds", "2"])
         .args(["--concurrency", "2"])
-        .args(["--scenarios", "steady-one-process,killed-replica"])
+        .args(args)
         .arg("--json")
         .arg(&json)
         .arg("--store-dir")
@@ -117,4 +122,39 @@ fn chat_bench_runs_every_contender_and_writes_json_lines() {
             .is_some_and(|m| m.len() == 1 && m.contains_key("P1")),
         "chat-lb-single uses direct's one replica: {single}"
     );
+}
+
+#[test]
+fn store_throughput_sends_only_and_measures_the_sqlite_ceiling() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (stdout, rows) = run_bench_with(dir.path(), &["--scenarios", "store-throughput"]);
+    assert!(
+        stdout.contains(&dir.path().display().to_string()),
+        "{stdout}"
+    );
+    let cells: Vec<(&str, &str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap_or_default(),
+                r["contender"].as_str().unwrap_or_default(),
+                r["concurrency"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ("store-throughput", "direct", 2),
+            ("store-throughput", "chat-lb", 2),
+            ("store-throughput", "sqlite-ceiling", 1),
+        ],
+        "direct and chat-lb, then one sqlite-ceiling row"
+    );
+    for row in &rows {
+        assert!(row["calls_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+        assert_eq!(row["failed"], 0, "{row}");
+        assert_eq!(row["settings"]["send_percent"], 100, "{row}");
+        assert_eq!(row["rpc"]["HealthCheck"]["calls"], 0, "only sends: {row}");
+    }
 }

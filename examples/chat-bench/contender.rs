@@ -9,7 +9,9 @@
 //! - `chat-lb-single` (steady scenarios only): the same balancer given `direct`'s one
 //!   replica. Same replica, same single connection as `direct`: the difference between
 //!   the two is the balancer's own cost per call, apart from the cost of spreading
-//!   calls over several connections and processes.
+//!   calls over several connections and processes;
+//! - `sqlite-ceiling` (`store-throughput` only): no transport, but raw SQLite
+//!   transactions in the store's directory, once per run (`ceiling.rs`).
 //!
 //! The tonic endpoints get the balancer's connection settings (1s connect timeout,
 //! `TCP_NODELAY`, HTTP/2 keepalive 10s/5s).
@@ -30,15 +32,17 @@ pub enum Contender {
     TonicBalance,
     ChatLb,
     ChatLbSingle,
+    SqliteCeiling,
 }
 
 impl Contender {
     /// Every contender.
-    pub const ALL: [Contender; 4] = [
+    pub const ALL: [Contender; 5] = [
         Contender::Direct,
         Contender::TonicBalance,
         Contender::ChatLb,
         Contender::ChatLbSingle,
+        Contender::SqliteCeiling,
     ];
 
     /// The name in flags and output.
@@ -48,13 +52,20 @@ impl Contender {
             Contender::TonicBalance => "tonic-balance",
             Contender::ChatLb => "chat-lb",
             Contender::ChatLbSingle => "chat-lb-single",
+            Contender::SqliteCeiling => "sqlite-ceiling",
         }
     }
 
-    /// Whether it runs in `scenario`: `chat-lb-single` only in the steady ones,
-    /// where it measures the balancer's own cost.
+    /// Whether it carries calls in `scenario`: `chat-lb-single` only in the steady
+    /// ones, where it measures the balancer's own cost; only `direct` and `chat-lb` in
+    /// `store-throughput`; `sqlite-ceiling` never (it is measured apart, `ceiling.rs`).
     pub fn runs_in(self, scenario: Scenario) -> bool {
-        self != Contender::ChatLbSingle || scenario.is_steady()
+        match self {
+            Contender::Direct | Contender::ChatLb => true,
+            Contender::TonicBalance => !scenario.on_disk(),
+            Contender::ChatLbSingle => scenario.is_steady(),
+            Contender::SqliteCeiling => false,
+        }
     }
 }
 
@@ -123,6 +134,7 @@ pub async fn connect(
         Contender::ChatLbSingle => {
             Transport::Balancer(balancer(vec![cluster.reference(scenario)], plan).await?)
         }
+        Contender::SqliteCeiling => anyhow::bail!("sqlite-ceiling carries no calls"),
     })
 }
 

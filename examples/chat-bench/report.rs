@@ -55,6 +55,7 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
             p.pid().unwrap_or(0)
         );
     }
+    println!("store       {}", cluster.store_dir().display());
     println!("placement   {}", plan.placement);
     let transport = match plan.tls {
         Some(_) => "TLS for every contender (rustls, ECDSA P-256 certificates)",

@@ -7,7 +7,13 @@
 //! - `dead-address`: `A, B, C` and an address where nothing listens;
 //! - `slow-replica`: `A, B, S` — `S` delays every RPC by `--slow-delay` (20ms);
 //! - `killed-replica`: `A, B, C`; `C` is SIGKILLed during every round (see
-//!   `faults.rs`).
+//!   `faults.rs`);
+//! - `store-throughput`: the embedded store's own throughput and latency. Every call
+//!   is a `SendMessage`, to replicas `A, B, C` of their own that share a store on the
+//!   real disk (`--store-dir`, else the temp dir unless it is a tmpfs, else
+//!   `target/`; never `/dev/shm`), so that every commit pays its `fsync`. Only
+//!   `direct` (one replica) and `chat-lb` (the three) run, plus `sqlite-ceiling`: raw
+//!   single-INSERT transactions in the same directory (`ceiling.rs`).
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
@@ -21,6 +27,7 @@ pub enum Scenario {
     DeadAddress,
     SlowReplica,
     KilledReplica,
+    StoreThroughput,
 }
 
 impl Scenario {
@@ -30,13 +37,26 @@ impl Scenario {
     }
 
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Steady,
         Scenario::SteadyOneProcess,
         Scenario::DeadAddress,
         Scenario::SlowReplica,
         Scenario::KilledReplica,
+        Scenario::StoreThroughput,
     ];
+
+    /// Whether it measures the store on the real disk (on replicas of its own), not
+    /// the balancers over a store in memory.
+    pub fn on_disk(self) -> bool {
+        self == Scenario::StoreThroughput
+    }
+
+    /// The percentage of calls that are `SendMessage`: `--send-percent`, or 100 in
+    /// `store-throughput`.
+    pub fn send_percent(self, flag: u8) -> u8 {
+        if self.on_disk() { 100 } else { flag }
+    }
 
     /// The name in flags and output.
     pub fn name(self) -> &'static str {
@@ -46,6 +66,7 @@ impl Scenario {
             Scenario::DeadAddress => "dead-address",
             Scenario::SlowReplica => "slow-replica",
             Scenario::KilledReplica => "killed-replica",
+            Scenario::StoreThroughput => "store-throughput",
         }
     }
 }
