@@ -58,14 +58,14 @@ use crate::store::StoreError;
 use crate::store::failure::{Failure, OutcomeExt};
 
 /// The most requests one transaction carries.
-pub(super) const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 256;
 
 /// The most requests waiting for the writer; further callers wait for room.
 const QUEUE_CAPACITY: usize = 1024;
 
 /// How many times [`short_step_busy_handler`] retries before it lets
 /// [`begin_immediate`] look at the clock: about 20 ms of short sleeps.
-pub(super) const BUSY_SLICE_ATTEMPTS: i32 = 100;
+const BUSY_SLICE_ATTEMPTS: i32 = 100;
 
 /// Opens (and configures) a new write connection.
 pub(super) type Open = Box<dyn FnMut() -> Result<Connection, StoreError> + Send>;
@@ -170,7 +170,7 @@ impl Writer {
 /// Sleeps 50 µs, then steps growing by half up to 200 µs, for
 /// [`BUSY_SLICE_ATTEMPTS`] attempts; SQLite retries the lock after each. See the
 /// [module documentation](self).
-pub(super) fn short_step_busy_handler(attempt: i32) -> bool {
+fn short_step_busy_handler(attempt: i32) -> bool {
     if attempt >= BUSY_SLICE_ATTEMPTS {
         return false;
     }
