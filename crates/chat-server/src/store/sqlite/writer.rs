@@ -565,18 +565,36 @@ mod tests {
         });
         locked.recv().expect("the lock is held");
         let started = Instant::now();
-        account(&store, "bob").await;
-        let done = Instant::now();
+        // When the writer got the lock: its transaction has begun when the body runs
+        // (what follows, the commit's fsync, is not waiting for the lock).
+        let got_lock = store
+            .pool
+            .write(|_| Ok(Instant::now()))
+            .await
+            .expect("the write");
         let released = other_process.join().expect("lock holder");
         assert!(
-            started.elapsed() >= HOLD / 2,
+            got_lock - started >= HOLD / 2,
             "the write waited for the lock"
         );
-        let late = done.saturating_duration_since(released);
+        let late = got_lock.saturating_duration_since(released);
         assert!(
-            late < Duration::from_millis(25),
-            "woke {late:?} after the release"
+            late < Duration::from_millis(40),
+            "got the lock {late:?} after its release"
         );
+        // Installing a busy handler clears `busy_timeout` (SQLite's sleeping handler):
+        // the writer's connection has none, the readers' keep theirs.
+        assert_eq!(
+            store.pool.write(busy_timeout_ms).await.expect("writer's"),
+            0
+        );
+        let reader = store.pool.run(|connection| busy_timeout_ms(connection));
+        assert_eq!(reader.await.expect("reader's"), 5_000);
+    }
+
+    /// The connection's `busy_timeout` pragma, in ms.
+    fn busy_timeout_ms(connection: &Connection) -> Outcome<i64> {
+        Ok(connection.pragma_query_value(None, "busy_timeout", |row| row.get(0))?)
     }
 
     #[test]
