@@ -198,3 +198,38 @@ fn tail_latency_runs_chat_lb_hedged_against_a_stalling_replica() {
         "the target is judged: {stdout}"
     );
 }
+
+#[test]
+fn store_throughput_sends_only_and_measures_the_sqlite_ceiling() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (stdout, rows) = run_bench(dir.path(), "store-throughput", &[]);
+    assert!(
+        stdout.contains(&dir.path().display().to_string()),
+        "{stdout}"
+    );
+    let cells: Vec<(&str, &str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap_or_default(),
+                r["contender"].as_str().unwrap_or_default(),
+                r["concurrency"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ("store-throughput", "direct", 2),
+            ("store-throughput", "chat-lb", 2),
+            ("store-throughput", "sqlite-ceiling", 1),
+        ],
+        "direct and chat-lb, then one sqlite-ceiling row"
+    );
+    for row in &rows {
+        assert!(row["calls_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+        assert_eq!(row["failed"], 0, "{row}");
+        assert_eq!(row["settings"]["send_percent"], 100, "{row}");
+        assert_eq!(row["rpc"]["HealthCheck"]["calls"], 0, "only sends: {row}");
+    }
+}

@@ -48,7 +48,9 @@ pub struct Options {
     /// The delay injected into the slow replica.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub slow_delay: Duration,
-    /// Directory for the temporary store [default: /dev/shm if present, else the temp dir].
+    /// Directory for the temporary store [default: /dev/shm if present, else the temp
+    /// dir; for `store-throughput`, the real disk: the temp dir unless it is a tmpfs,
+    /// else target/].
     #[arg(long, value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
     /// Also print the results as a Markdown table.

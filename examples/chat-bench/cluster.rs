@@ -2,7 +2,9 @@
 //!
 //! Every replica listens on a free port of 127.0.0.1 and they share one temporary
 //! SQLite store (in `/dev/shm` when it exists, so that fsync costs do not drown the
-//! balancers' differences; `--store-dir` to change). Four replica processes: `A`, `B`
+//! balancers' differences; `--store-dir` to change). `store-throughput` measures those
+//! costs: it gets a cluster of its own, on a store on the real disk
+//! ([`temp_store_dir`]). Four replica processes: `A`, `B`
 //! and `C` are healthy; `S` runs with `--inject-delay` (`--slow-delay`); for
 //! `steady-one-process`, a fifth process serving three healthy servers `P1`, `P2`,
 //! `P3` (each on its own port); for `flaky-replica`, `F`, which answers `INTERNAL`
@@ -54,7 +56,8 @@ impl Cluster {
         store_dir: Option<&Path>,
         cpus: &[usize],
     ) -> anyhow::Result<Self> {
-        let dir = temp_store_dir(store_dir)?;
+        let on_disk = plan.scenarios.iter().any(|s| s.on_disk());
+        let dir = temp_store_dir(store_dir, on_disk)?;
         let store = format!("sqlite:{}", dir.path().join("chat.db").display());
         let one = Placement {
             servers: 1,
@@ -153,6 +156,7 @@ impl Cluster {
                 list.extend(self.overloaded.iter().map(Replica::address))
             }
             Scenario::TailLatency => list.extend(self.tail.as_ref().map(Replica::address)),
+            Scenario::StoreThroughput => list.push(c.address()),
         }
         list
     }
@@ -179,6 +183,11 @@ impl Cluster {
         }
     }
 
+    /// The directory of the store (and of `sqlite-ceiling`'s file).
+    pub fn store_dir(&self) -> &Path {
+        self._store_dir.path()
+    }
+
     /// The replica `killed-replica` kills: `C`.
     pub fn victim(&mut self) -> &mut Replica {
         &mut self.healthy[2]
@@ -202,17 +211,40 @@ impl Cluster {
 /// The flags of `T` in `tail-latency`: a 50ms stall on 5% of its calls.
 const TAIL_STALL: [&str; 4] = ["--inject-stall", "50ms", "--inject-stall-rate", "0.05"];
 
-fn temp_store_dir(store_dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+/// A new directory for the store in `store_dir`; by default in `/dev/shm` when it
+/// exists, but on the real disk when `on_disk`: in the temp dir, or in `target/` when
+/// the temp dir is a tmpfs.
+fn temp_store_dir(store_dir: Option<&Path>, on_disk: bool) -> anyhow::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
+    let temp = std::env::temp_dir();
     let parent = match store_dir {
         Some(dir) => dir.to_path_buf(),
+        None if on_disk && is_tmpfs(&temp) => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        None if on_disk => temp,
         None if shm.is_dir() => shm.to_path_buf(),
-        None => std::env::temp_dir(),
+        None => temp,
     };
     tempfile::Builder::new()
         .prefix("chat-bench-")
         .tempdir_in(&parent)
         .with_context(|| format!("cannot create a store directory in {}", parent.display()))
+}
+
+/// Whether `dir` is on a tmpfs (memory), after `/proc/mounts`: the longest mount
+/// point that contains it decides.
+fn is_tmpfs(dir: &Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            dir.starts_with(point)
+                .then(|| (point.len(), kind == "tmpfs"))
+        })
+        .max_by_key(|(length, _)| *length)
+        .is_some_and(|(_, tmpfs)| tmpfs)
 }
 
 /// A loopback address on which nothing listens: a port bound, then released.

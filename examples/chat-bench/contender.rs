@@ -13,7 +13,9 @@
 //! - `chat-lb-single` (steady scenarios only): the same balancer given `direct`'s one
 //!   replica. Same replica, same single connection as `direct`: the difference between
 //!   the two is the balancer's own cost per call, apart from the cost of spreading
-//!   calls over several connections and processes.
+//!   calls over several connections and processes;
+//! - `sqlite-ceiling` (`store-throughput` only): no transport, but raw SQLite
+//!   transactions in the store's directory, once per run (`ceiling.rs`).
 //!
 //! The tonic endpoints get the balancer's connection settings (1s connect timeout,
 //! `TCP_NODELAY`, HTTP/2 keepalive 10s/5s).
@@ -35,6 +37,7 @@ pub enum Contender {
     ChatLb,
     ChatLbSingle,
     ChatLbHedged,
+    SqliteCeiling,
 }
 
 impl Contender {
@@ -45,6 +48,7 @@ impl Contender {
         Contender::ChatLb,
         Contender::ChatLbSingle,
         Contender::ChatLbHedged,
+        Contender::SqliteCeiling,
     ];
 
     /// The name in flags and output.
@@ -55,19 +59,24 @@ impl Contender {
             Contender::ChatLb => "chat-lb",
             Contender::ChatLbSingle => "chat-lb-single",
             Contender::ChatLbHedged => "chat-lb-hedged",
+            Contender::SqliteCeiling => "sqlite-ceiling",
         }
     }
 
-    /// Whether it runs in `scenario`: `chat-lb-single` only in the steady ones,
-    /// where it measures the balancer's own cost; `chat-lb-hedged` in `steady`
-    /// (what hedging costs) and `tail-latency` (what it is for).
+    /// Whether it carries calls in `scenario`: `chat-lb-single` only in the steady
+    /// ones, where it measures the balancer's own cost; `chat-lb-hedged` in `steady`
+    /// (what hedging costs) and `tail-latency` (what it is for); only `direct` and
+    /// `chat-lb` in `store-throughput`; `sqlite-ceiling` never (it is measured apart,
+    /// `ceiling.rs`).
     pub fn runs_in(self, scenario: Scenario) -> bool {
         match self {
+            Contender::Direct | Contender::ChatLb => true,
+            Contender::TonicBalance => !scenario.on_disk(),
             Contender::ChatLbSingle => scenario.is_steady(),
             Contender::ChatLbHedged => {
                 matches!(scenario, Scenario::Steady | Scenario::TailLatency)
             }
-            _ => true,
+            Contender::SqliteCeiling => false,
         }
     }
 
@@ -147,6 +156,7 @@ pub async fn connect(
             Transport::Balancer(balancer(reference, plan, false).await?)
         }
         Contender::ChatLbHedged => Transport::Balancer(balancer(addresses, plan, true).await?),
+        Contender::SqliteCeiling => anyhow::bail!("sqlite-ceiling carries no calls"),
     })
 }
 

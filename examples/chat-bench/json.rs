@@ -7,7 +7,13 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::{faults::KILL_AT, machine::Machine, plan::Plan, stats::Row, workload::CALL_DEADLINE};
+use crate::{
+    faults::KILL_AT,
+    machine::Machine,
+    plan::{Plan, workload_of},
+    stats::Row,
+    workload::CALL_DEADLINE,
+};
 
 /// Writes one JSON object per row to `path`.
 pub fn write(path: &Path, rows: &[Row], plan: &Plan, machine: &Machine) -> anyhow::Result<()> {
@@ -54,8 +60,8 @@ fn line(row: &Row, plan: &Plan, machine: &Machine) -> Value {
             "rounds": plan.rounds,
             "round_s": plan.round().as_secs_f64(),
             "warmup_s": plan.warmup.as_secs_f64(),
-            "workload": plan.workload(),
-            "send_percent": plan.send_percent,
+            "workload": workload_of(row.scenario.send_percent(plan.send_percent)),
+            "send_percent": row.scenario.send_percent(plan.send_percent),
             "call_deadline_s": CALL_DEADLINE.as_secs_f64(),
             "slow_delay_ms": plan.slow_delay.as_secs_f64() * 1e3,
             "kill_at_fraction": KILL_AT,

@@ -31,6 +31,7 @@
 //! - `cli.rs`: the flags; `plan.rs`: the settings of a run after defaults;
 //!   `lb_settings.rs`: `--lb-set` keys onto the balancer's builder;
 //! - `scenario.rs`: the scenarios; `contender.rs`: the contenders and their transports;
+//!   `ceiling.rs`: `sqlite-ceiling`, the disk's raw commit rate;
 //! - `cluster.rs`: the replicas and which address lists they make;
 //!   `placement.rs`: `--placement`; `tls.rs`: `--tls`;
 //! - `workload.rs`: the callers and their calls; `faults.rs`: the replica killed
@@ -39,6 +40,7 @@
 //! - `stats.rs`: what the figures mean; `report.rs` and `json.rs`: the output;
 //!   `targets.rs`: the targets checked; `machine.rs`, `progress.rs`: the rest.
 
+mod ceiling;
 mod cli;
 mod cluster;
 mod contender;
@@ -64,7 +66,7 @@ use clap::Parser;
 
 use crate::{
     cli::Options, cluster::Cluster, machine::Machine, plan::Plan, progress::Progress,
-    rounds::Runner, scenario::Scenario, tls::BenchTls, workload::Workload,
+    rounds::Runner, scenario::Scenario, stats::Row, tls::BenchTls, workload::Workload,
 };
 
 fn main() -> ExitCode {
@@ -105,10 +107,34 @@ async fn run(options: Options, replica_cpus: Vec<usize>) -> anyhow::Result<()> {
         bail!("nothing to run: chat-lb-single runs only in the steady scenarios");
     }
     let machine = Machine::read();
-    let cluster = Cluster::start(&plan, options.store_dir.as_deref(), &replica_cpus)
+    let mut rows = Vec::new();
+    // The scenarios on the in-memory store, then store-throughput on the real disk.
+    for part in plan.by_store() {
+        rows.extend(run_on_one_store(part, &options, &machine, &replica_cpus).await?);
+    }
+
+    report::print_results(&rows, &plan, &machine, options.markdown);
+    if let Some(path) = &options.json {
+        json::write(path, &rows, &plan, &machine)?;
+        println!("\nJSON lines written to {}", path.display());
+    }
+    if rows.iter().all(|r| r.calls == 0) {
+        return Err(anyhow!("no call succeeded"));
+    }
+    Ok(())
+}
+
+/// Runs `plan` on a cluster of its own (one store); returns the rows.
+async fn run_on_one_store(
+    plan: Plan,
+    options: &Options,
+    machine: &Machine,
+    replica_cpus: &[usize],
+) -> anyhow::Result<Vec<Row>> {
+    let cluster = Cluster::start(&plan, options.store_dir.as_deref(), replica_cpus)
         .await
         .context("cannot start the replicas")?;
-    report::print_header(&plan, &machine, &cluster);
+    report::print_header(&plan, machine, &cluster);
     let reference = cluster.reference(Scenario::Steady);
     let workload = Arc::new(Workload::prepare(&plan, reference).await?);
     let progress = Progress::new(plan.estimate());
@@ -120,22 +146,9 @@ async fn run(options: Options, replica_cpus: Vec<usize>) -> anyhow::Result<()> {
     };
     let rows = runner.run_all().await;
     let Runner {
-        plan,
-        cluster,
-        progress,
-        ..
+        cluster, progress, ..
     } = runner;
     progress.finish();
     cluster.stop().await;
-    let rows = rows?;
-
-    report::print_results(&rows, &plan, &machine, options.markdown);
-    if let Some(path) = &options.json {
-        json::write(path, &rows, &plan, &machine)?;
-        println!("\nJSON lines written to {}", path.display());
-    }
-    if rows.iter().all(|r| r.calls == 0) {
-        return Err(anyhow!("no call succeeded"));
-    }
-    Ok(())
+    rows
 }

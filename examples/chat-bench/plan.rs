@@ -92,7 +92,18 @@ impl Plan {
         } else {
             Duration::ZERO
         };
-        (self.duration + self.warmup) * cells + restarts
+        let ceiling = if self.measures_ceiling() {
+            self.duration
+        } else {
+            Duration::ZERO
+        };
+        (self.duration + self.warmup) * cells + restarts + ceiling
+    }
+
+    /// Whether the run measures `sqlite-ceiling` (once, in `store-throughput`).
+    pub fn measures_ceiling(&self) -> bool {
+        self.scenarios.contains(&Scenario::StoreThroughput)
+            && self.contenders.contains(&Contender::SqliteCeiling)
     }
 
     /// How chat-lb is configured, for the output.
@@ -106,12 +117,33 @@ impl Plan {
 
     /// The call mix, for the output.
     pub fn workload(&self) -> String {
-        format!(
-            "{}% HealthCheck, {}% SendMessage",
-            100 - self.send_percent,
-            self.send_percent
-        )
+        workload_of(self.send_percent)
     }
+
+    /// The plan split by store: the scenarios on the in-memory store, then those on
+    /// the real disk (`store-throughput`, whose calls are all sends), each part
+    /// started on a cluster of its own.
+    pub fn by_store(&self) -> Vec<Plan> {
+        let (disk, memory): (Vec<Scenario>, Vec<Scenario>) =
+            self.scenarios.iter().partition(|s| s.on_disk());
+        [memory, disk]
+            .into_iter()
+            .filter(|scenarios| !scenarios.is_empty())
+            .map(|scenarios| Plan {
+                send_percent: scenarios[0].send_percent(self.send_percent),
+                scenarios,
+                ..self.clone()
+            })
+            .collect()
+    }
+}
+
+/// A call mix, for the output.
+pub fn workload_of(send_percent: u8) -> String {
+    format!(
+        "{}% HealthCheck, {send_percent}% SendMessage",
+        100 - send_percent
+    )
 }
 
 /// A seed from the clock, short enough to retype.

@@ -61,6 +61,7 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
             t.pid().unwrap_or(0)
         );
     }
+    println!("store       {}", cluster.store_dir().display());
     println!("placement   {}", plan.placement);
     let transport = match plan.tls {
         Some(_) => "TLS for every contender (rustls, ECDSA P-256 certificates)",

@@ -14,6 +14,7 @@ use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use tokio::time::Instant;
 
 use crate::{
+    ceiling,
     cluster::Cluster,
     contender::{self, Contender, Transport},
     faults,
@@ -85,6 +86,16 @@ impl Runner {
             for concurrency in self.plan.concurrency.clone() {
                 let measured = self.run_cell(&transports, scenario, concurrency).await?;
                 rows.extend(summarize(scenario, concurrency, measured));
+            }
+            if scenario == Scenario::StoreThroughput && self.plan.measures_ceiling() {
+                let ceiling = ceiling::measure(self.cluster.store_dir(), self.plan.duration)
+                    .await
+                    .context("cannot measure sqlite-ceiling")?;
+                rows.extend(summarize(
+                    scenario,
+                    1,
+                    vec![(Contender::SqliteCeiling, ceiling)],
+                ));
             }
         }
         Ok(rows)

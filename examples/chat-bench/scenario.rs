@@ -17,6 +17,12 @@
 //! - `tail-latency`: `A, B, T` — `T` stalls 50ms on 5% of its calls
 //!   (`--inject-stall 50ms --inject-stall-rate 0.05`): the tail that hedging
 //!   (`chat-lb-hedged`) should cut.
+//! - `store-throughput`: the embedded store's own throughput and latency. Every call
+//!   is a `SendMessage`, to replicas `A, B, C` of their own that share a store on the
+//!   real disk (`--store-dir`, else the temp dir unless it is a tmpfs, else
+//!   `target/`; never `/dev/shm`), so that every commit pays its `fsync`. Only
+//!   `direct` (one replica) and `chat-lb` (the three) run, plus `sqlite-ceiling`: raw
+//!   single-INSERT transactions in the same directory (`ceiling.rs`).
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
@@ -36,6 +42,7 @@ pub enum Scenario {
     FlakyReplica,
     OverloadedReplica,
     TailLatency,
+    StoreThroughput,
 }
 
 impl Scenario {
@@ -54,7 +61,20 @@ impl Scenario {
         Scenario::FlakyReplica,
         Scenario::OverloadedReplica,
         Scenario::TailLatency,
+        Scenario::StoreThroughput,
     ];
+
+    /// Whether it measures the store on the real disk (on replicas of its own), not
+    /// the balancers over a store in memory.
+    pub fn on_disk(self) -> bool {
+        self == Scenario::StoreThroughput
+    }
+
+    /// The percentage of calls that are `SendMessage`: `--send-percent`, or 100 in
+    /// `store-throughput`.
+    pub fn send_percent(self, flag: u8) -> u8 {
+        if self.on_disk() { 100 } else { flag }
+    }
 
     /// The name in flags and output.
     pub fn name(self) -> &'static str {
@@ -67,6 +87,7 @@ impl Scenario {
             Scenario::FlakyReplica => "flaky-replica",
             Scenario::OverloadedReplica => "overloaded-replica",
             Scenario::TailLatency => "tail-latency",
+            Scenario::StoreThroughput => "store-throughput",
         }
     }
 }

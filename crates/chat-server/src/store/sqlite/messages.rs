@@ -6,7 +6,7 @@
 //! again) until their recipient's account is deleted, or until history retention
 //! (`chat-server --history-retention`, [`purge_history`]) deletes them.
 
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::error::Outcome;
 use super::pool::Pool;
@@ -108,7 +108,10 @@ pub(super) async fn send(pool: &Pool, message: NewMessage<'_>) -> Result<SendOut
         // SQLite has one writer at a time and this transaction holds the write lock from
         // its first statement to its commit, so AUTOINCREMENT ids are handed out in
         // commit order: a message becomes visible only after every lower id has (or
-        // never will, if its transaction rolled back). The feed relies on that.
+        // never will, if its transaction rolled back). Within a group-committed batch
+        // (`writer.rs`) the ids follow the savepoint order and all become visible at
+        // the one commit; an id taken by a request rolled back to its savepoint is
+        // handed out again, never seen. The feed relies on that.
         let id: u64 = tx
             .prepare_cached(
                 "INSERT INTO messages
@@ -189,7 +192,7 @@ pub(super) async fn ack(pool: &Pool, recipient: AccountId, up_to: u64) -> Result
 
 /// The recipient's latest and acknowledged sequence numbers, or
 /// [`StoreError::NoSuchAccount`].
-fn sequences(tx: &Transaction<'_>, recipient: AccountId) -> Outcome<(u64, u64)> {
+fn sequences(tx: &Connection, recipient: AccountId) -> Outcome<(u64, u64)> {
     let found = tx
         .prepare_cached("SELECT last_seq, acked_seq FROM accounts WHERE id = ?1")?
         .query_row([recipient], |row| Ok((row.get(0)?, row.get(1)?)))

@@ -6,6 +6,9 @@
 //! - `pool.rs`: the connections, set up for sharing one file between processes (WAL,
 //!   `busy_timeout`, `BEGIN IMMEDIATE` writes) and for durability (`synchronous=FULL`),
 //!   and blocking work kept off the async runtime;
+//! - `writer.rs`: group commit (one writer thread per process commits concurrent
+//!   writes in one transaction, a savepoint each, answering only once durable) and the
+//!   short-step busy handler it waits for other processes with;
 //! - `schema.rs`: the tables, the schema version and the file header, created by
 //!   whichever process opens a new file first;
 //! - `error.rs`: SQLite errors as [`StoreError`]s;
@@ -23,6 +26,7 @@ mod messages;
 mod pool;
 mod schema;
 mod sessions;
+mod writer;
 
 use std::path::Path;
 

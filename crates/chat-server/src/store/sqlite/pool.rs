@@ -5,35 +5,38 @@
 //!
 //! Every connection runs in WAL mode (`journal_mode=WAL`), so readers never block the
 //! writer and the writer never blocks readers, with `busy_timeout` set so that a process
-//! waiting for the write lock sleeps and retries instead of failing at once. Every write
-//! transaction starts with `BEGIN IMMEDIATE` ([`Pool::write`]): it takes the write lock
-//! before reading anything, so two processes can never both hold a read snapshot and
-//! then deadlock trying to upgrade it (the `SQLITE_BUSY` that no busy timeout can
-//! resolve).
+//! waiting for a lock sleeps and retries instead of failing at once. Every write goes
+//! through the process's one writer (`writer.rs`: group commit, and a short-step busy
+//! handler instead of `busy_timeout`'s long sleeps), whose transactions start with
+//! `BEGIN IMMEDIATE`: it takes the write lock before reading anything, so two processes
+//! can never both hold a read snapshot and then deadlock trying to upgrade it (the
+//! `SQLITE_BUSY` that no busy timeout can resolve).
 //!
 //! # Durability
 //!
-//! A committed transaction is in the write-ahead log before `send_message` returns. In
+//! A committed transaction is in the write-ahead log before a write returns. In
 //! WAL mode that alone makes it survive the process being killed (even `kill -9`), with
 //! any `synchronous` setting. This store also sets `synchronous=FULL`, which syncs the
 //! log to disk at every commit, so an acknowledged send survives a power loss or an OS
-//! crash too, at the cost of one `fsync` per write.
+//! crash too, at the cost of one `fsync` per committed batch of writes (`writer.rs`).
 //!
 //! # Blocking
 //!
-//! rusqlite is blocking, so every operation runs on [`tokio::task::spawn_blocking`] with
-//! a connection from a small pool. If the calling future is dropped, the operation still
-//! runs to completion (or rolls back) on its blocking thread: it is never half-applied.
+//! rusqlite is blocking, so every read runs on [`tokio::task::spawn_blocking`] with a
+//! connection from a small pool, and every write on the writer's own thread. If the
+//! calling future is dropped, the operation still runs to completion (or rolls back) on
+//! its thread: it is never half-applied.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use tokio::sync::Semaphore;
 
 use super::error::{Outcome, breaks_connection, map_sqlite_error};
 use super::schema;
+use super::writer::Writer;
 use crate::store::StoreError;
 use crate::store::failure::{Failure, OutcomeExt};
 
@@ -47,8 +50,9 @@ pub struct SqliteOptions {
     /// another process) before the operation fails with [`StoreError::Unavailable`].
     /// Default: 5 seconds.
     pub busy_timeout: Duration,
-    /// How many connections, and so how many concurrent blocking operations, this store
-    /// keeps at most. Zero is treated as one. Default: 4.
+    /// How many connections for reads, and so how many concurrent blocking reads, this
+    /// store keeps at most. Zero is treated as one. Writes use one more connection of
+    /// their own (see `writer.rs`). Default: 4.
     pub pool_size: usize,
 }
 
@@ -61,18 +65,25 @@ impl Default for SqliteOptions {
     }
 }
 
-/// The pool: idle connections plus one semaphore permit per connection that may exist.
-/// Cheap to clone: clones share the connections.
+/// The pool: idle read connections plus one semaphore permit per read connection that
+/// may exist, and the writer. Cheap to clone: clones share the connections.
 #[derive(Clone)]
 pub(super) struct Pool {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    path: PathBuf,
-    options: SqliteOptions,
+    opener: Opener,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    writer: Writer,
+}
+
+/// What opening a connection needs (the writer keeps a copy, to reopen its own).
+#[derive(Clone)]
+struct Opener {
+    path: PathBuf,
+    options: SqliteOptions,
 }
 
 impl Pool {
@@ -90,32 +101,37 @@ impl Pool {
         }
         create_owner_only(&path)?;
         let pool_size = options.pool_size.max(1);
-        let inner = Inner {
-            path,
-            options,
-            idle: Mutex::new(Vec::with_capacity(pool_size)),
-            permits: Arc::new(Semaphore::new(pool_size)),
-        };
-        // Open one connection now, so that a bad path or schema fails at startup, and
-        // keep it as the first pooled connection. The others are opened on demand.
-        let first = inner.open_connection()?;
-        inner.release(first);
+        let opener = Opener { path, options };
+        // Open the writer's connection now, so that a bad path or schema fails at
+        // startup. Read connections are opened on demand.
+        let first = opener.open_connection()?;
+        let reopener = opener.clone();
+        let writer = Writer::start(
+            first,
+            Box::new(move || reopener.open_connection()),
+            opener.options.busy_timeout,
+        )?;
         Ok(Self {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                opener,
+                idle: Mutex::new(Vec::with_capacity(pool_size)),
+                permits: Arc::new(Semaphore::new(pool_size)),
+                writer,
+            }),
         })
     }
 
     /// The path of the database file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.inner.opener.path
     }
 
     /// The options the pool was opened with.
     pub fn options(&self) -> &SqliteOptions {
-        &self.inner.options
+        &self.inner.opener.options
     }
 
-    /// Runs `operation` on a pooled connection on a blocking thread.
+    /// Runs `operation` (a read) on a pooled connection on a blocking thread.
     pub async fn run<T, F>(&self, operation: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -142,26 +158,19 @@ impl Pool {
         }
     }
 
-    /// Runs `body` in a `BEGIN IMMEDIATE` transaction: committed if it succeeds, rolled
-    /// back if it fails.
+    /// Runs `body` as a write: in a `BEGIN IMMEDIATE` transaction (shared with other
+    /// writes, each in its own savepoint; see `writer.rs`), its writes kept if it
+    /// succeeds, rolled back if it fails. Answers once they are durable.
     pub async fn write<T: Send + 'static>(&self, body: impl Body<T>) -> Result<T, StoreError> {
-        self.transaction(TransactionBehavior::Immediate, body).await
+        let busy_timeout = self.options().busy_timeout;
+        self.inner.writer.write(body, busy_timeout).await
     }
 
     /// Runs `body` in a read transaction, so that all its queries see one snapshot.
     pub async fn read<T: Send + 'static>(&self, body: impl Body<T>) -> Result<T, StoreError> {
-        self.transaction(TransactionBehavior::Deferred, body).await
-    }
-
-    /// Runs `body` in a transaction that begins as `behavior` says: committed if it
-    /// succeeds, rolled back (by dropping it) if it fails.
-    async fn transaction<T: Send + 'static>(
-        &self,
-        behavior: TransactionBehavior,
-        body: impl Body<T>,
-    ) -> Result<T, StoreError> {
         self.run(move |connection| {
-            let transaction = connection.transaction_with_behavior(behavior)?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let value = body(&transaction)?;
             transaction.commit()?;
             Ok(value)
@@ -172,14 +181,21 @@ impl Pool {
     /// Opens a connection outside the pool (for tests of its settings).
     #[cfg(test)]
     pub fn open_connection(&self) -> Result<Connection, StoreError> {
-        self.inner.open_connection()
+        self.inner.opener.open_connection()
+    }
+
+    /// The writer (for tests of its connection).
+    #[cfg(test)]
+    pub(super) fn writer(&self) -> &Writer {
+        &self.inner.writer
     }
 }
 
-/// The body of a transaction: it runs once, on a blocking thread.
-pub(super) trait Body<T>: FnOnce(&Transaction<'_>) -> Outcome<T> + Send + 'static {}
+/// The body of a transaction: it runs once, on a blocking thread (a write's alongside
+/// other writes in one transaction, inside a savepoint of its own).
+pub(super) trait Body<T>: FnOnce(&Connection) -> Outcome<T> + Send + 'static {}
 
-impl<T, F> Body<T> for F where F: FnOnce(&Transaction<'_>) -> Outcome<T> + Send + 'static {}
+impl<T, F> Body<T> for F where F: FnOnce(&Connection) -> Outcome<T> + Send + 'static {}
 
 /// Creates the database file empty with mode 0600 if it does not exist yet, so that the
 /// database (and its `-wal` and `-shm` files, which SQLite creates with the database
@@ -218,7 +234,7 @@ impl Inner {
             .pop();
         let mut connection = match idle {
             Some(connection) => connection,
-            None => self.open_connection()?,
+            None => self.opener.open_connection()?,
         };
         let result = operation(&mut connection);
         let broken = match &result {
@@ -228,22 +244,20 @@ impl Inner {
         // A connection still inside a transaction (a failed rollback) is not reusable.
         if broken || !connection.is_autocommit() {
             tracing::warn!(
-                path = %self.path.display(),
+                path = %self.opener.path.display(),
                 "discarding a database connection after an error; a new one will be opened"
             );
         } else {
-            self.release(connection);
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(connection);
         }
-        result.or_store_error(self.options.busy_timeout)
+        result.or_store_error(self.opener.options.busy_timeout)
     }
+}
 
-    fn release(&self, connection: Connection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(connection);
-    }
-
+impl Opener {
     /// Opens and configures a connection and makes sure the schema exists.
     fn open_connection(&self) -> Result<Connection, StoreError> {
         self.configure_new_connection()
@@ -485,8 +499,13 @@ mod tests {
                 .await,
             Err(StoreError::NoSuchAccount(_))
         ));
-        let idle = store.pool.inner.idle.lock().expect("pool lock").len();
-        assert_eq!(idle, 1, "the connection went back to the pool");
+        assert_eq!(
+            store.pool.writer().connections_opened(),
+            1,
+            "the writer kept its connection"
+        );
+        // The write connection is usable: nothing was left open.
+        account(&store, "bob").await;
         let autocommit = store
             .pool
             .run(|connection| Ok(connection.is_autocommit()))

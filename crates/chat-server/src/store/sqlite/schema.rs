@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::error::Outcome;
 use crate::store::StoreError;
@@ -136,12 +136,12 @@ pub(super) fn header(connection: &Connection) -> rusqlite::Result<(i64, i64)> {
     )
 }
 
-/// The health check (`ping`), run in a write transaction: it takes the write lock and
+/// The health check (`ping`), run as a write: it takes the write lock and
 /// reads the database header. A store that can be read but not written (a process
 /// holding the write lock, a read-only or full file system) cannot accept sends, so it
 /// is not healthy. The transaction writes nothing, so committing it costs no sync.
-pub(super) fn check_writable_and_current(transaction: &Transaction<'_>) -> Outcome<()> {
-    let version: i64 = transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+pub(super) fn check_writable_and_current(connection: &Connection) -> Outcome<()> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version == SCHEMA_VERSION {
         Ok(())
     } else {
