@@ -25,6 +25,8 @@ pub struct Cluster {
     pub one_process: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
+    /// The `--store` of every replica (`sqlite:PATH`).
+    pub store: String,
     /// Kept for its `Drop` (removes the store).
     _store_dir: tempfile::TempDir,
 }
@@ -70,6 +72,7 @@ impl Cluster {
             slow,
             one_process,
             dead: dead_address()?,
+            store,
             _store_dir: dir,
         })
     }
@@ -97,6 +100,8 @@ impl Cluster {
             Scenario::Steady | Scenario::KilledReplica => list.push(c.address()),
             Scenario::DeadAddress => list.extend([c.address(), self.dead]),
             Scenario::SlowReplica => list.push(self.slow.address()),
+            // The sender's and the subscribers' replicas (`delivery.rs`).
+            Scenario::DeliverySameReplica | Scenario::DeliveryCrossReplica => {}
         }
         list
     }

@@ -52,9 +52,14 @@ impl Contender {
     }
 
     /// Whether it runs in `scenario`: `chat-lb-single` only in the steady ones,
-    /// where it measures the balancer's own cost.
+    /// where it measures the balancer's own cost; only `direct` in the delivery ones,
+    /// which measure the replicas.
     pub fn runs_in(self, scenario: Scenario) -> bool {
-        self != Contender::ChatLbSingle || scenario.is_steady()
+        match self {
+            Contender::Direct => true,
+            Contender::ChatLbSingle => scenario.is_steady(),
+            Contender::TonicBalance | Contender::ChatLb => !scenario.is_delivery(),
+        }
     }
 }
 

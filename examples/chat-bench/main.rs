@@ -34,13 +34,14 @@
 //!   `placement.rs`: `--placement`; `tls.rs`: `--tls`;
 //! - `workload.rs`: the callers and their calls; `faults.rs`: the replica killed
 //!   during `killed-replica` rounds; `rounds.rs`: the method (warm-up, alternating
-//!   rounds);
+//!   rounds); `delivery.rs`: the delivery scenarios' own method;
 //! - `stats.rs`: what the figures mean; `report.rs` and `json.rs`: the output;
 //!   `targets.rs`: the targets checked; `machine.rs`, `progress.rs`: the rest.
 
 mod cli;
 mod cluster;
 mod contender;
+mod delivery;
 mod faults;
 mod json;
 mod lb_settings;
@@ -101,7 +102,9 @@ async fn run(options: Options, replica_cpus: Vec<usize>) -> anyhow::Result<()> {
     }
     let runs = |s: Scenario| plan.contenders.iter().any(|c| c.runs_in(s));
     if !plan.scenarios.iter().copied().any(runs) {
-        bail!("nothing to run: chat-lb-single runs only in the steady scenarios");
+        bail!(
+            "nothing to run: chat-lb-single runs only in the steady scenarios, the delivery scenarios only with direct"
+        );
     }
     let machine = Machine::read();
     let cluster = Cluster::start(&plan, options.store_dir.as_deref(), &replica_cpus)

@@ -7,7 +7,9 @@
 //! - `dead-address`: `A, B, C` and an address where nothing listens;
 //! - `slow-replica`: `A, B, S` — `S` delays every RPC by `--slow-delay` (20ms);
 //! - `killed-replica`: `A, B, C`; `C` is SIGKILLed during every round (see
-//!   `faults.rs`).
+//!   `faults.rs`);
+//! - `delivery-same-replica`, `delivery-cross-replica`: live delivery latency, from
+//!   `A` to subscribers on `A`, or from `B` to subscribers on `A` (see `delivery.rs`).
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
@@ -21,6 +23,8 @@ pub enum Scenario {
     DeadAddress,
     SlowReplica,
     KilledReplica,
+    DeliverySameReplica,
+    DeliveryCrossReplica,
 }
 
 impl Scenario {
@@ -29,13 +33,23 @@ impl Scenario {
         matches!(self, Scenario::Steady | Scenario::SteadyOneProcess)
     }
 
+    /// Whether it measures live delivery rather than calls (`delivery-*`).
+    pub fn is_delivery(self) -> bool {
+        matches!(
+            self,
+            Scenario::DeliverySameReplica | Scenario::DeliveryCrossReplica
+        )
+    }
+
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Steady,
         Scenario::SteadyOneProcess,
         Scenario::DeadAddress,
         Scenario::SlowReplica,
         Scenario::KilledReplica,
+        Scenario::DeliverySameReplica,
+        Scenario::DeliveryCrossReplica,
     ];
 
     /// The name in flags and output.
@@ -46,6 +60,8 @@ impl Scenario {
             Scenario::DeadAddress => "dead-address",
             Scenario::SlowReplica => "slow-replica",
             Scenario::KilledReplica => "killed-replica",
+            Scenario::DeliverySameReplica => "delivery-same-replica",
+            Scenario::DeliveryCrossReplica => "delivery-cross-replica",
         }
     }
 }
