@@ -13,7 +13,9 @@
 //!   signal (MongoDB, or replicas on other hosts).
 //!
 //! Wake-ups coalesce: the hub holds at most one pending wake-up, so any number of sends
-//! committed while it is reading the feed cost one more read, not one each. The feed is
+//! committed while it is reading the feed cost one more read, not one each; and a
+//! replica with no subscriber only rings the doorbell, reading nothing until its poll,
+//! so a write-heavy replica that nobody subscribes to pays nothing for it. The feed is
 //! read by this one task only, always from the cursor on, so messages reach subscribers
 //! in id order however the reads were triggered.
 //!
@@ -264,10 +266,8 @@ impl Hub {
                         }
                         continue;
                     }
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(poll_interval) => {}
-                        _ = woken.as_mut() => {}
+                    if !self.until_next_read(poll_interval, woken, &stop).await {
+                        return;
                     }
                 }
                 Err(error) => {
@@ -279,6 +279,35 @@ impl Hub {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
+                }
+            }
+        }
+    }
+
+    /// Waits until the next read is due: `poll_interval` has passed, or a wake-up came
+    /// while this replica has subscribers. A wake-up with none only rings the doorbell
+    /// (for the other replicas), sparing a read that nobody here needs: a subscriber
+    /// that registers later reads what was committed before from the store itself.
+    /// Returns false once `stop` is cancelled.
+    async fn until_next_read<'hub>(
+        &'hub self,
+        poll_interval: Duration,
+        mut woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'hub>>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let poll = tokio::time::sleep(poll_interval);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = &mut poll => return true,
+                _ = woken.as_mut() => {
+                    if !self.lock().is_empty() {
+                        return true;
+                    }
+                    self.ring_for_local_commits();
+                    woken.set(self.wake.notify.notified());
+                    woken.as_mut().enable();
                 }
             }
         }
@@ -518,6 +547,43 @@ mod tests {
         feed.push(message("bob", 1));
         assert_eq!(received(&mut bob).await, 1);
         assert_eq!(feed.reads(), vec![Duration::ZERO, POLL]);
+        stop.cancel();
+        task.await.expect("the hub stops");
+    }
+
+    /// With no local subscriber, a commit only rings the doorbell: the other replicas
+    /// read, this one spares a read nobody here needs (on the real clock: the doorbell
+    /// is real file-system work).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn without_local_subscribers_a_commit_rings_the_doorbell_and_reads_nothing() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let database = dir.path().join("chat.db");
+        let hub = Hub::with_doorbell(Doorbell::open(&database).expect("open"));
+        let mut other_replica = Doorbell::open(&database)
+            .expect("open")
+            .watch()
+            .expect("watch");
+        let feed = Arc::new(FakeFeed::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
+        feed.started.notified().await;
+        feed.push(message("bob", 1));
+        hub.committed();
+        tokio::time::timeout(Duration::from_secs(5), other_replica.rung())
+            .await
+            .expect("the other replicas are told")
+            .expect("the watch works");
+        let mut bob = hub.subscribe("bob");
+        feed.push(message("bob", 2));
+        hub.committed();
+        assert_eq!(received(&mut bob).await, 1);
+        assert_eq!(received(&mut bob).await, 2);
+        assert_eq!(
+            feed.reads().len(),
+            2,
+            "the start, then one read once someone subscribed"
+        );
         stop.cancel();
         task.await.expect("the hub stops");
     }
