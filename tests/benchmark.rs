@@ -1,8 +1,9 @@
 //! The benchmark example runs end to end: a tiny `chat-bench` run starts its replica
 //! processes (including the one serving three endpoints, and the replica killed and
 //! restarted every round), carries calls through every contender and writes the JSON
-//! lines the README documents. It checks the plumbing and the balancer's zero-failure
-//! promise, not performance: figures come from real runs of the example.
+//! lines the README documents; and its delivery scenarios time every message sent to
+//! its live stream. It checks the plumbing and the balancer's zero-failure promise, not
+//! performance: figures come from real runs of the example.
 
 use std::{collections::BTreeSet, process::Command};
 
@@ -11,13 +12,19 @@ use serde_json::Value;
 /// Runs a tiny `chat-bench` of `scenarios` with its store and JSON lines in `dir`
 /// (and any `extra` flags); returns its stdout and the JSON rows.
 fn run_bench(dir: &std::path::Path, scenarios: &str, extra: &[&str]) -> (String, Vec<Value>) {
+    let mut args = vec!["--seed", "7", "--duration", "400ms", "--rounds", "2"];
+    args.extend(["--concurrency", "2", "--scenarios", scenarios]);
+    args.extend_from_slice(extra);
+    run_bench_args(dir, &args)
+}
+
+/// Runs a tiny `chat-bench` with `args` and its store and JSON lines in `dir`;
+/// returns its stdout and the JSON rows.
+fn run_bench_args(dir: &std::path::Path, args: &[&str]) -> (String, Vec<Value>) {
     let bench = chat_testkit::workspace_binary("examples/chat-bench");
     let json = dir.join("bench.jsonl");
     let output = Command::new(bench)
-        .args(["--seed", "7", "--duration", "400ms", "--rounds", "2"])
-        .args(["--concurrency", "2"])
-        .args(["--scenarios", scenarios])
-        .args(extra)
+        .args(args)
         .arg("--json")
         .arg(&json)
         .arg("--store-dir")
@@ -231,5 +238,50 @@ fn store_throughput_sends_only_and_measures_the_sqlite_ceiling() {
         assert_eq!(row["failed"], 0, "{row}");
         assert_eq!(row["settings"]["send_percent"], 100, "{row}");
         assert_eq!(row["rpc"]["HealthCheck"]["calls"], 0, "only sends: {row}");
+#[test]
+fn the_delivery_scenarios_time_every_message_to_its_live_stream() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let subscribers = 40;
+    let (stdout, rows) = run_bench_args(
+        dir.path(),
+        &[
+            "--duration",
+            "500ms",
+            "--subscribers",
+            &subscribers.to_string(),
+            "--scenarios",
+            "delivery-same-replica,delivery-cross-replica",
+        ],
+    );
+    assert!(
+        stdout.contains("(issue 14)"),
+        "the delivery targets: {stdout}"
+    );
+    let scenarios: Vec<&str> = rows
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        scenarios,
+        ["delivery-same-replica", "delivery-cross-replica"],
+        "one row each"
+    );
+    for row in &rows {
+        assert_eq!(row["contender"], "direct", "{row}");
+        assert_eq!(row["subscribers"], subscribers, "{row}");
+        assert_eq!(row["failed"], 0, "every send delivered: {row}");
+        let delivered = row["calls"].as_u64().unwrap_or(0);
+        // A steady 200 messages/s for 500ms: about 100, never more (fewer when the
+        // machine is too busy to keep the pace).
+        assert!((1..=110).contains(&delivered), "{row}");
+        assert_eq!(
+            row["rpc"]["SendMessage"]["calls"], delivered,
+            "one delivery per accepted send: {row}"
+        );
+        let (p50, p999) = (row["p50_us"].as_u64(), row["p999_us"].as_u64());
+        assert!(
+            p50.is_some_and(|p50| p50 > 0 && p999.is_some_and(|p999| p50 <= p999)),
+            "{row}"
+        );
     }
 }

@@ -45,6 +45,10 @@ pub struct Options {
     /// Contenders to run, comma-separated [default: all; ratios need direct].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub contenders: Option<Vec<Contender>>,
+    /// Live streams (one account each) on the receiving replica in the delivery
+    /// scenarios.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub subscribers: u32,
     /// The delay injected into the slow replica.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub slow_delay: Duration,

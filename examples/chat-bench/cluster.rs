@@ -44,6 +44,8 @@ pub struct Cluster {
     pub tail: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
+    /// The `--store` of every replica (`sqlite:PATH`).
+    pub store: String,
     /// Kept for its `Drop` (removes the store).
     _store_dir: tempfile::TempDir,
 }
@@ -121,6 +123,7 @@ impl Cluster {
             overloaded,
             tail,
             dead: dead_address()?,
+            store,
             _store_dir: dir,
         })
     }
@@ -157,6 +160,8 @@ impl Cluster {
             }
             Scenario::TailLatency => list.extend(self.tail.as_ref().map(Replica::address)),
             Scenario::StoreThroughput => list.push(c.address()),
+            // The sender's and the subscribers' replicas (`delivery.rs`).
+            Scenario::DeliverySameReplica | Scenario::DeliveryCrossReplica => {}
         }
         list
     }

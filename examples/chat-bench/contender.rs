@@ -66,12 +66,14 @@ impl Contender {
     /// Whether it carries calls in `scenario`: `chat-lb-single` only in the steady
     /// ones, where it measures the balancer's own cost; `chat-lb-hedged` in `steady`
     /// (what hedging costs) and `tail-latency` (what it is for); only `direct` and
-    /// `chat-lb` in `store-throughput`; `sqlite-ceiling` never (it is measured apart,
+    /// `chat-lb` in `store-throughput`; only `direct` in the delivery ones, which
+    /// measure the replicas; `sqlite-ceiling` never (it is measured apart,
     /// `ceiling.rs`).
     pub fn runs_in(self, scenario: Scenario) -> bool {
         match self {
-            Contender::Direct | Contender::ChatLb => true,
-            Contender::TonicBalance => !scenario.on_disk(),
+            Contender::Direct => true,
+            Contender::ChatLb => !scenario.is_delivery(),
+            Contender::TonicBalance => !scenario.on_disk() && !scenario.is_delivery(),
             Contender::ChatLbSingle => scenario.is_steady(),
             Contender::ChatLbHedged => {
                 matches!(scenario, Scenario::Steady | Scenario::TailLatency)

@@ -53,6 +53,7 @@ fn line(row: &Row, plan: &Plan, machine: &Machine) -> Value {
         "client_cpu_us_per_call": row.client_cpu_us_per_call,
         "rpc": { "HealthCheck": row.health.json(), "SendMessage": row.send.json() },
         "attempts_by_replica": attempts,
+        "subscribers": row.subscribers,
         "tls": plan.tls.is_some(),
         "seed": plan.seed,
         "settings": {

@@ -36,7 +36,7 @@
 //!   `placement.rs`: `--placement`; `tls.rs`: `--tls`;
 //! - `workload.rs`: the callers and their calls; `faults.rs`: the replica killed
 //!   during `killed-replica` rounds; `rounds.rs`: the method (warm-up, alternating
-//!   rounds);
+//!   rounds); `delivery.rs`: the delivery scenarios' own method;
 //! - `stats.rs`: what the figures mean; `report.rs` and `json.rs`: the output;
 //!   `targets.rs`: the targets checked; `machine.rs`, `progress.rs`: the rest.
 
@@ -44,6 +44,7 @@ mod ceiling;
 mod cli;
 mod cluster;
 mod contender;
+mod delivery;
 mod faults;
 mod json;
 mod lb_settings;
@@ -104,7 +105,9 @@ async fn run(options: Options, replica_cpus: Vec<usize>) -> anyhow::Result<()> {
     }
     let runs = |s: Scenario| plan.contenders.iter().any(|c| c.runs_in(s));
     if !plan.scenarios.iter().copied().any(runs) {
-        bail!("nothing to run: chat-lb-single runs only in the steady scenarios");
+        bail!(
+            "nothing to run: chat-lb-single runs only in the steady scenarios, the delivery scenarios only with direct"
+        );
     }
     let machine = Machine::read();
     let mut rows = Vec::new();

@@ -23,6 +23,8 @@ pub struct Plan {
     pub send_percent: u8,
     pub slow_delay: Duration,
     pub warmup: Duration,
+    /// Subscribers in the delivery scenarios (`--subscribers`).
+    pub subscribers: u32,
     /// `--lb-set` overrides of the balancer's settings.
     pub lb_settings: Vec<LbSetting>,
     /// Where the processes run, for the output.
@@ -59,6 +61,7 @@ impl Plan {
             contenders,
             send_percent: options.send_percent,
             slow_delay: options.slow_delay,
+            subscribers: options.subscribers,
             warmup: if options.quick {
                 Duration::from_millis(100)
             } else {
@@ -79,6 +82,10 @@ impl Plan {
     /// A rough total, for the progress display.
     pub fn estimate(&self) -> Duration {
         let contenders_in = |scenario: Scenario| {
+            if scenario.is_delivery() {
+                // Once, whatever the concurrency levels, with a warm-up of its own.
+                return 2;
+            }
             let n = self
                 .contenders
                 .iter()

@@ -17,7 +17,7 @@ use crate::{
     ceiling,
     cluster::Cluster,
     contender::{self, Contender, Transport},
-    faults,
+    delivery, faults,
     machine::process_cpu_seconds,
     plan::Plan,
     progress::Progress,
@@ -71,6 +71,12 @@ impl Runner {
     pub async fn run_all(&mut self) -> anyhow::Result<Vec<Row>> {
         let mut rows = Vec::new();
         for scenario in self.plan.scenarios.clone() {
+            if scenario.is_delivery() {
+                if self.plan.contenders.contains(&Contender::Direct) {
+                    rows.push(self.run_delivery(scenario).await?);
+                }
+                continue;
+            }
             let mut transports = Vec::new();
             for &contender in &self.plan.contenders {
                 if !contender.runs_in(scenario) {
@@ -99,6 +105,19 @@ impl Runner {
             }
         }
         Ok(rows)
+    }
+
+    /// A delivery scenario: once, by its own method (`delivery.rs`).
+    async fn run_delivery(&mut self, scenario: Scenario) -> anyhow::Result<Row> {
+        let id = RoundId {
+            scenario,
+            concurrency: 1,
+            round: None,
+        };
+        self.progress.show(&id, "sending", Contender::Direct);
+        delivery::run(&self.plan, &self.cluster, scenario)
+            .await
+            .with_context(|| format!("{}: cannot measure delivery", scenario.name()))
     }
 
     /// One scenario at one concurrency level: warm-ups, then alternating rounds.

@@ -23,6 +23,8 @@
 //!   `target/`; never `/dev/shm`), so that every commit pays its `fsync`. Only
 //!   `direct` (one replica) and `chat-lb` (the three) run, plus `sqlite-ceiling`: raw
 //!   single-INSERT transactions in the same directory (`ceiling.rs`).
+//! - `delivery-same-replica`, `delivery-cross-replica`: live delivery latency, from
+//!   `A` to subscribers on `A`, or from `B` to subscribers on `A` (see `delivery.rs`).
 //!
 //! The replicas and their address lists are in `cluster.rs`.
 
@@ -43,6 +45,8 @@ pub enum Scenario {
     OverloadedReplica,
     TailLatency,
     StoreThroughput,
+    DeliverySameReplica,
+    DeliveryCrossReplica,
 }
 
 impl Scenario {
@@ -51,8 +55,16 @@ impl Scenario {
         matches!(self, Scenario::Steady | Scenario::SteadyOneProcess)
     }
 
+    /// Whether it measures live delivery rather than calls (`delivery-*`).
+    pub fn is_delivery(self) -> bool {
+        matches!(
+            self,
+            Scenario::DeliverySameReplica | Scenario::DeliveryCrossReplica
+        )
+    }
+
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Steady,
         Scenario::SteadyOneProcess,
         Scenario::DeadAddress,
@@ -62,6 +74,8 @@ impl Scenario {
         Scenario::OverloadedReplica,
         Scenario::TailLatency,
         Scenario::StoreThroughput,
+        Scenario::DeliverySameReplica,
+        Scenario::DeliveryCrossReplica,
     ];
 
     /// Whether it measures the store on the real disk (on replicas of its own), not
@@ -88,6 +102,8 @@ impl Scenario {
             Scenario::OverloadedReplica => "overloaded-replica",
             Scenario::TailLatency => "tail-latency",
             Scenario::StoreThroughput => "store-throughput",
+            Scenario::DeliverySameReplica => "delivery-same-replica",
+            Scenario::DeliveryCrossReplica => "delivery-cross-replica",
         }
     }
 }

@@ -81,6 +81,8 @@ pub struct Row {
     pub failed_by_code: Vec<(Code, u64)>,
     pub ratio_to_direct: Option<f64>,
     pub attempts: Vec<(String, u64)>,
+    /// Live streams on the receiving replica (delivery scenarios only).
+    pub subscribers: Option<u32>,
 }
 
 /// Nearest-rank percentiles of successful calls, in µs (`None` without calls).
@@ -94,7 +96,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// The percentiles of `micros`.
-    fn of(mut micros: Vec<u32>) -> Self {
+    pub fn of(mut micros: Vec<u32>) -> Self {
         micros.sort_unstable();
         let rank = |q: f64| -> Option<u32> {
             let n = micros.len();
@@ -136,7 +138,7 @@ pub fn summarize(
 }
 
 /// One contender's figures, without its ratio to `direct`.
-fn row(contender: Contender, scenario: Scenario, concurrency: u32, m: Measured) -> Row {
+pub fn row(contender: Contender, scenario: Scenario, concurrency: u32, m: Measured) -> Row {
     let Samples {
         health_us,
         send_us,
@@ -169,6 +171,7 @@ fn row(contender: Contender, scenario: Scenario, concurrency: u32, m: Measured) 
         failed_by_code,
         ratio_to_direct: None,
         attempts: m.attempts,
+        subscribers: None,
     }
 }
 

@@ -204,8 +204,45 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
             ))
         },
     ));
+    verdicts.extend(delivery_verdicts(rows));
     verdicts.retain(|v| v.met.is_some());
     verdicts
+}
+
+/// Live delivery's targets (issue 14), for `direct`'s one row per delivery scenario:
+/// same replica p50 at most 2ms; across replicas p50 at most 3ms and p99 at most 10ms.
+fn delivery_verdicts(rows: &[Row]) -> Vec<Verdict> {
+    let limits_us = [
+        (Scenario::DeliverySameReplica, 2_000, None),
+        (Scenario::DeliveryCrossReplica, 3_000, Some(10_000)),
+    ];
+    limits_us
+        .into_iter()
+        .map(|(scenario, p50_max, p99_max)| {
+            let mut target = format!(
+                "{} (issue 14): p50 at most {}ms",
+                scenario.name(),
+                p50_max / 1000
+            );
+            if let Some(p99_max) = p99_max {
+                target.push_str(&format!(", p99 at most {}ms", p99_max / 1000));
+            }
+            let judged = find(rows, Contender::Direct, scenario, 1).and_then(|r| {
+                let (p50, p99) = (r.latency.p50?, r.latency.p99?);
+                let met = p50 <= p50_max && p99_max.is_none_or(|max| p99 <= max);
+                let subscribers = r.subscribers.unwrap_or(0);
+                Some((
+                    met,
+                    format!("p50 {p50}µs, p99 {p99}µs, {subscribers} subscribers"),
+                ))
+            });
+            Verdict {
+                target,
+                met: judged.as_ref().map(|(met, _)| *met),
+                details: judged.map(|(_, details)| details).unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 pub fn print(verdicts: &[Verdict]) {

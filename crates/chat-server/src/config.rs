@@ -68,9 +68,11 @@ pub struct ServerConfig {
     pub store_check_timeout: Duration,
 
     /// How often the replica polls the store for messages to push to live subscribers.
-    /// One query per interval per replica, however many subscribers it has.
-    /// 2ms to 10s.
-    #[arg(long, env = "CHAT_FEED_POLL_INTERVAL", default_value = "10ms", value_parser = duration_in(Duration::from_millis(2), Duration::from_secs(10)))]
+    /// One query per interval per replica, however many subscribers it has. Messages
+    /// sent through this replica (and, with the embedded store, through the others on
+    /// this host) are pushed at once; the poll is the safety net, and all there is for
+    /// MongoDB. 2ms to 1m.
+    #[arg(long, env = "CHAT_FEED_POLL_INTERVAL", default_value = "10ms", value_parser = duration_in(Duration::from_millis(2), Duration::from_secs(60)))]
     pub feed_poll_interval: Duration,
 
     /// History retention: acknowledged messages sent longer ago than this are deleted

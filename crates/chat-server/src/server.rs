@@ -19,7 +19,7 @@ use tonic_health::pb::health_server::HealthServer;
 use crate::{
     config::{ServerConfig, limits},
     health::{GrpcHealthService, ReplicaHealth},
-    hub::Hub,
+    hub::{Doorbell, DoorbellWatch, Hub},
     listener::{self, Security},
     service::{ChatService, ServiceSettings},
     store::{self, StoreError},
@@ -96,9 +96,11 @@ pub async fn run(
     let health = ReplicaHealth::new(replica_id.clone(), reporter);
     health.publish().await;
 
-    let hub = Hub::default();
+    let (hub, doorbell) = live_delivery(&config);
     let mut background =
         spawn_background_tasks(&config, &store, &hub, &health, tls.as_ref(), &stop);
+    background
+        .extend(doorbell.map(|watch| tokio::spawn(watch.wake_on_rings(hub.clone(), stop.clone()))));
     let chat = ChatService::new(
         store,
         hub,
@@ -263,6 +265,30 @@ async fn open_store(config: &ServerConfig) -> Result<Arc<dyn store::Store>, Serv
     Ok(store)
 }
 
+/// The replica's hub and, with the embedded store, the watch on its doorbell
+/// ([`crate::hub::Doorbell`]), set up before the replica serves so that no ring is
+/// missed. Without a doorbell (MongoDB, or one that cannot be opened or watched) the
+/// replica still works: messages from other replicas wait for the feed poll.
+fn live_delivery(config: &ServerConfig) -> (Hub, Option<DoorbellWatch>) {
+    let Some(database) = store::embedded_path(&config.store) else {
+        return (Hub::default(), None);
+    };
+    let doorbell = match Doorbell::open(database) {
+        Ok(doorbell) => doorbell,
+        Err(error) => {
+            tracing::warn!(%error, "cannot open the doorbell beside the database; messages from other replicas wait for the feed poll");
+            return (Hub::default(), None);
+        }
+    };
+    let watch = doorbell
+        .watch()
+        .inspect_err(|error| {
+            tracing::warn!(%error, path = %doorbell.path().display(), "cannot watch the doorbell; messages from other replicas wait for the feed poll");
+        })
+        .ok();
+    (Hub::with_doorbell(doorbell), watch)
+}
+
 /// Binds the listening socket; returns it with the address it is bound to (the port
 /// chosen when the configuration says 0).
 fn bind(config: &ServerConfig) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
@@ -275,7 +301,7 @@ fn bind(config: &ServerConfig) -> Result<(tokio::net::TcpListener, SocketAddr), 
     Ok((listener, address))
 }
 
-/// Starts the replica's background tasks: the hub's feed poller, the store health
+/// Starts the replica's background tasks: the hub's feed reader, the store health
 /// monitor, the periodic purge and, with TLS, certificate reloading on SIGHUP. Each
 /// stops on `stop`.
 fn spawn_background_tasks(

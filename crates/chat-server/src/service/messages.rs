@@ -32,6 +32,10 @@ impl ChatService {
             .await?;
         if outcome.duplicate {
             tracing::debug!(key = %idempotency_key, "resend of a stored message");
+        } else {
+            // Durable now: subscribers here and on this host's other replicas get it at
+            // once rather than at their next feed poll.
+            self.hub.committed();
         }
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(to_wire(&outcome.message)),

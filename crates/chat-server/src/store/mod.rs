@@ -351,6 +351,15 @@ pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     Ok(std::sync::Arc::new(store))
 }
 
+/// The database file of an embedded-store URI (as [`open`] reads it); `None` for a
+/// MongoDB connection string or a URI that [`open`] refuses.
+pub fn embedded_path(uri: &str) -> Option<&std::path::Path> {
+    if uri.starts_with("mongodb:") || uri.starts_with("mongodb+srv:") {
+        return None;
+    }
+    sqlite_path(uri).ok().map(std::path::Path::new)
+}
+
 /// The file path of an embedded-store URI (`sqlite:PATH` or a plain path), refusing
 /// URIs with any other scheme.
 fn sqlite_path(uri: &str) -> Result<&str, StoreError> {
@@ -434,6 +443,13 @@ mod uri_tests {
         }
         assert!(sqlite_path("sqlite:").is_err());
         assert!(sqlite_path("").is_err());
+        assert_eq!(
+            embedded_path("sqlite:chat-data/chat.db"),
+            Some(std::path::Path::new("chat-data/chat.db"))
+        );
+        assert_eq!(embedded_path("mongodb://h1/chat"), None);
+        assert_eq!(embedded_path("mongodb+srv://h/chat"), None);
+        assert_eq!(embedded_path("postgres://x/y"), None);
     }
 
     #[test]
