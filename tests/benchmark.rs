@@ -238,6 +238,9 @@ fn store_throughput_sends_only_and_measures_the_sqlite_ceiling() {
         assert_eq!(row["failed"], 0, "{row}");
         assert_eq!(row["settings"]["send_percent"], 100, "{row}");
         assert_eq!(row["rpc"]["HealthCheck"]["calls"], 0, "only sends: {row}");
+    }
+}
+
 #[test]
 fn the_delivery_scenarios_time_every_message_to_its_live_stream() {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -99,12 +99,6 @@ impl Cluster {
         } else {
             None
         };
-        let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
-            let three = Placement { servers: 3, ..one };
-            Some(Replica::start_placed(&store, &server_args, &three).await?)
-        } else {
-            None
-        };
         let overloaded = if plan.scenarios.contains(&Scenario::OverloadedReplica) {
             let limit = OVERLOADED_LIMIT.to_string();
             let args: Vec<&str> = ["--max-concurrent-rpcs", limit.as_str()]
@@ -112,6 +106,12 @@ impl Cluster {
                 .chain(server_args.iter().copied())
                 .collect();
             Some(Replica::start_placed(&store, &args, &one).await?)
+        } else {
+            None
+        };
+        let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
+            let three = Placement { servers: 3, ..one };
+            Some(Replica::start_placed(&store, &server_args, &three).await?)
         } else {
             None
         };

@@ -42,7 +42,7 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Direct,
         Contender::TonicBalance,
         Contender::ChatLb,

@@ -464,7 +464,6 @@ impl OutlierConfig {
     }
 }
 
-
 impl Config {
     /// Rejects hedging settings that cannot work: a hedged method must be a
     /// full method path that [`RetrySafe`] calls safe (a hedge runs the call
