@@ -16,7 +16,7 @@ fn run_bench(dir: &std::path::Path) -> (String, Vec<Value>) {
     let output = Command::new(bench)
         .args(["--seed", "7", "--duration", "400ms", "--rounds", "2"])
         .args(["--concurrency", "2"])
-        .args(["--scenarios", "steady-one-process,killed-replica"])
+        .args(["--scenarios", "steady-one-process,killed-replica,flaky-replica"])
         .arg("--json")
         .arg(&json)
         .arg("--store-dir")
@@ -60,6 +60,9 @@ fn chat_bench_runs_every_contender_and_writes_json_lines() {
         ("killed-replica", "direct"),
         ("killed-replica", "tonic-balance"),
         ("killed-replica", "chat-lb"),
+        ("flaky-replica", "direct"),
+        ("flaky-replica", "tonic-balance"),
+        ("flaky-replica", "chat-lb"),
     ]
     .into_iter()
     .map(|(s, c)| (s.to_owned(), c.to_owned()))
@@ -99,6 +102,16 @@ fn chat_bench_runs_every_contender_and_writes_json_lines() {
     assert_eq!(
         killed["failed"], 0,
         "chat-lb failed calls while a replica was killed: {killed}"
+    );
+    let flaky = find("flaky-replica", "chat-lb");
+    assert_eq!(
+        flaky["failed"], 0,
+        "chat-lb failed calls with a replica failing a fifth of chat calls: {flaky}"
+    );
+    let named = flaky["attempts_by_replica"].as_object();
+    assert!(
+        named.is_some_and(|m| ["A", "B", "C"].iter().all(|r| m.contains_key(*r))),
+        "the healthy replicas are A, B, C: {flaky}"
     );
     let spread = find("steady-one-process", "chat-lb");
     let replicas: BTreeSet<&str> = spread["attempts_by_replica"]
