@@ -16,7 +16,10 @@ fn run_bench(dir: &std::path::Path) -> (String, Vec<Value>) {
     let output = Command::new(bench)
         .args(["--seed", "7", "--duration", "400ms", "--rounds", "2"])
         .args(["--concurrency", "2"])
-        .args(["--scenarios", "steady-one-process,killed-replica,flaky-replica"])
+        .args([
+            "--scenarios",
+            "steady-one-process,killed-replica,flaky-replica",
+        ])
         .arg("--json")
         .arg(&json)
         .arg("--store-dir")
