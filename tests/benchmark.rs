@@ -48,7 +48,11 @@ fn run_bench_args(dir: &std::path::Path, args: &[&str]) -> (String, Vec<Value>) 
 #[test]
 fn chat_bench_runs_every_contender_and_writes_json_lines() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (stdout, rows) = run_bench(dir.path(), "steady-one-process,killed-replica", &[]);
+    let (stdout, rows) = run_bench(
+        dir.path(),
+        "steady-one-process,killed-replica,flaky-replica",
+        &[],
+    );
     assert!(stdout.contains("Targets (issue 6)"), "{stdout}");
 
     let cells: BTreeSet<(String, String)> = rows
@@ -68,6 +72,9 @@ fn chat_bench_runs_every_contender_and_writes_json_lines() {
         ("killed-replica", "direct"),
         ("killed-replica", "tonic-balance"),
         ("killed-replica", "chat-lb"),
+        ("flaky-replica", "direct"),
+        ("flaky-replica", "tonic-balance"),
+        ("flaky-replica", "chat-lb"),
     ]
     .into_iter()
     .map(|(s, c)| (s.to_owned(), c.to_owned()))
@@ -107,6 +114,16 @@ fn chat_bench_runs_every_contender_and_writes_json_lines() {
     assert_eq!(
         killed["failed"], 0,
         "chat-lb failed calls while a replica was killed: {killed}"
+    );
+    let flaky = find("flaky-replica", "chat-lb");
+    assert_eq!(
+        flaky["failed"], 0,
+        "chat-lb failed calls with a replica failing a fifth of chat calls: {flaky}"
+    );
+    let named = flaky["attempts_by_replica"].as_object();
+    assert!(
+        named.is_some_and(|m| ["A", "B", "C"].iter().all(|r| m.contains_key(*r))),
+        "the healthy replicas are A, B, C: {flaky}"
     );
     let spread = find("steady-one-process", "chat-lb");
     let replicas: BTreeSet<&str> = spread["attempts_by_replica"]

@@ -379,7 +379,7 @@ impl Builder {
     }
 
     /// The failure-percentage ejection's threshold, in percent (0 to 100).
-    /// Default 10 (A50's 85 would catch only replicas that fail nearly every
+    /// Default 3 (A50's 85 would catch only replicas that fail nearly every
     /// call, which are ejected at once anyway).
     pub fn failure_percentage_threshold(mut self, percent: u8) -> Self {
         self.cfg.outlier.failure_percentage.threshold = percent;
@@ -644,7 +644,7 @@ mod tests {
         let fp = &o.failure_percentage;
         assert_eq!(
             (fp.threshold, fp.minimum_hosts, fp.request_volume),
-            (10, 3, 50)
+            (3, 3, 50)
         );
         for code in [
             Code::Unavailable,

@@ -115,7 +115,7 @@ impl Default for FailurePercentageConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            threshold: 10,
+            threshold: 3,
             minimum_hosts: 3,
             request_volume: 50,
         }

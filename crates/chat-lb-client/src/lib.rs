@@ -139,12 +139,14 @@
 //! | rule | ejects | defaults |
 //! |---|---|---|
 //! | [consecutive failures](Builder::consecutive_failures) | after N failed attempts in a row | N = 5 |
-//! | [failure percentage](Builder::failure_percentage_ejection) (gRPC A50) | an endpoint whose share of failed attempts in the window is over the threshold, once at least `minimum_hosts` endpoints have `request_volume` attempts in it | 10%, 3 endpoints, 50 attempts |
+//! | [failure percentage](Builder::failure_percentage_ejection) (gRPC A50) | an endpoint whose share of failed attempts in the window is over the threshold, once at least `minimum_hosts` endpoints have `request_volume` attempts in it | 3%, 3 endpoints, 50 attempts |
 //! | [success rate](Builder::success_rate_ejection) (gRPC A50) | an endpoint whose success rate is under `mean - stdev_factor * stdev` of the rates of the endpoints with `request_volume` attempts, when there are at least `minimum_hosts` of them | 1.9, 5 endpoints, 100 attempts |
 //!
 //! A50's own failure-percentage defaults (85%, 5 endpoints) catch only a
 //! replica that fails nearly everything, which is ejected at once anyway;
-//! ours catch one failing a call in five among three replicas. The success
+//! ours catch a replica failing one call in thirty among three replicas (a
+//! healthy replica fails none; a false ejection costs little: it is brief,
+//! capped, retried around, and the endpoint stays a last resort). The success
 //! rate rule is for larger clusters: the lowest of `n` rates is at most
 //! `(n - 1) / sqrt(n)` standard deviations under their mean, so with the
 //! factor 1.9 it needs 6 endpoints to ever eject. These ejections are like
@@ -307,7 +309,7 @@
 //! | slow endpoints | on: probe latency (fastest of last 3) over 3x the others' median and over 10ms; cleared under 2x |
 //! | ejection | 1s × offences in a row, at most 30s, at most 50% of endpoints |
 //! | failure codes | `UNAVAILABLE` (ejects at once), `INTERNAL`, `UNKNOWN`, `DATA_LOSS` (accrue) |
-//! | failure accrual | 5 in a row; over a 10s window: failure percentage over 10% (3 endpoints, 50 attempts), success rate under mean − 1.9 stdev (5 endpoints, 100 attempts) |
+//! | failure accrual | 5 in a row; over a 10s window: failure percentage over 3% (3 endpoints, 50 attempts), success rate under mean − 1.9 stdev (5 endpoints, 100 attempts) |
 //! | retry-safe calls | none ([`RetrySafe::None`]) |
 //! | max attempts (retry-safe) | 3 |
 //! | per-try timeout (retry-safe) | 2s |

@@ -161,7 +161,8 @@ pub struct EndpointSnapshot {
     pub outstanding: usize,
     /// Failed probes in a row.
     pub consecutive_failures: u32,
-    /// Failed calls in a row.
+    /// Failed attempts in a row, since its last answer or ejection (see
+    /// [`crate::Builder::consecutive_failures`]).
     pub consecutive_call_failures: u32,
     /// How many times outlier detection ejected it.
     pub ejections: u32,

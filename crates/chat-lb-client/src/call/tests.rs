@@ -537,7 +537,7 @@ async fn a_flaky_endpoint_is_ejected_by_failure_percentage_once_enough_endpoints
     assert_eq!(
         seen.state,
         EndpointState::Ejected,
-        "10 of 50 failed: over 10%"
+        "10 of 50 failed: over 3%"
     );
     assert_eq!(
         seen.ejection_reason,
