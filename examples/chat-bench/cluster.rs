@@ -67,7 +67,10 @@ impl Cluster {
             .collect();
         let slow = Replica::start_placed(&store, &slow_args, &one).await?;
         let one_process = if plan.scenarios.contains(&Scenario::SteadyOneProcess) {
-            let three = Placement { servers: 3, ..one };
+            let three = Placement {
+                servers: 3,
+                ..one.clone()
+            };
             Some(Replica::start_placed(&store, &server_args, &three).await?)
         } else {
             None
