@@ -222,7 +222,9 @@ impl Endpoint {
         match pushback {
             Pushback::After(period) => {
                 self.ewma.penalize_until(now + period);
-                self.ewma.observe(period, now);
+                if !period.is_zero() {
+                    self.ewma.observe(period, now);
+                }
                 tracing::debug!(endpoint = %self.addr, ?period, "endpoint shed a call; avoided for its pushback");
             }
             Pushback::DoNotRetry => {
