@@ -35,6 +35,7 @@ use crate::{
         accrual::{Counts, OutcomeWindow},
     },
     picker::{Candidate, Tier},
+    ramp::Ramp,
     slow::ProbeWindow,
     snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
@@ -77,22 +78,10 @@ pub(crate) struct Endpoint {
     answered: AtomicBool,
     /// Calls it shed (`RESOURCE_EXHAUSTED` with a retry pushback).
     overloads: AtomicU64,
-    /// When the endpoint was created: the origin of `ramp_from_ns`.
-    born: Instant,
-    /// When its current slow start began, in nanoseconds since `born`
-    /// ([`NO_RAMP`]: none yet).
-    ramp_from_ns: AtomicU64,
-    /// Slow start (`None`: off, as under pick-first).
-    slow_start: Option<SlowStartConfig>,
-    /// Whether its first admission to the healthy tier ramps too (see `ramp`).
-    ramp_first: bool,
-    /// Whether it was ever in the healthy tier.
-    was_preferred: AtomicBool,
+    /// Its slow start (see `ramp`).
+    ramp: Ramp,
     metrics: EndpointMetrics,
 }
-
-/// `ramp_from_ns` before any slow start.
-const NO_RAMP: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 struct Record {
@@ -211,11 +200,7 @@ impl Endpoint {
             probes: AtomicU64::new(0),
             answered: AtomicBool::new(false),
             overloads: AtomicU64::new(0),
-            born: Instant::now(),
-            ramp_from_ns: AtomicU64::new(NO_RAMP),
-            slow_start: None,
-            ramp_first: false,
-            was_preferred: AtomicBool::new(false),
+            ramp: Ramp::new(None, false),
             metrics: EndpointMetrics::new(addr),
         }
     }
@@ -223,8 +208,7 @@ impl Endpoint {
     /// The same endpoint with slow start (`None`: off; see `ramp`), also for
     /// its first admission when `ramp_first`.
     pub fn with_slow_start(mut self, cfg: Option<SlowStartConfig>, ramp_first: bool) -> Self {
-        self.slow_start = cfg.filter(|cfg| cfg.window.is_some());
-        self.ramp_first = ramp_first;
+        self.ramp = Ramp::new(cfg, ramp_first);
         self
     }
 
@@ -233,19 +217,9 @@ impl Endpoint {
         Tier::from_u8(self.tier.load(Ordering::Acquire)) == Tier::Preferred
     }
 
-    /// Its slow-start weight while it ramps up (see `ramp`); `None` when it
-    /// does not (slow start off, never healthy yet, or the window is over).
+    /// Its slow-start weight while it ramps up (see `ramp`).
     pub fn slow_start_weight(&self, now: Instant) -> Option<f64> {
-        let cfg = self.slow_start.as_ref()?;
-        let from = self.ramp_from_ns.load(Ordering::Relaxed);
-        if from == NO_RAMP {
-            return None;
-        }
-        let elapsed = now
-            .saturating_duration_since(self.born)
-            .saturating_sub(Duration::from_nanos(from));
-        let weight = crate::ramp::weight(elapsed, cfg);
-        (weight < 1.0).then_some(weight)
+        self.ramp.weight(now)
     }
 
     /// The server shed a call (`RESOURCE_EXHAUSTED` with a retry pushback):
@@ -262,7 +236,9 @@ impl Endpoint {
         match pushback {
             Pushback::After(period) => {
                 self.ewma.penalize_until(now + period);
-                self.ewma.observe(period, now);
+                if !period.is_zero() {
+                    self.ewma.observe(period, now);
+                }
                 tracing::debug!(endpoint = %self.addr, ?period, "endpoint shed a call; avoided for its pushback");
             }
             Pushback::DoNotRetry => {
@@ -612,14 +588,7 @@ impl Endpoint {
         if tier > old && old <= Tier::LastResort {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
-        // (Re)joining the healthy tier: its slow start begins (see `ramp` for
-        // which first admissions do).
-        let joins = tier == Tier::Preferred && old < Tier::Preferred;
-        let again = joins && self.was_preferred.swap(true, Ordering::Relaxed);
-        if joins && (again || self.ramp_first) && self.slow_start.is_some() {
-            let since_born = Instant::now().saturating_duration_since(self.born);
-            let ns = u64::try_from(since_born.as_nanos()).unwrap_or(NO_RAMP - 1);
-            self.ramp_from_ns.store(ns, Ordering::Relaxed);
+        if tier == Tier::Preferred && old < Tier::Preferred && self.ramp.joined(Instant::now()) {
             tracing::debug!(endpoint = %self.addr, "slow start begins");
         }
     }
@@ -757,99 +726,6 @@ mod tests {
             EjectionReason::Transport,
         );
         assert_eq!(record.tier(), Tier::Excluded);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slow_start_ramps_a_new_and_a_readmitted_endpoint() {
-        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
-        let transport = Arc::new(crate::transport::ServiceTransport(channel.clone()));
-        let ms = Duration::from_millis;
-        let endpoint = Endpoint::new(
-            addr,
-            channel,
-            transport,
-            ms(1),
-            Duration::from_secs(10),
-            OutlierConfig::default().window,
-        )
-        .with_slow_start(Some(SlowStartConfig::default()), true);
-        let health = HealthConfig::default();
-        let cap = EjectionCap::default();
-        let serving = || {
-            Ok(ProbeStatus::Healthy {
-                latency: ms(1),
-                detail: String::new(),
-            })
-        };
-        let weight = |endpoint: &Endpoint| endpoint.slow_start_weight(Instant::now());
-        assert_eq!(weight(&endpoint), None, "not healthy yet");
-        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
-        assert_eq!(weight(&endpoint), Some(0.1), "the floor at first");
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!((weight(&endpoint).unwrap() - 0.5).abs() < 1e-9);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(weight(&endpoint), None, "the window is over");
-        assert_eq!(endpoint.snapshot().slow_start_weight, None);
-
-        // Ejected, then readmitted by a probe after its ejection time: it ramps again.
-        let outlier = OutlierConfig::default();
-        let reason = endpoint
-            .on_failure(
-                &outlier,
-                CallFailure::Transport,
-                "reset",
-                ms(0),
-                Instant::now(),
-            )
-            .expect("a transport failure ejects at once");
-        assert!(endpoint.eject(&outlier, (&cap, 1), reason, "reset"));
-        tokio::time::advance(outlier.base_ejection_time).await;
-        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
-        assert_eq!(endpoint.snapshot().state, EndpointState::Healthy);
-        assert_eq!(endpoint.snapshot().slow_start_weight, Some(0.1));
-
-        // One of the endpoints the balancer started with: its first admission
-        // does not ramp, a readmission does.
-        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
-        let initial = Endpoint::new(
-            addr,
-            channel,
-            transport,
-            ms(1),
-            Duration::from_secs(10),
-            OutlierConfig::default().window,
-        )
-        .with_slow_start(Some(SlowStartConfig::default()), false);
-        initial.on_probe((&health, &cap), serving(), ms(1), false);
-        assert_eq!(weight(&initial), None);
-        let reason = initial
-            .on_failure(
-                &outlier,
-                CallFailure::Transport,
-                "reset",
-                ms(0),
-                Instant::now(),
-            )
-            .expect("a transport failure ejects at once");
-        assert!(initial.eject(&outlier, (&cap, 1), reason, "reset"));
-        tokio::time::advance(outlier.base_ejection_time * 2).await;
-        initial.on_probe((&health, &cap), serving(), ms(1), false);
-        assert_eq!(weight(&initial), Some(0.1));
-
-        // Off (as under pick-first): never ramps.
-        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
-        let plain = Endpoint::new(
-            addr,
-            channel,
-            transport,
-            ms(1),
-            Duration::from_secs(10),
-            OutlierConfig::default().window,
-        )
-        .with_slow_start(None, true);
-        plain.on_probe((&health, &cap), serving(), ms(1), false);
-        assert_eq!(weight(&plain), None);
     }
 
     #[tokio::test(start_paused = true)]

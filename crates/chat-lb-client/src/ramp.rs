@@ -34,9 +34,75 @@
 //! cold together: ramping them would change nothing but the balancer's first
 //! seconds.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::time::Instant;
 
 use crate::config::SlowStartConfig;
+
+/// `Ramp::from_ns` before any slow start.
+const NO_RAMP: u64 = u64::MAX;
+
+/// One endpoint's slow start: lock-free, read on every pick.
+#[derive(Debug)]
+pub(crate) struct Ramp {
+    /// `None`: off (as under pick-first).
+    cfg: Option<SlowStartConfig>,
+    /// Whether the endpoint's first admission ramps too (see the module docs).
+    ramp_first: bool,
+    /// Whether the endpoint was ever in the healthy tier.
+    joined_before: AtomicBool,
+    /// The origin of `from_ns`: when the ramp state was made.
+    born: Instant,
+    /// When the current slow start began, in nanoseconds since `born`
+    /// ([`NO_RAMP`]: none yet).
+    from_ns: AtomicU64,
+}
+
+impl Ramp {
+    /// The slow start of a new endpoint (`cfg` without a window: off).
+    pub fn new(cfg: Option<SlowStartConfig>, ramp_first: bool) -> Self {
+        Self {
+            cfg: cfg.filter(|cfg| cfg.window.is_some()),
+            ramp_first,
+            joined_before: AtomicBool::new(false),
+            born: Instant::now(),
+            from_ns: AtomicU64::new(NO_RAMP),
+        }
+    }
+
+    /// The endpoint (re)joined the healthy tier at `now`: its slow start
+    /// begins, unless it is off or this is a first admission that does not
+    /// ramp. Returns whether it began.
+    pub fn joined(&self, now: Instant) -> bool {
+        let again = self.joined_before.swap(true, Ordering::Relaxed);
+        if self.cfg.is_none() || !(again || self.ramp_first) {
+            return false;
+        }
+        let since_born = now.saturating_duration_since(self.born);
+        let ns = u64::try_from(since_born.as_nanos()).unwrap_or(NO_RAMP - 1);
+        self.from_ns.store(ns, Ordering::Relaxed);
+        true
+    }
+
+    /// The weight at `now` while the endpoint ramps up; `None` when it does
+    /// not (off, never ramped, or the window is over).
+    pub fn weight(&self, now: Instant) -> Option<f64> {
+        let cfg = self.cfg.as_ref()?;
+        let from = self.from_ns.load(Ordering::Relaxed);
+        if from == NO_RAMP {
+            return None;
+        }
+        let elapsed = now
+            .saturating_duration_since(self.born)
+            .saturating_sub(Duration::from_nanos(from));
+        let weight = weight(elapsed, cfg);
+        (weight < 1.0).then_some(weight)
+    }
+}
 
 /// The weight (0..=1) of an endpoint `elapsed` into its slow-start window.
 pub(crate) fn weight(elapsed: Duration, cfg: &SlowStartConfig) -> f64 {
@@ -52,7 +118,17 @@ pub(crate) fn weight(elapsed: Duration, cfg: &SlowStartConfig) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::{net::SocketAddr, sync::Arc};
+
     use super::*;
+    use crate::{
+        ProbeStatus,
+        classify::CallFailure,
+        config::{HealthConfig, OutlierConfig},
+        endpoint::Endpoint,
+        outlier::EjectionCap,
+        snapshot::EndpointState,
+    };
 
     fn cfg(aggression: f64) -> SlowStartConfig {
         SlowStartConfig {
@@ -94,5 +170,59 @@ mod tests {
             ..cfg(1.0)
         };
         assert_eq!(at(0.0, &off), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_new_and_a_readmitted_endpoint() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let transport = Arc::new(crate::transport::ServiceTransport(channel.clone()));
+        let ms = Duration::from_millis;
+        let endpoint = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(Some(SlowStartConfig::default()), true);
+        let health = HealthConfig::default();
+        let cap = EjectionCap::default();
+        let serving = || {
+            Ok(ProbeStatus::Healthy {
+                latency: ms(1),
+                detail: String::new(),
+            })
+        };
+        let weight = |endpoint: &Endpoint| endpoint.slow_start_weight(Instant::now());
+        assert_eq!(weight(&endpoint), None, "not healthy yet");
+        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&endpoint), Some(0.1), "the floor at first");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!((weight(&endpoint).unwrap() - 0.5).abs() < 1e-9);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(weight(&endpoint), None, "the window is over");
+        assert_eq!(endpoint.snapshot().slow_start_weight, None);
+
+        // Ejected, then readmitted by a probe after its ejection time: it ramps again.
+        let outlier = OutlierConfig::default();
+        assert!(endpoint.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        tokio::time::advance(outlier.base_ejection_time).await;
+        endpoint.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(endpoint.snapshot().state, EndpointState::Healthy);
+        assert_eq!(endpoint.snapshot().slow_start_weight, Some(0.1));
+
+        // One of the endpoints the balancer started with: its first admission
+        // does not ramp, a readmission does.
+        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let initial = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(Some(SlowStartConfig::default()), false);
+        initial.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&initial), None);
+        assert!(initial.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        tokio::time::advance(outlier.base_ejection_time * 2).await;
+        initial.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&initial), Some(0.1));
+
+        // Off (as under pick-first): never ramps.
+        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let plain = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
+            .with_slow_start(None, true);
+        plain.on_probe((&health, &cap), serving(), ms(1), false);
+        assert_eq!(weight(&plain), None);
     }
 }
