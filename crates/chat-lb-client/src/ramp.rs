@@ -178,8 +178,15 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         let transport = Arc::new(crate::transport::ServiceTransport(channel.clone()));
         let ms = Duration::from_millis;
-        let endpoint = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
-            .with_slow_start(Some(SlowStartConfig::default()), true);
+        let endpoint = Endpoint::new(
+            addr,
+            channel,
+            transport,
+            ms(1),
+            Duration::from_secs(10),
+            OutlierConfig::default().window,
+        )
+        .with_slow_start(Some(SlowStartConfig::default()), true);
         let health = HealthConfig::default();
         let cap = EjectionCap::default();
         let serving = || {
@@ -200,7 +207,16 @@ mod tests {
 
         // Ejected, then readmitted by a probe after its ejection time: it ramps again.
         let outlier = OutlierConfig::default();
-        assert!(endpoint.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        let reason = endpoint
+            .on_failure(
+                &outlier,
+                CallFailure::Transport,
+                "reset",
+                ms(0),
+                Instant::now(),
+            )
+            .expect("a transport failure ejects at once");
+        assert!(endpoint.eject(&outlier, (&cap, 1), reason, "reset"));
         tokio::time::advance(outlier.base_ejection_time).await;
         endpoint.on_probe((&health, &cap), serving(), ms(1), false);
         assert_eq!(endpoint.snapshot().state, EndpointState::Healthy);
@@ -209,19 +225,42 @@ mod tests {
         // One of the endpoints the balancer started with: its first admission
         // does not ramp, a readmission does.
         let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
-        let initial = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
-            .with_slow_start(Some(SlowStartConfig::default()), false);
+        let initial = Endpoint::new(
+            addr,
+            channel,
+            transport,
+            ms(1),
+            Duration::from_secs(10),
+            OutlierConfig::default().window,
+        )
+        .with_slow_start(Some(SlowStartConfig::default()), false);
         initial.on_probe((&health, &cap), serving(), ms(1), false);
         assert_eq!(weight(&initial), None);
-        assert!(initial.on_failure(&outlier, &cap, 1, CallFailure::Transport, "reset", ms(0)));
+        let reason = initial
+            .on_failure(
+                &outlier,
+                CallFailure::Transport,
+                "reset",
+                ms(0),
+                Instant::now(),
+            )
+            .expect("a transport failure ejects at once");
+        assert!(initial.eject(&outlier, (&cap, 1), reason, "reset"));
         tokio::time::advance(outlier.base_ejection_time * 2).await;
         initial.on_probe((&health, &cap), serving(), ms(1), false);
         assert_eq!(weight(&initial), Some(0.1));
 
         // Off (as under pick-first): never ramps.
         let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
-        let plain = Endpoint::new(addr, channel, transport, ms(1), Duration::from_secs(10))
-            .with_slow_start(None, true);
+        let plain = Endpoint::new(
+            addr,
+            channel,
+            transport,
+            ms(1),
+            Duration::from_secs(10),
+            OutlierConfig::default().window,
+        )
+        .with_slow_start(None, true);
         plain.on_probe((&health, &cap), serving(), ms(1), false);
         assert_eq!(weight(&plain), None);
     }
