@@ -140,6 +140,17 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
             ))
         },
     ));
+    verdicts.extend(misbehaving_replica_verdicts(rows, plan));
+    verdicts.extend(delivery_verdicts(rows));
+    verdicts.retain(|v| v.met.is_some());
+    verdicts
+}
+
+/// The targets of the scenarios with one misbehaving replica (issue 13):
+/// `flaky-replica`, `overloaded-replica` and `tail-latency`.
+fn misbehaving_replica_verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
+    let other = |contender, scenario, c| find(rows, contender, scenario, c);
+    let mut verdicts = Vec::new();
     verdicts.push(check(
         rows,
         plan,
@@ -204,8 +215,6 @@ pub fn verdicts(rows: &[Row], plan: &Plan) -> Vec<Verdict> {
             ))
         },
     ));
-    verdicts.extend(delivery_verdicts(rows));
-    verdicts.retain(|v| v.met.is_some());
     verdicts
 }
 

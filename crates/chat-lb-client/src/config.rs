@@ -298,13 +298,26 @@ impl Default for Config {
 impl Config {
     /// Rejects settings that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let check = |ok: bool, setting, problem| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::OutOfRange { setting, problem })
-            }
-        };
+        self.validate_health()?;
+        self.validate_outlier()?;
+        self.validate_slow()?;
+        self.validate_retry()?;
+        self.validate_hedging()?;
+        check(
+            !self.resolve_interval.is_zero(),
+            "resolve_interval",
+            "must be above zero",
+        )?;
+        check(
+            !self.ewma_decay.is_zero(),
+            "ewma_decay",
+            "must be above zero",
+        )?;
+        Ok(())
+    }
+
+    /// The active health checks' settings.
+    fn validate_health(&self) -> Result<(), ConfigError> {
         let h = &self.health;
         check(
             !h.interval.is_zero(),
@@ -327,6 +340,11 @@ impl Config {
             "healthy_threshold",
             "must be at least 1",
         )?;
+        Ok(())
+    }
+
+    /// Outlier detection's settings, failure accrual's included.
+    fn validate_outlier(&self) -> Result<(), ConfigError> {
         let o = &self.outlier;
         check(
             o.max_ejection_percent <= 100,
@@ -339,6 +357,11 @@ impl Config {
             "must not be below base_ejection_time",
         )?;
         o.validate_accrual()?;
+        Ok(())
+    }
+
+    /// Slow-endpoint detection's and slow start's settings.
+    fn validate_slow(&self) -> Result<(), ConfigError> {
         check(
             self.slow.factor.is_finite() && self.slow.factor >= 1.5,
             "slow_endpoint_factor",
@@ -360,6 +383,11 @@ impl Config {
             "slow_start_min_weight",
             "must be above 0 and at most 1",
         )?;
+        Ok(())
+    }
+
+    /// The retry settings and the retry budget.
+    fn validate_retry(&self) -> Result<(), ConfigError> {
         let r = &self.retry;
         check(r.max_attempts >= 1, "max_attempts", "must be at least 1")?;
         check(
@@ -388,31 +416,22 @@ impl Config {
             "per_try_timeout",
             "must be above zero (or unset)",
         )?;
-        self.validate_hedging()?;
-        check(
-            !self.resolve_interval.is_zero(),
-            "resolve_interval",
-            "must be above zero",
-        )?;
-        check(
-            !self.ewma_decay.is_zero(),
-            "ewma_decay",
-            "must be above zero",
-        )?;
         Ok(())
+    }
+}
+
+/// `Ok` when `ok`, else the error that `setting` has `problem`.
+fn check(ok: bool, setting: &'static str, problem: &'static str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange { setting, problem })
     }
 }
 
 impl OutlierConfig {
     /// Rejects failure-accrual settings that cannot work.
     fn validate_accrual(&self) -> Result<(), ConfigError> {
-        let check = |ok: bool, setting, problem| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::OutOfRange { setting, problem })
-            }
-        };
         check(
             self.failure_codes.application_code().is_none(),
             "failure_codes",
