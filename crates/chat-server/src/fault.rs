@@ -16,11 +16,6 @@ use std::{
 use futures::future::BoxFuture;
 use tonic::body::Body;
 
-/// The path prefix of the chat service's calls.
-const CHAT_SERVICE: &str = "/chat.v1.ChatService/";
-/// The chat service's health check, never affected.
-const CHAT_HEALTH_CHECK: &str = "/chat.v1.ChatService/HealthCheck";
-
 /// What to inject into chat calls.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct FaultInjection {
@@ -43,12 +38,6 @@ impl FaultInjection {
     pub fn layer(self) -> Option<FaultLayer> {
         self.is_active().then_some(FaultLayer { faults: self })
     }
-}
-
-/// Whether a call with this request path may be faulted: a chat call other than its
-/// health check.
-fn is_faultable(path: &str) -> bool {
-    path.starts_with(CHAT_SERVICE) && path != CHAT_HEALTH_CHECK
 }
 
 /// Draws whether an event of probability `rate` happens.
@@ -97,7 +86,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let faultable = is_faultable(request.uri().path());
+        let faultable = crate::paths::is_chat_work(request.uri().path());
         let stall = self
             .faults
             .stall

@@ -40,6 +40,7 @@ pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod password;
+pub mod paths;
 pub mod server;
 pub mod service;
 pub mod shed;

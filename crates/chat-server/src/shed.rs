@@ -45,13 +45,6 @@ pub const MAX_PUSHBACK: Duration = Duration::from_secs(1);
 /// The trailer (gRPC A6) that tells a client when it may retry.
 pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
-/// The chat service's methods that are never counted (see the module docs).
-const EXEMPT: [&str; 2] = [
-    "/chat.v1.ChatService/HealthCheck",
-    "/chat.v1.ChatService/Subscribe",
-];
-const CHAT_PREFIX: &str = "/chat.v1.ChatService/";
-
 /// The default `--max-concurrent-rpcs`: 64 per CPU. A chat call is one short store
 /// operation (an argon2 hash at most, which has its own pool): with 64 calls per core
 /// in flight a replica is saturated, and a call beyond them only waits in line, adding
@@ -63,7 +56,7 @@ pub fn default_max_concurrent_rpcs() -> usize {
 
 /// Whether calls to `path` count against the limit.
 fn counted(path: &str) -> bool {
-    path.starts_with(CHAT_PREFIX) && !EXEMPT.contains(&path)
+    crate::paths::is_chat_work(path) && path != crate::paths::SUBSCRIBE
 }
 
 /// What every clone of the layer shares.
@@ -162,9 +155,14 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
+    /// An uncounted call's own future, unboxed (most calls are health checks); a shed
+    /// call's ready answer; or an admitted call's future, which holds its slot.
     type Future = Either<
-        Ready<Result<Self::Response, S::Error>>,
-        BoxFuture<'static, Result<Self::Response, S::Error>>,
+        S::Future,
+        Either<
+            Ready<Result<Self::Response, S::Error>>,
+            BoxFuture<'static, Result<Self::Response, S::Error>>,
+        >,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -173,21 +171,20 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if !counted(request.uri().path()) {
-            let response = self.inner.call(request);
-            return Either::Right(Box::pin(response));
+            return Either::Left(self.inner.call(request));
         }
         let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {
-            return Either::Left(ready(Ok(self.shared.shed())));
+            return Either::Right(Either::Left(ready(Ok(self.shared.shed()))));
         };
         let shared = self.shared.clone();
         let response = self.inner.call(request);
-        Either::Right(Box::pin(async move {
+        Either::Right(Either::Right(Box::pin(async move {
             let start = Instant::now();
             let response = response.await;
             shared.record(start.elapsed());
             drop(permit);
             response
-        }))
+        })))
     }
 }
 
