@@ -59,10 +59,7 @@ impl PeakEwma {
     /// The decayed estimate at `now`, in nanoseconds.
     pub fn estimate(&self, now: Instant) -> f64 {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = nanos(now.saturating_duration_since(state.updated));
-        state.estimate_ns *= (-elapsed / self.decay_ns).exp();
-        state.updated = now;
-        state.estimate_ns
+        state.decay_to(now, self.decay_ns)
     }
 
     /// Folds one observed round-trip time into the estimate.
@@ -93,10 +90,12 @@ impl PeakEwma {
     /// The load-balancing cost: `estimate * (outstanding + 1)`, plus
     /// [`OVERLOAD_COST`] while the overload penalty lasts.
     pub fn cost(&self, outstanding: usize, now: Instant) -> f64 {
-        let cost = self.estimate(now) * (outstanding as f64 + 1.0);
-        match self.penalty_left(now) {
-            Some(_) => cost + OVERLOAD_COST,
-            None => cost,
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let estimate = state.decay_to(now, self.decay_ns);
+        let cost = estimate * (outstanding as f64 + 1.0);
+        match state.penalized_until {
+            Some(until) if until > now => cost + OVERLOAD_COST,
+            _ => cost,
         }
     }
 
@@ -113,6 +112,18 @@ impl PeakEwma {
             .penalized_until
             .filter(|until| *until > now)
             .map(|until| until - now)
+    }
+}
+
+impl State {
+    /// Decays the estimate to `now` (time constant `decay_ns`) and returns it.
+    fn decay_to(&mut self, now: Instant, decay_ns: f64) -> f64 {
+        let elapsed = nanos(now.saturating_duration_since(self.updated));
+        if elapsed > 0.0 {
+            self.estimate_ns *= (-elapsed / decay_ns).exp();
+            self.updated = now;
+        }
+        self.estimate_ns
     }
 }
 

@@ -176,7 +176,7 @@ mod tests {
     async fn slow_start_ramps_a_new_and_a_readmitted_endpoint() {
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
-        let transport = Arc::new(crate::transport::ServiceTransport(channel.clone()));
+        let transport = Arc::new(crate::transport::ServiceTransport::new(channel.clone()));
         let ms = Duration::from_millis;
         let endpoint = Endpoint::new(
             addr,

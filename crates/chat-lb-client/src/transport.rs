@@ -7,10 +7,18 @@
 //! give every address an in-memory service ([`crate::Builder::transport`]), so
 //! the balancing logic runs without sockets, on tokio's paused clock.
 //!
-//! Sending costs one boxed future per attempt, beside the clone of the service
-//! that `tower` needs anyway to call a shared service.
+//! Sending costs one boxed future per attempt. Calling a shared `tower`
+//! service takes a handle of one's own (services are called through `&mut`),
+//! and a fresh clone of a tonic `Channel` is not free: its buffer handle
+//! allocates the future that waits for room in the buffer's queue the first
+//! time it is used, and cloning and dropping it touch counters every caller
+//! shares. So [`ServiceTransport`] keeps the handles it made for reuse (see
+//! [`ServiceTransport::send`]).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use futures::future::BoxFuture;
 use tonic::body::Body;
@@ -32,12 +40,47 @@ pub(crate) enum SendError {
 /// Sends one endpoint's attempts.
 pub(crate) trait Transport: Send + Sync + 'static {
     /// Sends a request; resolves at its response headers.
-    fn send(&self, request: http::Request<Body>)
-    -> BoxFuture<'static, Result<Response, SendError>>;
+    fn send(&self, request: http::Request<Body>) -> BoxFuture<'_, Result<Response, SendError>>;
 }
 
+/// The most idle handles a [`ServiceTransport`] keeps: more than the calls an
+/// endpoint usually starts at once, few enough to hold little memory.
+const MAX_IDLE_HANDLES: usize = 64;
+
 /// A `tower::Service` as a transport (a tonic `Channel`, or a test's service).
-pub(crate) struct ServiceTransport<S>(pub S);
+pub(crate) struct ServiceTransport<S> {
+    service: S,
+    /// Handles (clones of `service`) that are ready to be reused.
+    idle: Mutex<Vec<S>>,
+}
+
+impl<S: Clone> ServiceTransport<S> {
+    /// Sends over `service` (and clones of it).
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle handle, or a new clone when none is idle.
+    fn take(&self) -> S {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        idle.unwrap_or_else(|| self.service.clone())
+    }
+
+    /// Keeps `handle` for the next call (unless enough are kept).
+    fn give_back(&self, handle: S) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_HANDLES {
+            idle.push(handle);
+        }
+    }
+}
 
 impl<S> Transport for ServiceTransport<S>
 where
@@ -45,24 +88,26 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
-    fn send(
-        &self,
-        request: http::Request<Body>,
-    ) -> BoxFuture<'static, Result<Response, SendError>> {
-        let mut service = self.0.clone();
+    /// Takes a handle, waits until the service can take the request, and gives
+    /// the handle back as soon as the request is in: a handle is then as good
+    /// as new (a tonic `Channel`'s has used up its slot in the queue). A
+    /// handle whose service failed to get ready is dropped, not kept.
+    fn send(&self, request: http::Request<Body>) -> BoxFuture<'_, Result<Response, SendError>> {
         Box::pin(async move {
-            if let Err(error) = service.ready().await {
+            let mut handle = self.take();
+            if let Err(error) = handle.ready().await {
                 return Err(SendError::NotReady(error.into()));
             }
-            service
-                .call(request)
+            let response = handle.call(request);
+            self.give_back(handle);
+            response
                 .await
                 .map_err(|error| SendError::Failed(error.into()))
         })
     }
 }
 
-/// Makes the transport of each endpoint address, in place of its channel.
+/// Makes each endpoint's transport from its address, when set by the builder.
 pub(crate) type MakeTransport = Arc<dyn Fn(SocketAddr) -> Arc<dyn Transport> + Send + Sync>;
 
 /// A [`MakeTransport`] from a function giving each address its service.
@@ -73,11 +118,82 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
-    Arc::new(move |addr| Arc::new(ServiceTransport(make(addr))) as Arc<dyn Transport>)
+    Arc::new(move |addr| Arc::new(ServiceTransport::new(make(addr))) as Arc<dyn Transport>)
 }
 
 impl std::fmt::Debug for dyn Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Transport")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        task::{Context, Poll},
+    };
+
+    use super::*;
+
+    /// A service that counts its clones and fails to get ready on demand.
+    struct Counted {
+        clones: Arc<AtomicUsize>,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Self {
+                clones: self.clones.clone(),
+                broken: self.broken.clone(),
+            }
+        }
+    }
+
+    impl Service<http::Request<Body>> for Counted {
+        type Response = Response;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Response, BoxError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Poll::Ready(Err("closed".into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    #[tokio::test]
+    async fn handles_are_reused_and_broken_ones_dropped() {
+        let clones = Arc::new(AtomicUsize::new(0));
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let transport = ServiceTransport::new(Counted {
+            clones: clones.clone(),
+            broken: broken.clone(),
+        });
+        let request = || http::Request::new(Body::empty());
+        for _ in 0..100 {
+            assert!(transport.send(request()).await.is_ok());
+        }
+        assert_eq!(clones.load(Ordering::SeqCst), 1, "one handle, reused");
+        // Two calls at once need two handles; both are kept.
+        let (a, b) = (transport.take(), transport.take());
+        assert_eq!(clones.load(Ordering::SeqCst), 2);
+        transport.give_back(a);
+        transport.give_back(b);
+        assert_eq!(transport.idle.lock().unwrap().len(), 2);
+        // A handle whose service cannot get ready is not kept.
+        broken.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            transport.send(request()).await,
+            Err(SendError::NotReady(_))
+        ));
+        assert_eq!(transport.idle.lock().unwrap().len(), 1);
     }
 }

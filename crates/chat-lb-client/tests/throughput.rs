@@ -1,6 +1,8 @@
 //! Overhead of the balancer against a direct tonic `Channel` to the same
-//! replica. Ignored by default (it measures, it does not check behaviour); run
-//! with `cargo test --release -p chat-lb-client --test throughput -- --ignored --nocapture`.
+//! replica, and its own CPU cost per call with replicas in memory (no sockets,
+//! so the figure is the balancer's alone). Ignored by default (they measure,
+//! they do not check behaviour); run with
+//! `cargo test --release -p chat-lb-client --test throughput -- --ignored --nocapture`.
 
 mod common;
 
@@ -8,7 +10,10 @@ use std::time::Duration;
 
 use chat_lb_client::{Balancer, GrpcHealthProbe};
 use chat_proto::v1::{ListAccountsRequest, chat_service_client::ChatServiceClient};
-use common::Replica;
+use common::{
+    Replica,
+    memory::{Net, Wire, addresses, builder},
+};
 
 /// CPU time used by this process so far (client and replica run in it), from
 /// the per-thread scheduler statistics, so other load on the machine does not
@@ -131,4 +136,87 @@ async fn one_side_for_profiling() {
         "{side}: {:.1}µs CPU per call",
         used.as_secs_f64() / 160_000.0 * 1e6
     );
+}
+
+/// Calls `ListAccounts` `calls` times from each of `workers` tasks, on
+/// replicas in memory.
+async fn run_in_memory<T>(client: ChatServiceClient<T>, workers: usize, calls: usize) -> Duration
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    run(client, workers, calls).await
+}
+
+/// The balancer's own CPU time per call: a client straight on an in-memory
+/// replica's service against the same client through the balancer over one and
+/// over three such replicas. No sockets and no HTTP/2, so what differs is the
+/// balancer's work alone (pick, attempt, replay, classify, observe).
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "a measurement; run explicitly with --release"]
+async fn balancer_own_cost_in_memory() {
+    let net = Net::new();
+    let replicas = [net.start("a"), net.start("b"), net.start("c")];
+    let direct = ChatServiceClient::new(Wire::to(&net, replicas[0].addr));
+    let one = builder(&net)
+        .addresses(&addresses(&[&replicas[0]]))
+        .build()
+        .unwrap();
+    let three = builder(&net)
+        .addresses(&addresses(&[&replicas[0], &replicas[1], &replicas[2]]))
+        .build()
+        .unwrap();
+    assert!(one.wait_for_probe_round().await && three.wait_for_probe_round().await);
+    let (one, three) = (ChatServiceClient::new(one), ChatServiceClient::new(three));
+    let (workers, calls) = (16, 2000);
+    let mut rounds = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..15 {
+        rounds[0].push(run_in_memory(direct.clone(), workers, calls).await);
+        rounds[1].push(run_in_memory(one.clone(), workers, calls).await);
+        rounds[2].push(run_in_memory(three.clone(), workers, calls).await);
+    }
+    let [d, o, t] = rounds.map(|mut v| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() / (workers * calls) as f64 * 1e9
+    });
+    println!(
+        "CPU ns per call in memory, median of 15 rounds: direct {d:.0}; balancer over one replica {o:.0} (+{:.0}); over three {t:.0} (+{:.0})",
+        o - d,
+        t - d
+    );
+}
+
+/// One side of [`balancer_own_cost_in_memory`] for a profiler:
+/// `BENCH_SIDE=direct|balancer`, `BENCH_CALLS` calls per task (16 tasks;
+/// default 100,000). Under `valgrind --tool=callgrind`, instruction counts
+/// compare the two sides without the machine's noise.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "for profiling one side: BENCH_SIDE=direct|balancer"]
+async fn one_side_in_memory_for_profiling() {
+    let net = Net::new();
+    let replicas = [net.start("a"), net.start("b"), net.start("c")];
+    let calls: usize = std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let used = if std::env::var("BENCH_SIDE").as_deref() == Ok("balancer") {
+        let lb = builder(&net)
+            .addresses(&addresses(&[&replicas[0], &replicas[1], &replicas[2]]))
+            .build()
+            .unwrap();
+        assert!(lb.wait_for_probe_round().await);
+        run_in_memory(ChatServiceClient::new(lb), 16, calls).await
+    } else {
+        run_in_memory(
+            ChatServiceClient::new(Wire::to(&net, replicas[0].addr)),
+            16,
+            calls,
+        )
+        .await
+    };
+    let per_call = used.as_secs_f64() / (16 * calls) as f64;
+    println!("{:.0} ns CPU per call", per_call * 1e9);
 }

@@ -90,20 +90,22 @@ enum Event {
 async fn run(ctx: Arc<CallContext>, request: http::Request<Body>) -> Result<Response, BoxError> {
     let tls = ctx.cfg.connect.tls.is_some();
     let codes = ctx.cfg.outlier.failure_codes;
-    let mut call = Call::new(ctx, request, Instant::now());
+    let mut now = Instant::now();
+    let mut call = Call::new(ctx, request, now);
     let mut attempts = Attempts {
         slot: pin!(None),
         more: Vec::new(),
     };
     // Watched only once the call waits for an endpoint (most calls never do).
     let mut members: Option<watch::Receiver<Members>> = None;
-    let mut action = call.start(Instant::now());
+    let mut action = call.start(now);
     loop {
         match action {
             Action::Send(attempt) => attempts.push(send(attempt, tls, codes)),
             Action::Wait => {}
             Action::Answer(answer) => {
-                call.ctx.metrics.call_answered(call.start.elapsed());
+                let took = now.saturating_duration_since(call.start);
+                call.ctx.metrics.call_answered(took);
                 return answer;
             }
         }
@@ -112,7 +114,8 @@ async fn run(ctx: Arc<CallContext>, request: http::Request<Body>) -> Result<Resp
             receiver.mark_unchanged();
             members = Some(receiver);
             // Look again, now that no change can slip by unseen.
-            action = call.on_endpoints_changed(Instant::now());
+            now = Instant::now();
+            action = call.on_endpoints_changed(now);
             continue;
         }
         let watching = members.as_mut().filter(|_| call.waits_for_endpoints());
@@ -122,11 +125,19 @@ async fn run(ctx: Arc<CallContext>, request: http::Request<Body>) -> Result<Resp
             () = changed(watching) => Event::EndpointsChanged,
             () = sleep_until(call.timer()) => Event::Timer,
         };
-        let now = Instant::now();
         action = match event {
-            Event::Done(done) => call.on_attempt(done, !attempts.is_empty(), now),
-            Event::Timer => call.on_timer(now),
-            Event::EndpointsChanged => call.on_endpoints_changed(now),
+            Event::Done(done) => {
+                now = done.finished;
+                call.on_attempt(done, !attempts.is_empty(), now)
+            }
+            Event::Timer => {
+                now = Instant::now();
+                call.on_timer(now)
+            }
+            Event::EndpointsChanged => {
+                now = Instant::now();
+                call.on_endpoints_changed(now)
+            }
         };
     }
 }
@@ -158,23 +169,29 @@ async fn send(attempt: Attempt, tls: bool, codes: FailureCodes) -> Done {
         n,
         endpoint,
         request,
+        sent,
     } = attempt;
-    let outcome = {
+    let (outcome, finished) = {
         let _in_flight = endpoint.start();
-        let sent = Instant::now();
-        match endpoint.transport.send(request).await {
-            Ok(response) => Outcome::of_response(response, sent.elapsed(), codes),
+        let result = endpoint.transport.send(request).await;
+        let finished = Instant::now();
+        let outcome = match result {
+            Ok(response) => {
+                Outcome::of_response(response, finished.saturating_duration_since(sent), codes)
+            }
             Err(SendError::NotReady(error)) => Outcome::of_error(error, true, false),
             Err(SendError::Failed(error)) => {
                 let closed_unanswered = tls && endpoint.closed_unanswered(&*error);
                 Outcome::of_error(error, false, closed_unanswered)
             }
-        }
+        };
+        (outcome, finished)
     };
     Done {
         n,
         endpoint,
         outcome,
+        finished,
     }
 }
 

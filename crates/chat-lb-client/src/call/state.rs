@@ -77,6 +77,8 @@ pub(crate) struct Attempt {
     pub n: u32,
     pub endpoint: Arc<Endpoint>,
     pub request: http::Request<Body>,
+    /// When it was decided on: the start of its round trip.
+    pub sent: Instant,
 }
 
 /// A finished attempt: which one, where it went and what became of it.
@@ -84,6 +86,9 @@ pub(crate) struct Done {
     pub n: u32,
     pub endpoint: Arc<Endpoint>,
     pub outcome: Outcome,
+    /// When it finished (the clock is read once per attempt and once per
+    /// call: each transition takes the time it is given).
+    pub finished: Instant,
 }
 
 /// What the driver does next.
@@ -209,7 +214,8 @@ impl Call {
         Self {
             replay: Replay::new(body, cfg.retry.max_replay_bytes),
             per_try_timeout: cfg.retry.per_try_timeout.filter(|_| retry_safe),
-            list: ctx.endpoints(),
+            // Read when the call picks (see `Call::pick_or_wait`).
+            list: EndpointList::default(),
             parts,
             retry_safe,
             start: now,
@@ -303,6 +309,7 @@ impl Call {
             n,
             endpoint,
             outcome,
+            ..
         } = done;
         // Whether its failure is still to be counted: the live attempt's, or
         // that of an attempt a hedge joined; an earlier attempt past its
@@ -395,7 +402,7 @@ impl Call {
             return Action::Wait;
         }
         let target = match retry {
-            Retry::Transparent => self.transparent_retry_target(),
+            Retry::Transparent => self.transparent_retry_target(now),
             Retry::IfSafe if self.retry_safe => self.charged_retry_target(now, false),
             Retry::IfSafe => None,
         };
@@ -573,14 +580,14 @@ impl Call {
             n,
             endpoint,
             request,
+            sent: now,
         })
     }
 
     /// Picks an endpoint the call has not tried; with `unloaded`, also not
-    /// one within the pushback period of a shed call.
-    fn pick_among(&self, unloaded: bool) -> Option<Arc<Endpoint>> {
+    /// one within the pushback period of a shed call at `now`.
+    fn pick_among(&self, unloaded: bool, now: Instant) -> Option<Arc<Endpoint>> {
         let tried = &self.tried;
-        let now = Instant::now();
         pick(
             self.ctx.cfg.policy,
             &self.list,
@@ -592,18 +599,18 @@ impl Call {
         .cloned()
     }
 
-    fn pick(&self) -> Option<Arc<Endpoint>> {
-        self.pick_among(false)
+    fn pick(&self, now: Instant) -> Option<Arc<Endpoint>> {
+        self.pick_among(false, now)
     }
 
     /// Another endpoint for a call that never reached a server: needs a
     /// replayable body and an untried endpoint.
-    fn transparent_retry_target(&mut self) -> Option<Arc<Endpoint>> {
+    fn transparent_retry_target(&mut self, now: Instant) -> Option<Arc<Endpoint>> {
         if !self.replay.can_replay() {
             return None;
         }
         self.list = self.ctx.endpoints();
-        self.pick()
+        self.pick(now)
     }
 
     /// Another endpoint for a retry of a call that may have reached a server:
@@ -631,7 +638,7 @@ impl Call {
             return None;
         }
         self.list = self.ctx.endpoints();
-        let other = self.pick_among(unloaded)?;
+        let other = self.pick_among(unloaded, now)?;
         let budget = &self.ctx.budget;
         if hedge && !(self.ctx.hedging.budget.try_withdraw() && budget.try_withdraw()) {
             self.ctx.metrics.budget_refused();
@@ -657,7 +664,7 @@ impl Call {
             self.list = members.endpoints.clone();
             members.unsettled && self.list.is_empty()
         };
-        if let Some(endpoint) = self.pick() {
+        if let Some(endpoint) = self.pick(now) {
             return self.send_to(endpoint, now);
         }
         let cfg = &self.ctx.cfg;

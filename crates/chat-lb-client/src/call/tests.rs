@@ -52,7 +52,7 @@ fn endpoint(port: u16) -> Arc<Endpoint> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
-    let transport = Arc::new(ServiceTransport(channel.clone()));
+    let transport = Arc::new(ServiceTransport::new(channel.clone()));
     let endpoint = Endpoint::new(
         addr,
         channel,
@@ -128,6 +128,7 @@ fn done(attempt: &Attempt, outcome: Outcome) -> Done {
         n: attempt.n,
         endpoint: attempt.endpoint.clone(),
         outcome,
+        finished: Instant::now(),
     }
 }
 

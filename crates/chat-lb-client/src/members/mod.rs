@@ -279,7 +279,7 @@ impl Membership {
         };
         let transport: Arc<dyn Transport> = match &env.transport {
             Some(make) => make(addr),
-            None => Arc::new(ServiceTransport(channel.clone())),
+            None => Arc::new(ServiceTransport::new(channel.clone())),
         };
         // Slow start ramps shares; pick-first has none to ramp.
         let slow_start = (env.cfg.policy != Policy::PickFirst).then_some(env.cfg.slow_start);

@@ -126,6 +126,16 @@ pub struct Wire {
     addr: SocketAddr,
 }
 
+impl Wire {
+    /// The transport to `addr` on `net`, as the balancer's endpoints get it.
+    pub fn to(net: &Arc<Net>, addr: SocketAddr) -> Self {
+        Self {
+            net: net.clone(),
+            addr,
+        }
+    }
+}
+
 impl Service<http::Request<Body>> for Wire {
     type Response = http::Response<Body>;
     type Error = BoxError;
