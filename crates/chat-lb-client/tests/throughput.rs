@@ -105,7 +105,7 @@ async fn balancer_overhead_against_a_direct_channel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "for profiling one side: BENCH_SIDE=channel|balancer"]
+#[ignore = "for profiling one side: BENCH_SIDE=channel|balancer, BENCH_CALLS per task"]
 async fn one_side_for_profiling() {
     let replica = Replica::start("a");
     let side = std::env::var("BENCH_SIDE").unwrap_or_default();
@@ -116,25 +116,31 @@ async fn one_side_for_profiling() {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
+    let calls: usize = std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
     let used = if side == "balancer" {
         let lb = Balancer::builder()
             .probe(GrpcHealthProbe::new())
+            // Patient probes: under a profiler (valgrind) everything is slow.
+            .probe_timeout(Duration::from_secs(10))
             .address(replica.addr)
             .build()
             .unwrap();
         assert!(lb.wait_for_probe_round().await);
-        run(ChatServiceClient::new(lb), 16, 10_000).await
+        run(ChatServiceClient::new(lb), 16, calls).await
     } else {
         run(
             ChatServiceClient::new(endpoint.connect().await.unwrap()),
             16,
-            10_000,
+            calls,
         )
         .await
     };
     println!(
         "{side}: {:.1}µs CPU per call",
-        used.as_secs_f64() / 160_000.0 * 1e6
+        used.as_secs_f64() / (16 * calls) as f64 * 1e6
     );
 }
 
