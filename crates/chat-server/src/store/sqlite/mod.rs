@@ -24,6 +24,7 @@ mod feed;
 mod login_failures;
 mod messages;
 mod pool;
+mod process_lock;
 mod schema;
 mod sessions;
 mod writer;
@@ -87,7 +88,10 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.write(schema::check_writable_and_current).await
+        // Ahead of queued sends: under write load a health check must not wait for them.
+        self.pool
+            .write_urgent(schema::check_writable_and_current)
+            .await
     }
 
     async fn create_account(
