@@ -1,5 +1,6 @@
 //! Group commit: the one writer of this process, which commits concurrent writes
-//! together, and the busy handler it waits for other processes with.
+//! together, serves health checks before them, and waits for other processes with
+//! the replicas' lock (`process_lock.rs`).
 //!
 //! # Group commit
 //!
@@ -52,7 +53,14 @@
 //! lock, more requests queue: once it has the lock, it tops the batch up with them (to
 //! [`MAX_BATCH`]), so the longer the other processes hold the lock, the more one commit
 //! carries. If the lock does not come within `busy_timeout`, the batch fails with
-//! [`StoreError::Unavailable`], as when SQLite's own lock times out.
+//! [`StoreError::Unavailable`], as when SQLite's own lock times out; the requests that
+//! queued meanwhile stay queued for the next batch. The lock is released only after
+//! `COMMIT` (or the rollback) has returned, so the next replica's batch starts from
+//! this one's durable state, and numbering stays gap-free across replicas.
+//!
+//! Every [`REPORT_EVERY`] of activity, the writer logs at debug level how many batches
+//! and requests it committed and how long, per batch, it waited for and held the lock
+//! (`RUST_LOG=chat_server::store::sqlite::writer=debug`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -166,7 +174,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
     {
-        let (request, answer) = Pending::new(body, busy_timeout);
+        let (request, answer) = Pending::boxed(body, busy_timeout);
         self.queue
             .send(Item::Request(request))
             .await
@@ -181,7 +189,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
     {
-        let (request, answer) = Pending::new(body, busy_timeout);
+        let (request, answer) = Pending::boxed(body, busy_timeout);
         self.urgent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -252,7 +260,7 @@ where
 {
     /// A request to run `body`, and where its answer will come.
     #[allow(clippy::type_complexity)]
-    fn new(
+    fn boxed(
         body: F,
         busy_timeout: Duration,
     ) -> (Box<dyn Request>, oneshot::Receiver<Result<T, StoreError>>) {

@@ -5,8 +5,9 @@ use std::sync::mpsc as std_mpsc;
 
 use rusqlite::TransactionBehavior;
 
-use super::super::SqliteStore;
+use super::super::process_lock::ProcessLock;
 use super::super::test_support::{account, open};
+use super::super::{SqliteOptions, SqliteStore};
 use super::*;
 use crate::store::{NewMessage, SendOutcome, Store};
 
@@ -212,6 +213,32 @@ async fn a_health_check_is_answered_before_queued_writes() {
         write.await.expect("task").expect("queued write");
     }
     assert_eq!(ran.load(Ordering::SeqCst), WRITES);
+}
+
+#[tokio::test]
+async fn a_replica_holding_the_replicas_lock_delays_writes_up_to_the_busy_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(100),
+        pool_size: 1,
+    };
+    let store = SqliteStore::open(&path, options).expect("open");
+    // Another replica (frozen, say) holds the side file's lock, not SQLite's.
+    let mut other = ProcessLock::open(&path).expect("the other replica's lock");
+    let held = other
+        .acquire(Instant::now() + Duration::from_secs(5))
+        .expect("free lock");
+    let started = Instant::now();
+    match store.create_account("blocked", "h", 1).await {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("locked"), "{message}"),
+        other => panic!("expected Unavailable while locked, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    // Released: the writer's abandoned request is served, and writes go on.
+    drop(held);
+    account(&store, "blocked").await;
+    assert_eq!(store.pool.writer().connections_opened(), 1);
 }
 
 #[tokio::test]
