@@ -259,6 +259,30 @@ fn store_throughput_sends_only_and_measures_the_sqlite_ceiling() {
 }
 
 #[test]
+fn store_uri_runs_the_replicas_on_the_given_store() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let given = dir.path().join("given.db");
+    let uri = format!("sqlite:{}", given.display());
+    let (_, rows) = run_bench(
+        dir.path(),
+        "store-throughput",
+        &["--contenders", "direct", "--store-uri", &uri],
+    );
+    let sent: u64 = rows
+        .iter()
+        .filter(|r| r["contender"] == "direct")
+        .map(|r| r["rpc"]["SendMessage"]["calls"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(sent > 0, "{rows:?}");
+    // The sends went to the given store.
+    let stored: u64 = rusqlite::Connection::open(&given)
+        .expect("the given store")
+        .query_row("SELECT COUNT(*) FROM messages", [], |row| row.get(0))
+        .expect("count messages");
+    assert!(stored > 0, "nothing stored in {}", given.display());
+}
+
+#[test]
 fn the_delivery_scenarios_time_every_message_to_its_live_stream() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let subscribers = 40;

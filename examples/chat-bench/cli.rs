@@ -57,6 +57,11 @@ pub struct Options {
     /// else target/].
     #[arg(long, value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
+    /// Run the replicas on this store (their `--store`, e.g.
+    /// `mongodb://127.0.0.1:27017/bench`; give it an empty database) instead of an
+    /// SQLite file in the store directory; `sqlite-ceiling` still measures SQLite there.
+    #[arg(long, value_name = "URI")]
+    pub store_uri: Option<String>,
     /// Also print the results as a Markdown table.
     #[arg(long)]
     pub markdown: bool,

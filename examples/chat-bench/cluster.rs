@@ -44,7 +44,7 @@ pub struct Cluster {
     pub tail: Option<Replica>,
     /// An address where nothing listens.
     pub dead: SocketAddr,
-    /// The `--store` of every replica (`sqlite:PATH`).
+    /// The `--store` of every replica (`sqlite:PATH`, or `--store-uri`).
     pub store: String,
     /// Kept for its `Drop` (removes the store).
     _store_dir: tempfile::TempDir,
@@ -52,15 +52,20 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the replicas one after the other (the first creates the schema), on
-    /// `cpus` (empty: anywhere).
+    /// `cpus` (empty: anywhere), on `store_uri` (`--store-uri`, e.g. a MongoDB store)
+    /// if given, else on an SQLite file in a new directory in `store_dir`.
     pub async fn start(
         plan: &Plan,
         store_dir: Option<&Path>,
+        store_uri: Option<&str>,
         cpus: &[usize],
     ) -> anyhow::Result<Self> {
         let on_disk = plan.scenarios.iter().any(|s| s.on_disk());
         let dir = temp_store_dir(store_dir, on_disk)?;
-        let store = format!("sqlite:{}", dir.path().join("chat.db").display());
+        let store = match store_uri {
+            Some(uri) => uri.to_owned(),
+            None => format!("sqlite:{}", dir.path().join("chat.db").display()),
+        };
         let one = Placement {
             servers: 1,
             cpus: cpus.to_vec(),
@@ -188,7 +193,8 @@ impl Cluster {
         }
     }
 
-    /// The directory of the store (and of `sqlite-ceiling`'s file).
+    /// The directory of the store (unless `--store-uri` named another) and of
+    /// `sqlite-ceiling`'s file.
     pub fn store_dir(&self) -> &Path {
         self._store_dir.path()
     }

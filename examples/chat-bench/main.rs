@@ -134,9 +134,14 @@ async fn run_on_one_store(
     machine: &Machine,
     replica_cpus: &[usize],
 ) -> anyhow::Result<Vec<Row>> {
-    let cluster = Cluster::start(&plan, options.store_dir.as_deref(), replica_cpus)
-        .await
-        .context("cannot start the replicas")?;
+    let cluster = Cluster::start(
+        &plan,
+        options.store_dir.as_deref(),
+        options.store_uri.as_deref(),
+        replica_cpus,
+    )
+    .await
+    .context("cannot start the replicas")?;
     report::print_header(&plan, machine, &cluster);
     let reference = cluster.reference(Scenario::Steady);
     let workload = Arc::new(Workload::prepare(&plan, reference).await?);

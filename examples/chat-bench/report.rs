@@ -62,6 +62,10 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
         );
     }
     println!("store       {}", cluster.store_dir().display());
+    if !cluster.store.starts_with("sqlite:") {
+        // Not printed: a connection string may hold a password.
+        println!("            replicas on the --store-uri given, not on SQLite");
+    }
     println!("placement   {}", plan.placement);
     let transport = match plan.tls {
         Some(_) => "TLS for every contender (rustls, ECDSA P-256 certificates)",

@@ -7,8 +7,11 @@
 //!   `busy_timeout`, `BEGIN IMMEDIATE` writes) and for durability (`synchronous=FULL`),
 //!   and blocking work kept off the async runtime;
 //! - `writer.rs`: group commit (one writer thread per process commits concurrent
-//!   writes in one transaction, a savepoint each, answering only once durable) and the
-//!   short-step busy handler it waits for other processes with;
+//!   writes in one transaction, a savepoint each, answering only once durable), with
+//!   health checks served before queued writes;
+//! - `process_lock.rs`: how the writer waits for other processes: a bounded `flock` on
+//!   a side file that hands the lock from replica to replica without polling, and a
+//!   short-step busy handler for any other writer;
 //! - `schema.rs`: the tables, the schema version and the file header, created by
 //!   whichever process opens a new file first;
 //! - `error.rs`: SQLite errors as [`StoreError`]s;
@@ -24,6 +27,7 @@ mod feed;
 mod login_failures;
 mod messages;
 mod pool;
+mod process_lock;
 mod schema;
 mod sessions;
 mod writer;
@@ -87,7 +91,10 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.write(schema::check_writable_and_current).await
+        // Ahead of queued sends: under write load a health check must not wait for them.
+        self.pool
+            .write_urgent(schema::check_writable_and_current)
+            .await
     }
 
     async fn create_account(

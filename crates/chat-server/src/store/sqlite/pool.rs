@@ -107,6 +107,7 @@ impl Pool {
         let first = opener.open_connection()?;
         let reopener = opener.clone();
         let writer = Writer::start(
+            &opener.path,
             first,
             Box::new(move || reopener.open_connection()),
             opener.options.busy_timeout,
@@ -164,6 +165,16 @@ impl Pool {
     pub async fn write<T: Send + 'static>(&self, body: impl Body<T>) -> Result<T, StoreError> {
         let busy_timeout = self.options().busy_timeout;
         self.inner.writer.write(body, busy_timeout).await
+    }
+
+    /// Runs `body` like [`write`](Self::write), but before the queued writes, in a
+    /// transaction of its own (for health checks, which write nothing; see `writer.rs`).
+    pub async fn write_urgent<T: Send + 'static>(
+        &self,
+        body: impl Body<T>,
+    ) -> Result<T, StoreError> {
+        let busy_timeout = self.options().busy_timeout;
+        self.inner.writer.write_urgent(body, busy_timeout).await
     }
 
     /// Runs `body` in a read transaction, so that all its queries see one snapshot.

@@ -1,5 +1,6 @@
 //! Group commit: the one writer of this process, which commits concurrent writes
-//! together, and the busy handler it waits for other processes with.
+//! together, serves health checks before them, and waits for other processes with
+//! the replicas' lock (`process_lock.rs`).
 //!
 //! # Group commit
 //!
@@ -33,27 +34,46 @@
 //! If a caller gives up while its request waits in the queue, the request still runs
 //! (or, if it never got into the queue, does not): a write is never half-applied.
 //!
+//! # Health checks go first
+//!
+//! A health check ([`Writer::write_urgent`]) must not wait behind up to
+//! [`QUEUE_CAPACITY`] queued writes, yet should still find out whether the store can be
+//! written. So it goes into a lane of its own that the writer empties before it takes
+//! the next batch from the queue, in a batch of its own: it waits at most for the batch
+//! being committed, then for the write lock, and costs no `fsync` (it writes nothing).
+//! If the queue is full when a check arrives, its wake-up is not needed: the writer is
+//! busy and looks at the lane before every batch.
+//!
 //! # Waiting for other processes
 //!
-//! Processes that share the file contend for its write lock, one writer each. SQLite's
-//! default busy handler (behind `busy_timeout`) sleeps in growing steps, up to 100 ms
-//! each, so a waiter may sleep on long after the lock was released: those sleeps were
-//! the long tails of write latency. The writer's connection uses
-//! [`short_step_busy_handler`] instead, which retries every 50-200 µs, so a waiter gets
-//! the lock soon after it is released. It gives up after a short slice
-//! ([`BUSY_SLICE_ATTEMPTS`]); [`begin_immediate`] then retries until the configured
-//! `busy_timeout` has passed, after which the batch fails with
-//! [`StoreError::Unavailable`] as before.
+//! Before each batch the writer takes the chat replicas' own lock on a side file
+//! (`process_lock.rs`: a blocking `flock`, so that waiters sleep until it is released
+//! instead of polling, bounded by `busy_timeout`), and only then `BEGIN IMMEDIATE` with
+//! a short-step busy handler for writers outside the replicas. While it waits for the
+//! lock, more requests queue: once it has the lock, it tops the batch up with them (to
+//! [`MAX_BATCH`]), so the longer the other processes hold the lock, the more one commit
+//! carries. If the lock does not come within `busy_timeout`, the batch fails with
+//! [`StoreError::Unavailable`], as when SQLite's own lock times out; the requests that
+//! queued meanwhile stay queued for the next batch. The lock is released only after
+//! `COMMIT` (or the rollback) has returned, so the next replica's batch starts from
+//! this one's durable state, and numbering stays gap-free across replicas.
+//!
+//! Every [`REPORT_EVERY`] of activity, the writer logs at debug level how many batches
+//! and requests it committed and how long, per batch, it waited for and held the lock
+//! (`RUST_LOG=chat_server::store::sqlite::writer=debug`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::Connection;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 
 use super::error::{Outcome, breaks_connection, map_sqlite_error};
+use super::process_lock::{ProcessLock, begin_immediate, lock_timeout, short_step_busy_handler};
 use crate::store::StoreError;
 use crate::store::failure::{Failure, OutcomeExt};
 
@@ -63,20 +83,32 @@ const MAX_BATCH: usize = 256;
 /// The most requests waiting for the writer; further callers wait for room.
 const QUEUE_CAPACITY: usize = 1024;
 
-/// How many times [`short_step_busy_handler`] retries before it lets
-/// [`begin_immediate`] look at the clock: about 20 ms of short sleeps.
-const BUSY_SLICE_ATTEMPTS: i32 = 100;
+/// How often, at most, the writer logs (at debug level) what its batches carried and
+/// how long it waited for and held the write lock.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Opens (and configures) a new write connection.
 pub(super) type Open = Box<dyn FnMut() -> Result<Connection, StoreError> + Send>;
 
+/// Requests that go before the queue (health checks), shared with the writer thread.
+type Lane = Arc<Mutex<Vec<Box<dyn Request>>>>;
+
 /// The handle callers send write requests through. The writer thread ends when the
 /// last handle is dropped.
 pub(super) struct Writer {
-    queue: mpsc::Sender<Box<dyn Request>>,
+    queue: mpsc::Sender<Item>,
+    urgent: Lane,
     /// The thread's counters (only tests read them).
     #[cfg(test)]
     counters: Arc<Counters>,
+}
+
+/// What the queue carries.
+enum Item {
+    /// A write.
+    Request(Box<dyn Request>),
+    /// Wakes the writer to look at the urgent lane.
+    Wake,
 }
 
 /// What the writer thread has done, for tests.
@@ -89,9 +121,10 @@ struct Counters {
 }
 
 impl Writer {
-    /// Starts the writer thread with `connection`; `open` replaces the connection if an
-    /// error breaks it.
+    /// Starts the writer thread with `connection` to the database at `path`; `open`
+    /// replaces the connection if an error breaks it.
     pub fn start(
+        path: &Path,
         connection: Connection,
         open: Open,
         busy_timeout: Duration,
@@ -99,17 +132,27 @@ impl Writer {
         connection
             .busy_handler(Some(short_step_busy_handler))
             .map_err(|error| map_sqlite_error(&error, busy_timeout))?;
+        // Only spares polling (see `process_lock.rs`): without it, writes stay correct.
+        let lock = ProcessLock::open(path)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot open the replicas' write lock file; waiting for SQLite's lock only");
+            })
+            .ok();
         let (queue, requests) = mpsc::channel(QUEUE_CAPACITY);
+        let urgent = Lane::default();
         let counters = Arc::new(Counters {
             opened: AtomicU64::new(1),
             committed: AtomicU64::new(0),
         });
         let thread = Thread {
             requests,
+            urgent: Arc::clone(&urgent),
             connection: Some(connection),
             open,
+            lock,
             busy_timeout,
             counters: Arc::clone(&counters),
+            report: Report::new(),
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -119,6 +162,7 @@ impl Writer {
             })?;
         Ok(Self {
             queue,
+            urgent,
             #[cfg(test)]
             counters,
         })
@@ -130,22 +174,31 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let request = Box::new(Pending {
-            body: Some(body),
-            outcome: None,
-            reply,
-            busy_timeout,
-        });
+        let (request, answer) = Pending::boxed(body, busy_timeout);
         self.queue
-            .send(request)
+            .send(Item::Request(request))
             .await
-            .map_err(|_| StoreError::Unavailable("the database writer has stopped".into()))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Internal(
-                "the database writer dropped a request".into(),
-            ))
-        })
+            .map_err(|_| stopped())?;
+        Pending::<T, F>::answer_of(answer).await
+    }
+
+    /// Runs `body` before the queued writes, in a batch of its own (see the [module
+    /// documentation](self)); for health checks, which should write nothing.
+    pub async fn write_urgent<T, F>(&self, body: F, busy_timeout: Duration) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
+    {
+        let (request, answer) = Pending::boxed(body, busy_timeout);
+        self.urgent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+        // Full: the writer is busy and looks at the lane before its next batch anyway.
+        if let Err(TrySendError::Closed(_)) = self.queue.try_send(Item::Wake) {
+            return Err(stopped());
+        }
+        Pending::<T, F>::answer_of(answer).await
     }
 
     /// How many write connections this writer has opened (the first included).
@@ -160,6 +213,15 @@ impl Writer {
         self.counters.committed.load(Ordering::Relaxed)
     }
 
+    /// How many urgent requests wait for the writer.
+    #[cfg(test)]
+    pub fn urgent_waiting(&self) -> usize {
+        self.urgent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// How many requests wait in the queue (not yet taken into a batch).
     #[cfg(test)]
     pub fn queued(&self) -> usize {
@@ -167,16 +229,9 @@ impl Writer {
     }
 }
 
-/// Sleeps 50 µs, then steps growing by half up to 200 µs, for
-/// [`BUSY_SLICE_ATTEMPTS`] attempts; SQLite retries the lock after each. See the
-/// [module documentation](self).
-fn short_step_busy_handler(attempt: i32) -> bool {
-    if attempt >= BUSY_SLICE_ATTEMPTS {
-        return false;
-    }
-    let micros = (50.0 * 1.5_f64.powi(attempt.min(4))).min(200.0);
-    std::thread::sleep(Duration::from_micros(micros as u64));
-    true
+/// The error of a write when the writer thread is gone.
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the database writer has stopped".into())
 }
 
 /// One queued write, type-erased.
@@ -196,6 +251,37 @@ struct Pending<T, F> {
     outcome: Option<Outcome<T>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
     busy_timeout: Duration,
+}
+
+impl<T, F> Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
+{
+    /// A request to run `body`, and where its answer will come.
+    #[allow(clippy::type_complexity)]
+    fn boxed(
+        body: F,
+        busy_timeout: Duration,
+    ) -> (Box<dyn Request>, oneshot::Receiver<Result<T, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let request = Box::new(Self {
+            body: Some(body),
+            outcome: None,
+            reply,
+            busy_timeout,
+        });
+        (request, answer)
+    }
+
+    /// The answer, once the writer has sent it.
+    async fn answer_of(answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Internal(
+                "the database writer dropped a request".into(),
+            ))
+        })
+    }
 }
 
 impl<T, F> Request for Pending<T, F>
@@ -258,48 +344,94 @@ impl BatchError {
 
 /// The writer thread's state.
 struct Thread {
-    requests: mpsc::Receiver<Box<dyn Request>>,
+    requests: mpsc::Receiver<Item>,
+    urgent: Lane,
     /// `None` after an error broke it; reopened for the next batch.
     connection: Option<Connection>,
     open: Open,
+    /// `None` if the side file could not be opened.
+    lock: Option<ProcessLock>,
     busy_timeout: Duration,
     counters: Arc<Counters>,
+    report: Report,
 }
 
 impl Thread {
-    /// Commits batches until every [`Writer`] handle is gone.
+    /// Commits batches until every [`Writer`] handle is gone, urgent requests first.
     fn serve(mut self) {
         let mut batch: Vec<Box<dyn Request>> = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = self.requests.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
+        loop {
+            batch.extend(
+                self.urgent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .drain(..),
+            );
+            if !batch.is_empty() {
+                self.commit_and_answer(&mut batch, false);
             }
-            let outcome = self.commit(&mut batch);
-            for request in batch.drain(..) {
-                request.answer(outcome.as_ref().map(|_| ()));
+            let Some(item) = self.requests.blocking_recv() else {
+                return;
+            };
+            if let Item::Request(first) = item {
+                batch.push(first);
+                take_queued(&mut self.requests, &mut batch);
+                self.commit_and_answer(&mut batch, true);
             }
         }
     }
 
-    /// Runs and commits one batch on the write connection (reopened if need be), and
-    /// drops the connection if an error may have broken it.
-    fn commit(&mut self, batch: &mut [Box<dyn Request>]) -> Result<(), BatchError> {
-        let connection = match self.connection.take() {
-            Some(connection) => connection,
-            None => self.reopen()?,
+    /// Commits `batch` (topped up with what queued while it waited for the lock, if
+    /// `top_up`) and answers its requests.
+    fn commit_and_answer(&mut self, batch: &mut Vec<Box<dyn Request>>, top_up: bool) {
+        let outcome = self.commit(batch, top_up);
+        for request in batch.drain(..) {
+            request.answer(outcome.as_ref().map(|_| ()));
+        }
+    }
+
+    /// Takes the replicas' lock, then runs and commits one batch on the write
+    /// connection (reopened if need be), and drops the connection if an error may have
+    /// broken it.
+    fn commit(
+        &mut self,
+        batch: &mut Vec<Box<dyn Request>>,
+        top_up: bool,
+    ) -> Result<(), BatchError> {
+        let started = Instant::now();
+        let deadline = started + self.busy_timeout;
+        let Thread {
+            requests,
+            connection: slot,
+            open,
+            lock,
+            counters,
+            report,
+            ..
+        } = self;
+        let guard = match lock.as_mut().map(|lock| lock.acquire(deadline)) {
+            Some(None) => return Err(BatchError::Database(lock_timeout())),
+            Some(Some(guard)) => Some(guard),
+            None => None,
         };
-        let outcome = run_batch(&connection, batch, self.busy_timeout);
+        if top_up {
+            take_queued(requests, batch);
+        }
+        let locked = Instant::now();
+        let connection = match slot.take() {
+            Some(connection) => connection,
+            None => reopen(open, counters)?,
+        };
+        let outcome = run_batch(&connection, batch, deadline);
         if outcome.is_ok() {
-            self.counters.committed.fetch_add(1, Ordering::Relaxed);
+            counters.committed.fetch_add(1, Ordering::Relaxed);
         }
         if !connection.is_autocommit() {
             // Whatever failed, nothing of this batch may stay half-done.
             let _ = connection.execute_batch("ROLLBACK");
         }
+        drop(guard);
+        report.record(batch.len(), locked - started, locked.elapsed());
         let broken = match &outcome {
             Err(BatchError::Database(error)) => breaks_connection(error),
             _ => false,
@@ -307,19 +439,73 @@ impl Thread {
         if broken || !connection.is_autocommit() {
             tracing::warn!("discarding the database write connection after an error");
         } else {
-            self.connection = Some(connection);
+            *slot = Some(connection);
         }
         outcome
     }
+}
 
-    fn reopen(&mut self) -> Result<Connection, BatchError> {
-        let connection =
-            (self.open)().map_err(|error| BatchError::Unavailable(error.to_string()))?;
-        connection
-            .busy_handler(Some(short_step_busy_handler))
-            .map_err(BatchError::Database)?;
-        self.counters.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(connection)
+/// Moves queued requests into `batch`, up to [`MAX_BATCH`]. Wake-ups are dropped: the
+/// writer looks at the urgent lane before its next batch anyway.
+fn take_queued(requests: &mut mpsc::Receiver<Item>, batch: &mut Vec<Box<dyn Request>>) {
+    while batch.len() < MAX_BATCH {
+        match requests.try_recv() {
+            Ok(Item::Request(request)) => batch.push(request),
+            Ok(Item::Wake) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// A new write connection, with the short-step busy handler.
+fn reopen(open: &mut Open, counters: &Counters) -> Result<Connection, BatchError> {
+    let connection = open().map_err(|error| BatchError::Unavailable(error.to_string()))?;
+    connection
+        .busy_handler(Some(short_step_busy_handler))
+        .map_err(BatchError::Database)?;
+    counters.opened.fetch_add(1, Ordering::Relaxed);
+    Ok(connection)
+}
+
+/// What the batches since the last report carried, and how long the writer waited for
+/// and held the write lock: logged at debug level every [`REPORT_EVERY`] at most, to
+/// see where the time of writes goes.
+struct Report {
+    since: Instant,
+    batches: u64,
+    requests: u64,
+    waited: Duration,
+    held: Duration,
+}
+
+impl Report {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            batches: 0,
+            requests: 0,
+            waited: Duration::ZERO,
+            held: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, requests: usize, waited: Duration, held: Duration) {
+        self.batches += 1;
+        self.requests += requests as u64;
+        self.waited += waited;
+        self.held += held;
+        if self.since.elapsed() >= REPORT_EVERY {
+            let per_batch = |total: Duration| total.as_micros() as u64 / self.batches;
+            tracing::debug!(
+                batches = self.batches,
+                requests = self.requests,
+                lock_wait_us_per_batch = per_batch(self.waited),
+                lock_hold_us_per_batch = per_batch(self.held),
+                seconds = self.since.elapsed().as_secs_f64(),
+                "database writer"
+            );
+            *self = Self::new();
+        }
     }
 }
 
@@ -328,9 +514,9 @@ impl Thread {
 fn run_batch(
     connection: &Connection,
     batch: &mut [Box<dyn Request>],
-    busy_timeout: Duration,
+    deadline: Instant,
 ) -> Result<(), BatchError> {
-    begin_immediate(connection, busy_timeout).map_err(BatchError::Database)?;
+    begin_immediate(connection, deadline).map_err(BatchError::Database)?;
     for request in batch.iter_mut() {
         connection
             .execute_batch("SAVEPOINT request")
@@ -353,265 +539,5 @@ fn run_batch(
         .map_err(BatchError::Database)
 }
 
-/// `BEGIN IMMEDIATE`, retried while another process holds the write lock, until
-/// `busy_timeout` has passed. Each attempt waits a slice in
-/// [`short_step_busy_handler`] before it reports `SQLITE_BUSY`.
-fn begin_immediate(connection: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
-    let deadline = Instant::now() + busy_timeout;
-    loop {
-        match connection.execute_batch("BEGIN IMMEDIATE") {
-            Err(error)
-                if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
-                    && Instant::now() < deadline =>
-            {
-                continue;
-            }
-            other => return other,
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::sync::mpsc as std_mpsc;
-
-    use rusqlite::TransactionBehavior;
-
-    use super::super::SqliteStore;
-    use super::super::test_support::{account, open};
-    use super::*;
-    use crate::store::{NewMessage, SendOutcome, Store};
-
-    /// A send of "hi" from `sender` with `key`, as a future to spawn.
-    fn send(
-        store: &SqliteStore,
-        sender: i64,
-        to: &'static str,
-        key: &'static str,
-    ) -> tokio::task::JoinHandle<Result<SendOutcome, StoreError>> {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .send_message(NewMessage {
-                    sender_id: sender,
-                    recipient: to,
-                    text: "hi",
-                    idempotency_key: key,
-                    sent_at_unix_ms: 1,
-                })
-                .await
-        })
-    }
-
-    /// Holds the writer in a write of its own until the returned sender is dropped, so
-    /// that the requests sent meanwhile queue up for one batch.
-    async fn hold_writer(
-        store: &SqliteStore,
-    ) -> (std_mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
-        let (started_tx, started) = oneshot::channel();
-        let (release, released) = std_mpsc::channel::<()>();
-        let pool = store.pool.clone();
-        let holder = tokio::spawn(async move {
-            pool.write(move |_| {
-                let _ = started_tx.send(());
-                let _ = released.recv();
-                Ok(())
-            })
-            .await
-            .expect("the holding write");
-        });
-        started.await.expect("the writer runs the holding write");
-        (release, holder)
-    }
-
-    /// Waits until `n` requests are queued behind the held writer.
-    async fn until_queued(store: &SqliteStore, n: usize) {
-        while store.pool.writer().queued() < n {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_request_in_a_batch_does_not_fail_the_others() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir.path().join("chat.db"));
-        let (alice, bob) = (account(&store, "alice").await, account(&store, "bob").await);
-        let (release, holder) = hold_writer(&store).await;
-        let before = store.pool.writer().batches_committed();
-
-        let first = send(&store, alice.id, "bob", "k1");
-        until_queued(&store, 1).await;
-        let unknown = send(&store, alice.id, "nobody", "k2");
-        until_queued(&store, 2).await;
-        // A request that writes, then fails at the database: its write is undone.
-        let pool = store.pool.clone();
-        let broken = tokio::spawn(async move {
-            pool.write(|connection| {
-                connection.execute(
-                    "INSERT INTO accounts (username, username_key, password_hash, created_at)
-                     VALUES ('carol', 'carol', 'h', 1)",
-                    [],
-                )?;
-                connection.execute("INSERT INTO no_such_table VALUES (1)", [])?;
-                Ok(())
-            })
-            .await
-        });
-        until_queued(&store, 3).await;
-        let second = send(&store, alice.id, "bob", "k3");
-        until_queued(&store, 4).await;
-        let retry = send(&store, alice.id, "bob", "k1");
-        until_queued(&store, 5).await;
-        drop(release);
-        holder.await.expect("holder");
-
-        let first = first.await.expect("task").expect("first send");
-        assert!(matches!(
-            unknown.await.expect("task"),
-            Err(StoreError::NoSuchAccount(_))
-        ));
-        assert!(matches!(
-            broken.await.expect("task"),
-            Err(StoreError::Internal(_))
-        ));
-        let second = second.await.expect("task").expect("second send");
-        let retry = retry.await.expect("task").expect("retried send");
-        // The holding write, then the five requests together.
-        assert_eq!(store.pool.writer().batches_committed(), before + 2);
-        assert!(!first.duplicate && !second.duplicate);
-        assert_eq!((first.message.sequence, second.message.sequence), (1, 2));
-        assert!(first.message.id < second.message.id);
-        assert!(
-            retry.duplicate,
-            "the key was seen earlier in the same batch"
-        );
-        assert_eq!(retry.message, first.message);
-        let inbox = store.fetch_messages(bob.id, None, 10).await.expect("fetch");
-        assert_eq!(inbox.messages, vec![first.message, second.message]);
-        assert_eq!(store.find_account("carol").await.expect("find"), None);
-        assert_eq!(store.pool.writer().connections_opened(), 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_rolled_back_transaction_fails_every_request_of_its_batch() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir.path().join("chat.db"));
-        let alice = account(&store, "alice").await;
-        account(&store, "bob").await;
-        let (release, holder) = hold_writer(&store).await;
-        let lost = send(&store, alice.id, "bob", "k1");
-        until_queued(&store, 1).await;
-        // Stands for SQLite rolling the whole transaction back (as after an I/O error).
-        let pool = store.pool.clone();
-        let rollback = tokio::spawn(async move {
-            pool.write(|connection| {
-                connection.execute_batch("ROLLBACK")?;
-                Err(StoreError::Internal("gave up".into()).into())
-            })
-            .await
-        });
-        until_queued(&store, 2).await;
-        drop(release);
-        holder.await.expect("holder");
-        for outcome in [
-            lost.await.expect("task").map(drop),
-            rollback.await.expect("task"),
-        ] {
-            assert!(
-                matches!(outcome, Err(StoreError::Unavailable(_))),
-                "{outcome:?}"
-            );
-        }
-        // Nothing of the batch was stored, and the writer goes on.
-        let sent = send(&store, alice.id, "bob", "k1")
-            .await
-            .expect("task")
-            .expect("send");
-        assert!(!sent.duplicate);
-        assert_eq!(sent.message.sequence, 1);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_request_fails_alone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir.path().join("chat.db"));
-        let outcome: Result<(), StoreError> = store.pool.write(|_| panic!("a bug in a body")).await;
-        assert!(
-            matches!(outcome, Err(StoreError::Internal(_))),
-            "{outcome:?}"
-        );
-        account(&store, "alice").await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_waiting_writer_gets_the_lock_soon_after_its_release() {
-        // SQLite's default handler retries 228 ms after its first try, then 328 ms:
-        // about 80 ms late for a lock held 240 ms.
-        const HOLD: Duration = Duration::from_millis(240);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("chat.db");
-        let store = open(&path);
-        account(&store, "alice").await;
-        let (locked_tx, locked) = std_mpsc::channel();
-        let other_process = std::thread::spawn(move || {
-            let mut raw = Connection::open(&path).expect("raw open");
-            let lock = raw
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .expect("take the write lock");
-            locked_tx.send(()).expect("signal");
-            std::thread::sleep(HOLD);
-            lock.commit().expect("release the lock");
-            Instant::now()
-        });
-        locked.recv().expect("the lock is held");
-        let started = Instant::now();
-        // When the writer got the lock: its transaction has begun when the body runs
-        // (what follows, the commit's fsync, is not waiting for the lock).
-        let got_lock = store
-            .pool
-            .write(|_| Ok(Instant::now()))
-            .await
-            .expect("the write");
-        let released = other_process.join().expect("lock holder");
-        assert!(
-            got_lock - started >= HOLD / 2,
-            "the write waited for the lock"
-        );
-        let late = got_lock.saturating_duration_since(released);
-        assert!(
-            late < Duration::from_millis(40),
-            "got the lock {late:?} after its release"
-        );
-        // Installing a busy handler clears `busy_timeout` (SQLite's sleeping handler):
-        // the writer's connection has none, the readers' keep theirs.
-        assert_eq!(
-            store.pool.write(busy_timeout_ms).await.expect("writer's"),
-            0
-        );
-        let reader = store.pool.run(|connection| busy_timeout_ms(connection));
-        assert_eq!(reader.await.expect("reader's"), 5_000);
-    }
-
-    /// The connection's `busy_timeout` pragma, in ms.
-    fn busy_timeout_ms(connection: &Connection) -> Outcome<i64> {
-        Ok(connection.pragma_query_value(None, "busy_timeout", |row| row.get(0))?)
-    }
-
-    #[test]
-    fn the_busy_handler_sleeps_in_short_steps_for_a_bounded_slice() {
-        let mut slept = Duration::ZERO;
-        let mut attempt = 0;
-        loop {
-            let start = Instant::now();
-            if !short_step_busy_handler(attempt) {
-                break;
-            }
-            slept += start.elapsed();
-            attempt += 1;
-        }
-        assert_eq!(attempt, BUSY_SLICE_ATTEMPTS);
-        // 100 sleeps of at most 200 µs, plus the timer's slack.
-        assert!(slept >= Duration::from_millis(15), "{slept:?}");
-        assert!(slept < Duration::from_millis(200), "{slept:?}");
-    }
-}
+mod tests;
