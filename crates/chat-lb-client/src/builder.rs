@@ -400,6 +400,15 @@ impl Builder {
         self
     }
 
+    /// Failed attempts within the accrual window an endpoint needs, beside a
+    /// share over the threshold, to be ejected by the failure-percentage
+    /// ejection. Default 10: two or three unlucky failures among the request
+    /// volume's 50 attempts are over 3%, but no evidence of a failing replica.
+    pub fn failure_percentage_minimum_failures(mut self, failures: u32) -> Self {
+        self.cfg.outlier.failure_percentage.minimum_failures = failures;
+        self
+    }
+
     // ---- retries and deadlines -----------------------------------------------
 
     /// Which calls may be retried after they may have reached a server (a
@@ -646,6 +655,7 @@ mod tests {
             (fp.threshold, fp.minimum_hosts, fp.request_volume),
             (3, 3, 50)
         );
+        assert_eq!(fp.minimum_failures, 10);
         for code in [
             Code::Unavailable,
             Code::Internal,
@@ -666,7 +676,8 @@ mod tests {
             .failure_percentage_ejection(false)
             .failure_percentage_threshold(50)
             .failure_percentage_minimum_hosts(2)
-            .failure_percentage_request_volume(10);
+            .failure_percentage_request_volume(10)
+            .failure_percentage_minimum_failures(0);
         let o = &b.cfg.outlier;
         assert!(o.failure_codes.contains(Code::Internal));
         assert!(!o.failure_codes.contains(Code::Unavailable));
@@ -685,6 +696,7 @@ mod tests {
             (fp.threshold, fp.minimum_hosts, fp.request_volume),
             (50, 2, 10)
         );
+        assert_eq!(fp.minimum_failures, 0);
         assert_eq!(refused_setting(b), None);
 
         assert_eq!(

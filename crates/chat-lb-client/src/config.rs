@@ -109,6 +109,8 @@ pub(crate) struct FailurePercentageConfig {
     pub minimum_hosts: u32,
     /// Attempts in the window an endpoint needs to be judged or counted.
     pub request_volume: u32,
+    /// Failed attempts in the window an endpoint needs to be ejected.
+    pub minimum_failures: u32,
 }
 
 impl Default for FailurePercentageConfig {
@@ -118,6 +120,7 @@ impl Default for FailurePercentageConfig {
             threshold: 3,
             minimum_hosts: 3,
             request_volume: 50,
+            minimum_failures: 10,
         }
     }
 }

@@ -168,6 +168,10 @@ impl Candidate for Arc<Endpoint> {
     fn weight(&self, now: Instant) -> f64 {
         self.slow_start_weight(now).unwrap_or(1.0)
     }
+
+    fn overloaded(&self, now: Instant) -> bool {
+        self.is_overloaded(now)
+    }
 }
 
 impl Endpoint {
@@ -387,6 +391,36 @@ impl Endpoint {
         elapsed: Duration,
         now: Instant,
     ) -> Option<EjectionReason> {
+        self.window().record(now, true);
+        self.failed(cfg, kind, error, elapsed, now)
+    }
+
+    /// A call it answered failed after its response headers (a stream that
+    /// broke, or ended with a failure code in its trailers): as
+    /// [`Endpoint::on_failure`], but the attempt was counted already, as a
+    /// success, when its headers came, so the window turns that success into
+    /// a failure instead of counting a second attempt.
+    pub fn on_stream_failure(
+        &self,
+        cfg: &OutlierConfig,
+        kind: CallFailure,
+        error: &str,
+        now: Instant,
+    ) -> Option<EjectionReason> {
+        self.window().record_late_failure(now);
+        self.failed(cfg, kind, error, Duration::ZERO, now)
+    }
+
+    /// Counts a failure (but in the window) and judges the endpoint's own
+    /// record; see [`Endpoint::on_failure`].
+    fn failed(
+        &self,
+        cfg: &OutlierConfig,
+        kind: CallFailure,
+        error: &str,
+        elapsed: Duration,
+        now: Instant,
+    ) -> Option<EjectionReason> {
         self.metrics.failed(kind);
         self.errors.fetch_add(1, Ordering::Relaxed);
         let in_a_row = self
@@ -397,7 +431,6 @@ impl Endpoint {
             // A timeout is the slowest possible answer.
             self.ewma.observe(elapsed, now);
         }
-        self.window().record(now, true);
         self.lock().note_error(labelled(kind.label(), error));
         crate::outlier::reason_at_once(kind).or_else(|| {
             cfg.consecutive_failures

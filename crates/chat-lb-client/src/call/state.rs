@@ -125,6 +125,15 @@ enum Retry {
     IfSafe,
 }
 
+/// Why a call got no endpoint for a retry or hedge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoTarget {
+    /// No attempt, body replay, time or endpoint left for one.
+    Unavailable,
+    /// The retry (or hedge) budget refused it; the refusal is counted.
+    Refused,
+}
+
 /// A failed attempt the call may retry, and how it answers if it cannot.
 struct Failed {
     endpoint: Arc<Endpoint>,
@@ -439,14 +448,21 @@ impl Call {
         }
         match pushback {
             Pushback::After(period) if self.retry_safe => {
-                if let Some(other) = self.charged_retry_target(now, true) {
-                    tracing::debug!(from = %endpoint.addr, to = %other.addr, "call shed; retrying elsewhere");
-                    return self.send_to(other, now);
-                }
-                if let Some(at) = self.back_off(period, now) {
-                    let wait = at - now;
-                    tracing::debug!(endpoint = %endpoint.addr, ?wait, "call shed, no endpoint free; backing off");
-                    return Action::Wait;
+                match self.charged_target(now, true, false) {
+                    Ok(other) => {
+                        tracing::debug!(from = %endpoint.addr, to = %other.addr, "call shed; retrying elsewhere");
+                        return self.send_to(other, now);
+                    }
+                    // The budget refused this retry (and the refusal was counted):
+                    // a backoff would only ask it again.
+                    Err(NoTarget::Refused) => {}
+                    Err(NoTarget::Unavailable) => {
+                        if let Some(at) = self.back_off(period, now) {
+                            let wait = at - now;
+                            tracing::debug!(endpoint = %endpoint.addr, ?wait, "call shed, no endpoint free; backing off");
+                            return Action::Wait;
+                        }
+                    }
                 }
             }
             _ => {
@@ -497,7 +513,7 @@ impl Call {
     fn hedge(&mut self, current: Arc<Endpoint>, now: Instant) -> Action {
         self.hedge_at = None;
         self.tried.add(&current);
-        match self.charged_target(now, true, true) {
+        match self.charged_target(now, true, true).ok() {
             Some(other) => {
                 let waited = now.saturating_duration_since(self.start);
                 tracing::debug!(from = %current.addr, to = %other.addr, ?waited, "no response headers within the hedging delay; hedging");
@@ -611,40 +627,42 @@ impl Call {
     /// (with `unloaded`, also not under a pushback) and a token from the retry
     /// budget.
     fn charged_retry_target(&mut self, now: Instant, unloaded: bool) -> Option<Arc<Endpoint>> {
-        self.charged_target(now, unloaded, false)
+        self.charged_target(now, unloaded, false).ok()
     }
 
     /// Another endpoint for a retry or (`hedge`) a hedge: see
     /// [`Call::charged_retry_target`]; a hedge needs a token from the hedge
-    /// budget first (see `hedge`).
+    /// budget first (see `hedge`). A budget's refusal is counted here, once,
+    /// and told apart ([`NoTarget::Refused`]) so that the caller does not ask
+    /// the budget again for the same retry.
     fn charged_target(
         &mut self,
         now: Instant,
         unloaded: bool,
         hedge: bool,
-    ) -> Option<Arc<Endpoint>> {
+    ) -> Result<Arc<Endpoint>, NoTarget> {
         let max_attempts = self.ctx.cfg.retry.max_attempts;
         if self.charged_retries + 1 >= max_attempts || !self.replay.can_replay() {
-            return None;
+            return Err(NoTarget::Unavailable);
         }
         if self.deadline.is_some_and(|d| now >= d) {
-            return None;
+            return Err(NoTarget::Unavailable);
         }
         self.list = self.ctx.endpoints();
-        let other = self.pick_among(unloaded)?;
+        let other = self.pick_among(unloaded).ok_or(NoTarget::Unavailable)?;
         let budget = &self.ctx.budget;
         if hedge && !(self.ctx.hedging.budget.try_withdraw() && budget.try_withdraw()) {
             self.ctx.metrics.budget_refused();
             tracing::debug!("hedge or retry budget exhausted; not hedging");
-            return None;
+            return Err(NoTarget::Refused);
         }
         if !hedge && !budget.try_withdraw() {
             self.ctx.metrics.budget_refused();
             tracing::debug!("retry budget exhausted; not retrying");
-            return None;
+            return Err(NoTarget::Refused);
         }
         self.charged_retries += 1;
-        Some(other)
+        Ok(other)
     }
 
     /// Picks an endpoint; when none can take the call, waits (while a source
