@@ -32,7 +32,8 @@
 //! waits at least the pushback, then picks afresh among all endpoints, the one
 //! that shed it included. A negative pushback ("do not retry"), a call that is
 //! not retry-safe, or a backoff that would outlast the deadline passes the
-//! server's answer on.
+//! server's answer on, as does a retry the budget refuses (asked once: a
+//! refusal of the retry elsewhere is not asked again for a backoff).
 //!
 //! **Hedging** (for the methods named by `Builder::hedge_methods`; see
 //! `hedge`) adds one transition: when the live attempt has no response headers
