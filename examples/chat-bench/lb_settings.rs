@@ -13,7 +13,8 @@
 //! `accrual_window`, `success_rate_ejection`, `success_rate_stdev_factor`,
 //! `success_rate_minimum_hosts`, `success_rate_request_volume`,
 //! `failure_percentage_ejection`, `failure_percentage_threshold`,
-//! `failure_percentage_minimum_hosts`, `failure_percentage_request_volume`, `retry_safe` (`none` | `all` | a method path prefix),
+//! `failure_percentage_minimum_hosts`, `failure_percentage_request_volume`,
+//! `failure_percentage_minimum_failures`, `retry_safe` (`none` | `all` | a method path prefix),
 //! `max_attempts`, `per_try_timeout`, `retry_budget_ratio`, `retry_budget_min_per_sec`,
 //! `retry_budget_window`, `max_replay_bytes`, `timeout`, `wait_for_ready`,
 //! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
@@ -127,6 +128,9 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         }
         "failure_percentage_request_volume" => {
             with(text.parse()?, Builder::failure_percentage_request_volume)
+        }
+        "failure_percentage_minimum_failures" => {
+            with(text.parse()?, Builder::failure_percentage_minimum_failures)
         }
         "retry_safe" => with(text.retry_safe()?, Builder::retry_safe),
         "max_attempts" => with(text.parse()?, Builder::max_attempts),

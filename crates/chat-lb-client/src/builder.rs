@@ -508,6 +508,17 @@ impl Builder {
         self
     }
 
+    /// The floor of an adaptive hedging delay
+    /// ([`HedgeDelay::Percentile`]; a fixed delay is taken as given): a
+    /// hedged call waits at least this long before a hedge, however fast the
+    /// method's recent calls. Default 2ms: under it, what delays a call is
+    /// ordinary jitter that a hedge cannot cut, and hedging it only adds load
+    /// (see the crate docs, Hedging). `Duration::ZERO` turns it off.
+    pub fn hedge_min_delay(mut self, min_delay: Duration) -> Self {
+        self.cfg.hedge.min_delay = min_delay;
+        self
+    }
+
     /// The hedge budget: hedges allowed per hedged call (`ratio`, counted like
     /// the [retry budget](Builder::retry_budget)'s) plus a floor per second,
     /// over the retry budget's window. Each hedge also draws on the retry
