@@ -19,7 +19,8 @@
 //! `retry_budget_window`, `max_replay_bytes`, `timeout`, `wait_for_ready`,
 //! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
 //! `ewma_decay`, `hedge_delay` (`pNN` for that percentile of the method's recent
-//! latency, e.g. `p95`, or a fixed duration; it matters for `chat-lb-hedged` only).
+//! latency, e.g. `p95`, or a fixed duration), `hedge_min_delay` (the floor of a
+//! percentile delay; both matter for `chat-lb-hedged` only).
 //! Durations are humantime text (`250ms`, `2s`); `per_try_timeout`, `timeout` and
 //! `wait_for_ready` also take `off` or `none`.
 
@@ -147,6 +148,7 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "default_rtt" => with(text.duration()?, Builder::default_rtt),
         "ewma_decay" => with(text.duration()?, Builder::ewma_decay),
         "hedge_delay" => with(text.hedge_delay()?, Builder::hedge_delay),
+        "hedge_min_delay" => with(text.duration()?, Builder::hedge_min_delay),
         _ => return Err(format!("unknown balancer setting {key:?}")),
     })
 }

@@ -411,8 +411,8 @@ impl Endpoint {
         self.failed(cfg, kind, error, Duration::ZERO, now)
     }
 
-    /// Counts a failure (but in the window) and judges the endpoint's own
-    /// record; see [`Endpoint::on_failure`].
+    /// Counts a failure everywhere but in the window (its callers' part)
+    /// and judges the endpoint's own record; see [`Endpoint::on_failure`].
     fn failed(
         &self,
         cfg: &OutlierConfig,
