@@ -343,6 +343,16 @@ impl Endpoint {
         self.hedges.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A call's attempt on it has had no response headers for `waited`, and
+    /// is being hedged: its latency is at least that, and its estimate rises
+    /// to it if lower. Without it, a replica whose stalled attempts lose their
+    /// hedge race (and are cancelled, never observed) would look as fast as
+    /// the others and keep its full share of calls, each then waiting out the
+    /// hedging delay.
+    pub fn on_hedged_over(&self, waited: Duration, now: Instant) {
+        self.ewma.raise_to(waited, now);
+    }
+
     /// A hedge sent to it answered its call.
     pub fn on_hedge_won(&self) {
         self.hedges_won.fetch_add(1, Ordering::Relaxed);

@@ -314,7 +314,12 @@
 //!   most about 10% more attempts than calls. Without a token the call simply
 //!   waits on its attempt.
 //! - **Health**: being hedged is no failure: the attempt that lost is not
-//!   counted against its endpoint. A hedged attempt that fails still counts
+//!   counted against its endpoint. But its wait is a lower bound of its
+//!   latency: when a hedge is sent, the hedged-over endpoint's latency
+//!   estimate rises to the time its attempt has waited, so power of two
+//!   choices sends a replica that stalls less (its stalled attempts, cancelled
+//!   once a hedge wins, would otherwise never be observed, and it would keep
+//!   its full share of calls, each then waiting out the hedging delay). A hedged attempt that fails still counts
 //!   (and ejects), as any failed attempt; from the hedge on, the newest
 //!   attempt's per-try timeout is the one that runs.
 //! - **Seen in**: [`EndpointSnapshot::hedges`] and

@@ -43,7 +43,10 @@
 //! live attempt (with its own per-try timeout and hedging delay); the attempt
 //! it joined is not cancelled and races it, and a failure of that attempt
 //! still counts against its endpoint (it was not timed out), but its own
-//! per-try timeout no longer applies: the newest attempt's does. As for any
+//! per-try timeout no longer applies: the newest attempt's does. Its wait so
+//! far is a lower bound of its latency: its endpoint's latency estimate rises
+//! to it (so a replica whose stalls lose hedge races, cancelled before they
+//! are ever observed, is still seen as slow). As for any
 //! overlap, the first response headers answer the call and the driver drops
 //! the other attempts.
 //!
@@ -171,6 +174,8 @@ pub(crate) struct Call {
     charged_retries: u32,
     /// The newest attempt's endpoint.
     current: Option<Arc<Endpoint>>,
+    /// When the newest attempt was sent.
+    sent_at: Instant,
     /// Whether the newest attempt is still running within its per-try timeout.
     live: bool,
     /// When the newest attempt's per-try timeout is due.
@@ -229,6 +234,7 @@ impl Call {
             attempts: 0,
             charged_retries: 0,
             current: None,
+            sent_at: now,
             live: false,
             per_try_at: None,
             hedged_method,
@@ -514,6 +520,7 @@ impl Call {
     fn hedge(&mut self, current: Arc<Endpoint>, now: Instant) -> Action {
         self.hedge_at = None;
         self.tried.add(&current);
+        current.on_hedged_over(now.saturating_duration_since(self.sent_at), now);
         match self.charged_target(now, true, true).ok() {
             Some(other) => {
                 let waited = now.saturating_duration_since(self.start);
@@ -585,6 +592,7 @@ impl Call {
         self.timer = earliest(earliest(self.per_try_at, self.hedge_at), self.deadline);
         self.live = true;
         self.current = Some(endpoint.clone());
+        self.sent_at = now;
         let n = self.attempts;
         Action::Send(Attempt {
             n,
