@@ -402,8 +402,9 @@ impl Builder {
 
     /// Failed attempts within the accrual window an endpoint needs, beside a
     /// share over the threshold, to be ejected by the failure-percentage
-    /// ejection. Default 10: two or three unlucky failures among the request
-    /// volume's 50 attempts are over 3%, but no evidence of a failing replica.
+    /// ejection. Default 5 (as many as `consecutive_failures` needs in a
+    /// row): two unlucky failures among the request volume's 50 attempts are
+    /// over 3%, but no evidence of a failing replica.
     pub fn failure_percentage_minimum_failures(mut self, failures: u32) -> Self {
         self.cfg.outlier.failure_percentage.minimum_failures = failures;
         self
@@ -666,7 +667,7 @@ mod tests {
             (fp.threshold, fp.minimum_hosts, fp.request_volume),
             (3, 3, 50)
         );
-        assert_eq!(fp.minimum_failures, 10);
+        assert_eq!(fp.minimum_failures, 5);
         for code in [
             Code::Unavailable,
             Code::Internal,

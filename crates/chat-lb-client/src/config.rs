@@ -120,7 +120,7 @@ impl Default for FailurePercentageConfig {
             threshold: 3,
             minimum_hosts: 3,
             request_volume: 50,
-            minimum_failures: 10,
+            minimum_failures: 5,
         }
     }
 }

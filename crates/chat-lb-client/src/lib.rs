@@ -144,7 +144,7 @@
 //! | rule | ejects | defaults |
 //! |---|---|---|
 //! | [consecutive failures](Builder::consecutive_failures) | after N failed attempts in a row | N = 5 |
-//! | [failure percentage](Builder::failure_percentage_ejection) (gRPC A50) | an endpoint whose share of failed attempts in the window is over the threshold and that failed at least [`minimum_failures`](Builder::failure_percentage_minimum_failures) attempts in it, once at least `minimum_hosts` endpoints have `request_volume` attempts in it | 3%, 10 failures, 3 endpoints, 50 attempts |
+//! | [failure percentage](Builder::failure_percentage_ejection) (gRPC A50) | an endpoint whose share of failed attempts in the window is over the threshold and that failed at least [`minimum_failures`](Builder::failure_percentage_minimum_failures) attempts in it, once at least `minimum_hosts` endpoints have `request_volume` attempts in it | 3%, 5 failures, 3 endpoints, 50 attempts |
 //! | [success rate](Builder::success_rate_ejection) (gRPC A50) | an endpoint whose success rate is under `mean - stdev_factor * stdev` of the rates of the endpoints with `request_volume` attempts, when there are at least `minimum_hosts` of them | 1.9, 5 endpoints, 100 attempts |
 //!
 //! A50's own failure-percentage defaults (85%, 5 endpoints) catch only a
@@ -153,9 +153,10 @@
 //! (chat-bench's flaky replica fails 20% of its chat calls, about 4% of all
 //! its calls with the health checks of its mix). The share alone would judge
 //! a low volume on luck: 2 failures among the 50 attempts of the request
-//! volume are 4%. So the rule also needs 10 failures in the window: a couple
-//! of transient errors never eject, while a replica failing 4% of a few
-//! hundred calls a second is out within a second or two (a false ejection is
+//! volume are 4%. So the rule also needs 5 failures in the window (as many as
+//! the consecutive rule needs in a row): a couple of transient errors never
+//! eject, while a replica failing 4% of a few hundred calls a second is out
+//! within a second (a false ejection is
 //! brief, capped, retried around, and the endpoint stays a last resort, but
 //! it moves its load onto the others for nothing). The success
 //! rate rule is for larger clusters: the lowest of `n` rates is at most
@@ -338,7 +339,7 @@
 //! | slow endpoints | on: probe latency (fastest of last 3) over 3x the others' median and over 10ms; cleared under 2x |
 //! | ejection | 1s × offences in a row, at most 30s, at most 50% of endpoints |
 //! | failure codes | `UNAVAILABLE` (ejects at once), `INTERNAL`, `UNKNOWN`, `DATA_LOSS` (accrue) |
-//! | failure accrual | 5 in a row; over a 10s window: failure percentage over 3% with at least 10 failures (3 endpoints, 50 attempts), success rate under mean − 1.9 stdev (5 endpoints, 100 attempts) |
+//! | failure accrual | 5 in a row; over a 10s window: failure percentage over 3% with at least 5 failures (3 endpoints, 50 attempts), success rate under mean − 1.9 stdev (5 endpoints, 100 attempts) |
 //! | retry-safe calls | none ([`RetrySafe::None`]) |
 //! | max attempts (retry-safe) | 3 |
 //! | per-try timeout (retry-safe) | 2s |

@@ -562,24 +562,27 @@ async fn a_couple_of_failures_among_the_request_volume_eject_nothing() {
             endpoint.on_success(rtt, Instant::now());
         }
     }
-    // 9 failures of 69 attempts (13%, over the 3% threshold), spread over
-    // the window: under the minimum of 10 failures, no ejection.
+    // 4 failures of 64 attempts (6%, over the 3% threshold), spread over
+    // the window: under the minimum of 5 failures, no ejection.
     let internal = CallFailure::Status(Code::Internal);
-    for _ in 0..9 {
-        tokio::time::advance(Duration::from_millis(900)).await;
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_millis(2_000)).await;
         w.ctx
             .count_failure(&a, internal, "transient", Duration::ZERO);
         assert_eq!(a.snapshot().state, EndpointState::Healthy);
     }
     assert_eq!(
         (a.snapshot().recent_attempts, a.snapshot().recent_failures),
-        (69, 9)
+        (64, 4)
     );
-    // Once the first failures leave the window, they are forgotten.
-    tokio::time::advance(Duration::from_secs(3)).await;
+    // A fifth within the window is evidence enough.
+    tokio::time::advance(Duration::from_millis(500)).await;
     w.ctx
         .count_failure(&a, internal, "transient", Duration::ZERO);
     let seen = a.snapshot();
-    assert_eq!(seen.state, EndpointState::Healthy, "{seen:?}");
-    assert!(seen.recent_failures < 10, "{seen:?}");
+    assert_eq!(seen.state, EndpointState::Ejected);
+    assert_eq!(
+        seen.ejection_reason,
+        Some(EjectionReason::FailurePercentage)
+    );
 }

@@ -21,7 +21,7 @@
 //! * **failure percentage** ([`judge`]): among the endpoints with at least
 //!   `request_volume` (50) attempts in the window, when there are at least
 //!   `minimum_hosts` (3) of them, one whose share of failed attempts is over
-//!   `threshold` (3%) *and* that failed at least `minimum_failures` (10)
+//!   `threshold` (3%) *and* that failed at least `minimum_failures` (5)
 //!   attempts in the window. A50's defaults (85%, 5 endpoints) catch only
 //!   replicas that fail nearly everything, which the at-once ejection already
 //!   does; a replica failing one call in twenty-five while its peers fail none
@@ -29,12 +29,15 @@
 //!   its chat calls, but with its health checks (80% of the load, never
 //!   failed) about 4% of its attempts. A percentage alone judges a low volume
 //!   on luck, though: 2 failures among the 50 attempts of the request volume
-//!   are 4%, over the threshold. So the rule also asks for 10 failures within
-//!   the window (the threshold then binds from 333 attempts on): a couple of
-//!   transient errors never eject, a replica failing 4% of a few hundred
-//!   calls a second is out within a second or so (and one failing 5 calls in
-//!   a row is out anyway, by the first rule). A false ejection costs little
-//!   (brief, capped, and the endpoint stays a last resort), but it moves the
+//!   are 4%, over the threshold. So the rule also asks for 5 failures within
+//!   the window, as many as the first rule needs in a row (the threshold then
+//!   binds from 167 attempts on): a couple of transient errors never eject (a
+//!   healthy replica failing 0.1% of its calls reaches 5 failures among 166
+//!   attempts about once in a million windows), a replica failing 4% of a few
+//!   hundred calls a second is out within a second, and one failing 20% is
+//!   out about when it has the volume, as on the share alone (by then it has
+//!   about 10 failures). A false ejection costs little (brief, capped, and
+//!   the endpoint stays a last resort), but it moves the
 //!   load onto the others for nothing.
 //!
 //! Every rule stays within the cap on the share of endpoints ejected, so
@@ -284,18 +287,18 @@ mod tests {
     fn a_couple_of_failures_are_not_enough_whatever_their_share() {
         let cfg = failure_percentage_only();
         let healthy = counts(60, 0);
-        // 2 and 9 of 50: 4% and 18%, over the threshold, but under the
-        // minimum of 10 failures.
-        for unlucky in [counts(50, 2), counts(50, 9)] {
+        // 2 and 4 of 50: 4% and 8%, over the threshold, but under the
+        // minimum of 5 failures.
+        for unlucky in [counts(50, 2), counts(50, 4)] {
             assert_eq!(judge(unlucky, &[healthy, healthy, unlucky], &cfg), None);
         }
-        let failing = counts(50, 10);
+        let failing = counts(50, 5);
         assert_eq!(
             judge(failing, &[healthy, healthy, failing], &cfg),
             Some(EjectionReason::FailurePercentage)
         );
-        // Ten failures are still judged on their share: 10 of 400 is 2.5%.
-        let busy = counts(400, 10);
+        // Five failures are still judged on their share: 5 of 200 is 2.5%.
+        let busy = counts(200, 5);
         assert_eq!(judge(busy, &[healthy, healthy, busy], &cfg), None);
         // Without the minimum, the share alone decides.
         let mut any = cfg;
