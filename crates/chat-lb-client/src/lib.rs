@@ -534,7 +534,7 @@
 //! | `picker.rs` | the tiers and the policies |
 //! | `classify.rs` | what became of an attempt: headers, a failure code, shed (with its pushback), never sent, transport failure, expired |
 //! | `retry/` | which calls may be retried, the retry budget, the backoff of a retry that must wait |
-//! | `hedge.rs` | which calls are hedged, the hedging delay (fixed, or a percentile of recent latency) and the hedge budget |
+//! | `hedge.rs` | which calls are hedged, the hedging delay (fixed, or a percentile of recent latency with a floor) and the hedge budget |
 //! | `ramp.rs` | slow start: the weight of an endpoint that (re)joined the healthy tier |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
 //! | `transport.rs`, `connect.rs`, `tls/` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
