@@ -13,12 +13,14 @@
 //! `accrual_window`, `success_rate_ejection`, `success_rate_stdev_factor`,
 //! `success_rate_minimum_hosts`, `success_rate_request_volume`,
 //! `failure_percentage_ejection`, `failure_percentage_threshold`,
-//! `failure_percentage_minimum_hosts`, `failure_percentage_request_volume`, `retry_safe` (`none` | `all` | a method path prefix),
+//! `failure_percentage_minimum_hosts`, `failure_percentage_request_volume`,
+//! `failure_percentage_minimum_failures`, `retry_safe` (`none` | `all` | a method path prefix),
 //! `max_attempts`, `per_try_timeout`, `retry_budget_ratio`, `retry_budget_min_per_sec`,
 //! `retry_budget_window`, `max_replay_bytes`, `timeout`, `wait_for_ready`,
 //! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
 //! `ewma_decay`, `hedge_delay` (`pNN` for that percentile of the method's recent
-//! latency, e.g. `p95`, or a fixed duration; it matters for `chat-lb-hedged` only).
+//! latency, e.g. `p95`, or a fixed duration), `hedge_min_delay` (the floor of a
+//! percentile delay; both matter for `chat-lb-hedged` only).
 //! Durations are humantime text (`250ms`, `2s`); `per_try_timeout`, `timeout` and
 //! `wait_for_ready` also take `off` or `none`.
 
@@ -128,6 +130,9 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "failure_percentage_request_volume" => {
             with(text.parse()?, Builder::failure_percentage_request_volume)
         }
+        "failure_percentage_minimum_failures" => {
+            with(text.parse()?, Builder::failure_percentage_minimum_failures)
+        }
         "retry_safe" => with(text.retry_safe()?, Builder::retry_safe),
         "max_attempts" => with(text.parse()?, Builder::max_attempts),
         "per_try_timeout" => with(text.optional_duration()?, |b, d| b.per_try_timeout(d)),
@@ -143,6 +148,7 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "default_rtt" => with(text.duration()?, Builder::default_rtt),
         "ewma_decay" => with(text.duration()?, Builder::ewma_decay),
         "hedge_delay" => with(text.hedge_delay()?, Builder::hedge_delay),
+        "hedge_min_delay" => with(text.duration()?, Builder::hedge_min_delay),
         _ => return Err(format!("unknown balancer setting {key:?}")),
     })
 }

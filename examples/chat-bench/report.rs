@@ -81,8 +81,8 @@ pub fn print_header(plan: &Plan, machine: &Machine, cluster: &Cluster) {
     println!("direct      one Channel to A (to P1 in steady-one-process)");
     println!("chat-lb     {}", plan.chat_lb());
     println!(
-        "chat-lb-hedged  chat-lb + hedge_methods(every chat RPC): a hedge after the \
-         method's recent p95, hedge budget 10%+1/s"
+        "chat-lb-hedged  chat-lb + hedge_methods(every chat RPC but HealthCheck): a hedge \
+         after the method's recent p95 (at least 2ms), hedge budget 10%+1/s"
     );
     println!();
 }

@@ -400,6 +400,16 @@ impl Builder {
         self
     }
 
+    /// Failed attempts within the accrual window an endpoint needs, beside a
+    /// share over the threshold, to be ejected by the failure-percentage
+    /// ejection. Default 5 (as many as `consecutive_failures` needs in a
+    /// row): two unlucky failures among the request volume's 50 attempts are
+    /// over 3%, but no evidence of a failing replica.
+    pub fn failure_percentage_minimum_failures(mut self, failures: u32) -> Self {
+        self.cfg.outlier.failure_percentage.minimum_failures = failures;
+        self
+    }
+
     // ---- retries and deadlines -----------------------------------------------
 
     /// Which calls may be retried after they may have reached a server (a
@@ -496,6 +506,17 @@ impl Builder {
     /// Default [`HedgeDelay::Percentile`]`(95.0)`.
     pub fn hedge_delay(mut self, delay: HedgeDelay) -> Self {
         self.cfg.hedge.delay = delay;
+        self
+    }
+
+    /// The floor of an adaptive hedging delay
+    /// ([`HedgeDelay::Percentile`]; a fixed delay is taken as given): a
+    /// hedged call waits at least this long before a hedge, however fast the
+    /// method's recent calls. Default 2ms: under it, what delays a call is
+    /// ordinary jitter that a hedge cannot cut, and hedging it only adds load
+    /// (see the crate docs, Hedging). `Duration::ZERO` turns it off.
+    pub fn hedge_min_delay(mut self, min_delay: Duration) -> Self {
+        self.cfg.hedge.min_delay = min_delay;
         self
     }
 
@@ -646,6 +667,7 @@ mod tests {
             (fp.threshold, fp.minimum_hosts, fp.request_volume),
             (3, 3, 50)
         );
+        assert_eq!(fp.minimum_failures, 5);
         for code in [
             Code::Unavailable,
             Code::Internal,
@@ -666,7 +688,8 @@ mod tests {
             .failure_percentage_ejection(false)
             .failure_percentage_threshold(50)
             .failure_percentage_minimum_hosts(2)
-            .failure_percentage_request_volume(10);
+            .failure_percentage_request_volume(10)
+            .failure_percentage_minimum_failures(0);
         let o = &b.cfg.outlier;
         assert!(o.failure_codes.contains(Code::Internal));
         assert!(!o.failure_codes.contains(Code::Unavailable));
@@ -685,6 +708,7 @@ mod tests {
             (fp.threshold, fp.minimum_hosts, fp.request_volume),
             (50, 2, 10)
         );
+        assert_eq!(fp.minimum_failures, 0);
         assert_eq!(refused_setting(b), None);
 
         assert_eq!(

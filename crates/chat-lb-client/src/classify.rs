@@ -31,7 +31,8 @@
 //!
 //! (No response headers within the per-try timeout is the sixth kind; the call
 //! state machine sees it by its timer, see `call`.) A response body that fails
-//! after the headers is told apart by [`is_transport`].
+//! after the headers is told apart by [`is_transport`], and a stream whose
+//! trailers end it with a failure code by [`failure_in`] (see `observe`).
 
 use std::{error::Error as StdError, io, time::Duration};
 
@@ -241,26 +242,34 @@ pub(crate) fn failure_status<B>(
     response: &http::Response<B>,
     codes: FailureCodes,
 ) -> Option<(CallFailure, String)> {
-    let code = match response.headers().get(&GRPC_STATUS) {
-        Some(status) => Code::from_i32(parse_code(status.as_bytes())?),
-        None => match response.status() {
-            http::StatusCode::BAD_GATEWAY
-            | http::StatusCode::SERVICE_UNAVAILABLE
-            | http::StatusCode::GATEWAY_TIMEOUT => {
-                return codes.contains(Code::Unavailable).then(|| {
-                    (
-                        CallFailure::Unavailable,
-                        format!("HTTP {}", response.status()),
-                    )
-                });
-            }
-            _ => return None,
-        },
-    };
+    if response.headers().contains_key(&GRPC_STATUS) {
+        return failure_in(response.headers(), codes);
+    }
+    match response.status() {
+        http::StatusCode::BAD_GATEWAY
+        | http::StatusCode::SERVICE_UNAVAILABLE
+        | http::StatusCode::GATEWAY_TIMEOUT => codes.contains(Code::Unavailable).then(|| {
+            (
+                CallFailure::Unavailable,
+                format!("HTTP {}", response.status()),
+            )
+        }),
+        _ => None,
+    }
+}
+
+/// The failure a `grpc-status` in `headers` (response headers, or the
+/// trailers that end a stream) carries, with its message: one of the failure
+/// `codes`, `UNAVAILABLE` kept apart.
+pub(crate) fn failure_in(
+    headers: &http::HeaderMap,
+    codes: FailureCodes,
+) -> Option<(CallFailure, String)> {
+    let code = Code::from_i32(parse_code(headers.get(&GRPC_STATUS)?.as_bytes())?);
     if !codes.contains(code) {
         return None;
     }
-    let message = Status::from_header_map(response.headers())
+    let message = Status::from_header_map(headers)
         .map(|s| s.message().to_owned())
         .unwrap_or_default();
     let kind = match code {

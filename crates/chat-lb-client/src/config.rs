@@ -109,6 +109,8 @@ pub(crate) struct FailurePercentageConfig {
     pub minimum_hosts: u32,
     /// Attempts in the window an endpoint needs to be judged or counted.
     pub request_volume: u32,
+    /// Failed attempts in the window an endpoint needs to be ejected.
+    pub minimum_failures: u32,
 }
 
 impl Default for FailurePercentageConfig {
@@ -118,6 +120,7 @@ impl Default for FailurePercentageConfig {
             threshold: 3,
             minimum_hosts: 3,
             request_volume: 50,
+            minimum_failures: 5,
         }
     }
 }
@@ -213,6 +216,8 @@ pub(crate) struct HedgeConfig {
     /// The full method paths (`/package.Service/Method`) of the hedged calls.
     pub methods: Vec<String>,
     pub delay: HedgeDelay,
+    /// The least adaptive hedging delay (see `hedge`).
+    pub min_delay: Duration,
     /// The hedge budget: hedges per hedged call, plus a floor per second,
     /// over the retry budget's window.
     pub budget_ratio: f64,
@@ -224,6 +229,7 @@ impl Default for HedgeConfig {
         Self {
             methods: Vec::new(),
             delay: HedgeDelay::default(),
+            min_delay: crate::hedge::DEFAULT_MIN_DELAY,
             budget_ratio: 0.1,
             budget_min_per_sec: 1,
         }

@@ -19,6 +19,7 @@ use crate::{
     outlier::EjectionCap,
     outlier::accrual,
     retry::budget::RetryBudget,
+    snapshot::EjectionReason,
     update::{Update, Updates, report},
 };
 
@@ -88,18 +89,39 @@ impl CallContext {
         elapsed: Duration,
     ) {
         let now = Instant::now();
+        let reason = endpoint.on_failure(&self.cfg.outlier, kind, error, elapsed, now);
+        self.judge(endpoint, reason, error, now);
+    }
+
+    /// Counts a failure of an answered call after its response headers (its
+    /// stream broke, or its trailers carry a failure code) against
+    /// `endpoint`: as [`CallContext::count_failure`], but the attempt was
+    /// counted as a success already (see [`Endpoint::on_stream_failure`]).
+    pub fn count_stream_failure(&self, endpoint: &Endpoint, kind: CallFailure, error: &str) {
+        let now = Instant::now();
+        let reason = endpoint.on_stream_failure(&self.cfg.outlier, kind, error, now);
+        self.judge(endpoint, reason, error, now);
+    }
+
+    /// Ejects `endpoint` for `reason`, the verdict of its own record, if
+    /// any; else for the windowed detectors' verdict, if any.
+    fn judge(
+        &self,
+        endpoint: &Endpoint,
+        reason: Option<EjectionReason>,
+        error: &str,
+        now: Instant,
+    ) {
         let cfg = &self.cfg.outlier;
         let list = self.endpoints();
-        let reason = endpoint
-            .on_failure(cfg, kind, error, elapsed, now)
-            .or_else(|| {
-                let own = endpoint.recent(now);
-                if !accrual::may_judge(own, cfg) {
-                    return None;
-                }
-                let all: Vec<accrual::Counts> = list.iter().map(|e| e.recent(now)).collect();
-                accrual::judge(own, &all, cfg)
-            });
+        let reason = reason.or_else(|| {
+            let own = endpoint.recent(now);
+            if !accrual::may_judge(own, cfg) {
+                return None;
+            }
+            let all: Vec<accrual::Counts> = list.iter().map(|e| e.recent(now)).collect();
+            accrual::judge(own, &all, cfg)
+        });
         let Some(reason) = reason else { return };
         if endpoint.eject(cfg, (&self.ejections, list.len()), reason, error) {
             report(&self.updates, Update::StateChanged);

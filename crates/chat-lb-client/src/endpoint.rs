@@ -168,6 +168,10 @@ impl Candidate for Arc<Endpoint> {
     fn weight(&self, now: Instant) -> f64 {
         self.slow_start_weight(now).unwrap_or(1.0)
     }
+
+    fn overloaded(&self, now: Instant) -> bool {
+        self.is_overloaded(now)
+    }
 }
 
 impl Endpoint {
@@ -339,6 +343,16 @@ impl Endpoint {
         self.hedges.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A call's attempt on it has had no response headers for `waited`, and
+    /// is being hedged: its latency is at least that, and its estimate rises
+    /// to it if lower. Without it, a replica whose stalled attempts lose their
+    /// hedge race (and are cancelled, never observed) would look as fast as
+    /// the others and keep its full share of calls, each then waiting out the
+    /// hedging delay.
+    pub fn on_hedged_over(&self, waited: Duration, now: Instant) {
+        self.ewma.raise_to(waited, now);
+    }
+
     /// A hedge sent to it answered its call.
     pub fn on_hedge_won(&self) {
         self.hedges_won.fetch_add(1, Ordering::Relaxed);
@@ -387,6 +401,36 @@ impl Endpoint {
         elapsed: Duration,
         now: Instant,
     ) -> Option<EjectionReason> {
+        self.window().record(now, true);
+        self.failed(cfg, kind, error, elapsed, now)
+    }
+
+    /// A call it answered failed after its response headers (a stream that
+    /// broke, or ended with a failure code in its trailers): as
+    /// [`Endpoint::on_failure`], but the attempt was counted already, as a
+    /// success, when its headers came, so the window turns that success into
+    /// a failure instead of counting a second attempt.
+    pub fn on_stream_failure(
+        &self,
+        cfg: &OutlierConfig,
+        kind: CallFailure,
+        error: &str,
+        now: Instant,
+    ) -> Option<EjectionReason> {
+        self.window().record_late_failure(now);
+        self.failed(cfg, kind, error, Duration::ZERO, now)
+    }
+
+    /// Counts a failure everywhere but in the window (its callers' part)
+    /// and judges the endpoint's own record; see [`Endpoint::on_failure`].
+    fn failed(
+        &self,
+        cfg: &OutlierConfig,
+        kind: CallFailure,
+        error: &str,
+        elapsed: Duration,
+        now: Instant,
+    ) -> Option<EjectionReason> {
         self.metrics.failed(kind);
         self.errors.fetch_add(1, Ordering::Relaxed);
         let in_a_row = self
@@ -397,7 +441,6 @@ impl Endpoint {
             // A timeout is the slowest possible answer.
             self.ewma.observe(elapsed, now);
         }
-        self.window().record(now, true);
         self.lock().note_error(labelled(kind.label(), error));
         crate::outlier::reason_at_once(kind).or_else(|| {
             cfg.consecutive_failures

@@ -76,6 +76,21 @@ impl PeakEwma {
         state.updated = now;
     }
 
+    /// Raises the (decayed) estimate to `at_least` when that is higher; never
+    /// lowers it. For a lower bound of a round-trip time (an attempt still
+    /// without an answer after that long), which [`Ewma::observe`] would
+    /// wrongly average in as a whole sample when lower than the estimate.
+    pub fn raise_to(&self, at_least: Duration, now: Instant) {
+        let at_least = nanos(at_least);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = nanos(now.saturating_duration_since(state.updated));
+        let decayed = state.estimate_ns * (-elapsed / self.decay_ns).exp();
+        if at_least > decayed {
+            state.estimate_ns = at_least;
+            state.updated = now;
+        }
+    }
+
     /// Lowers the (decayed) estimate to `rtt` when that is lower; never raises it.
     /// For an endpoint that got no calls lately, whose old estimate says little: a
     /// fresh quick answer brings it back into play, a slow one changes nothing.
@@ -164,6 +179,12 @@ mod tests {
         assert_eq!(ewma.estimate(probed), 300e3);
         ewma.lower_to(Duration::from_millis(50), probed);
         assert_eq!(ewma.estimate(probed), 300e3);
+
+        // A lower bound raises a lower estimate to it, and never lowers one.
+        ewma.raise_to(Duration::from_millis(2), probed);
+        assert_eq!(ewma.estimate(probed), 2e6);
+        ewma.raise_to(Duration::from_micros(500), probed);
+        assert_eq!(ewma.estimate(probed), 2e6);
     }
 
     #[tokio::test(start_paused = true)]

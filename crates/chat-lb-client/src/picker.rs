@@ -22,6 +22,11 @@
 //! or the next in turn (round-robin) weighs more, `w_other`, the choice is
 //! passed over for it with probability `1 - w / w_other`. Pick-first ignores
 //! weights.
+//!
+//! An endpoint within the pushback period of a call it shed is avoided: power
+//! of two choices sees its raised cost (see `ewma`); pick-first, which has no
+//! costs, passes it over for the next candidate of its tier that is not under
+//! a pushback, and takes it only when all of them are.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -81,6 +86,11 @@ pub(crate) trait Candidate {
     fn weight(&self, _now: Instant) -> f64 {
         1.0
     }
+    /// Whether it is within the pushback period of a call it shed (see
+    /// `classify::Pushback`).
+    fn overloaded(&self, _now: Instant) -> bool {
+        false
+    }
 }
 
 /// Whether `chosen` is passed over for `other`: with probability
@@ -95,6 +105,25 @@ fn passed_over<C: Candidate, R: Rng + ?Sized>(
 ) -> bool {
     let (weight, other) = (chosen.weight(now), other.weight(now));
     weight < other && rng.random::<f64>() * other >= weight
+}
+
+/// Pick-first among the candidates of `tier`: the first one in configuration
+/// order that is not within a pushback period, or the first one when all are.
+/// Power of two choices avoids a shedding endpoint through its raised cost;
+/// pick-first, which ignores costs, skips it here, for the first attempt of a
+/// call as for its retries, and comes back to it when its pushback is over.
+fn pick_first<C: Candidate>(
+    list: &[C],
+    tier: Tier,
+    excluded: impl Fn(&C) -> bool,
+    now: Instant,
+) -> Option<&C> {
+    let mut candidates = list.iter().filter(|c| c.tier() == tier && !excluded(c));
+    let first = candidates.next()?;
+    if !first.overloaded(now) {
+        return Some(first);
+    }
+    Some(candidates.find(|c| !c.overloaded(now)).unwrap_or(first))
 }
 
 /// Picks an endpoint from `list` by `policy`, or `None` when no endpoint may
@@ -130,7 +159,7 @@ pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
             .nth(n)
     };
     match policy {
-        Policy::PickFirst => nth(0),
+        Policy::PickFirst => pick_first(list, tier, excluded, now),
         Policy::RoundRobin => {
             let turn = next.fetch_add(1, Ordering::Relaxed) % count;
             let chosen = nth(turn)?;
@@ -188,6 +217,7 @@ mod tests {
         cost: f64,
         weight: f64,
         tried: bool,
+        overloaded: bool,
     }
 
     impl Candidate for Fake {
@@ -200,6 +230,9 @@ mod tests {
         fn weight(&self, _: Instant) -> f64 {
             self.weight
         }
+        fn overloaded(&self, _: Instant) -> bool {
+            self.overloaded
+        }
     }
 
     fn fake(tier: Tier, cost: f64) -> Fake {
@@ -208,6 +241,7 @@ mod tests {
             cost,
             weight: 1.0,
             tried: false,
+            overloaded: false,
         }
     }
 
@@ -397,5 +431,34 @@ mod tests {
         list[0].tried = true;
         list[3].tried = true;
         assert!(pick(Policy::PickFirst, &list, |c| c.tried, &next, &mut rng, now).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pick_first_skips_an_endpoint_under_a_pushback_while_another_is_free() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let next = AtomicUsize::new(0);
+        let now = Instant::now();
+        let mut list = vec![
+            fake(Tier::Preferred, 0.0),
+            fake(Tier::Fallback, 0.0),
+            fake(Tier::Preferred, 0.0),
+            fake(Tier::Preferred, 0.0),
+        ];
+        let first = |list: &[Fake], rng: &mut StdRng| {
+            let c = pick(Policy::PickFirst, list, |c| c.tried, &next, rng, now);
+            index_of(list, c.unwrap())
+        };
+        list[0].overloaded = true;
+        assert_eq!(first(&list, &mut rng), 2, "the next free one of the tier");
+        list[2].overloaded = true;
+        assert_eq!(first(&list, &mut rng), 3);
+        // All of the best tier under a pushback: the first of them, not a
+        // worse tier.
+        list[3].overloaded = true;
+        assert_eq!(first(&list, &mut rng), 0);
+        // Skipping composes with what the call tried.
+        list[2].overloaded = false;
+        list[2].tried = true;
+        assert_eq!(first(&list, &mut rng), 0);
     }
 }

@@ -32,7 +32,8 @@
 //! waits at least the pushback, then picks afresh among all endpoints, the one
 //! that shed it included. A negative pushback ("do not retry"), a call that is
 //! not retry-safe, or a backoff that would outlast the deadline passes the
-//! server's answer on.
+//! server's answer on, as does a retry the budget refuses (asked once: a
+//! refusal of the retry elsewhere is not asked again for a backoff).
 //!
 //! **Hedging** (for the methods named by `Builder::hedge_methods`; see
 //! `hedge`) adds one transition: when the live attempt has no response headers
@@ -42,7 +43,10 @@
 //! live attempt (with its own per-try timeout and hedging delay); the attempt
 //! it joined is not cancelled and races it, and a failure of that attempt
 //! still counts against its endpoint (it was not timed out), but its own
-//! per-try timeout no longer applies: the newest attempt's does. As for any
+//! per-try timeout no longer applies: the newest attempt's does. Its wait so
+//! far is a lower bound of its latency: its endpoint's latency estimate rises
+//! to it (so a replica whose stalls lose hedge races, cancelled before they
+//! are ever observed, is still seen as slow). As for any
 //! overlap, the first response headers answer the call and the driver drops
 //! the other attempts.
 //!
@@ -130,6 +134,15 @@ enum Retry {
     IfSafe,
 }
 
+/// Why a call got no endpoint for a retry or hedge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoTarget {
+    /// No attempt, body replay, time or endpoint left for one.
+    Unavailable,
+    /// The retry (or hedge) budget refused it; the refusal is counted.
+    Refused,
+}
+
 /// A failed attempt the call may retry, and how it answers if it cannot.
 struct Failed {
     endpoint: Arc<Endpoint>,
@@ -166,6 +179,8 @@ pub(crate) struct Call {
     charged_retries: u32,
     /// The newest attempt's endpoint.
     current: Option<Arc<Endpoint>>,
+    /// When the newest attempt was sent.
+    sent_at: Instant,
     /// Whether the newest attempt is still running within its per-try timeout.
     live: bool,
     /// When the newest attempt's per-try timeout is due.
@@ -225,6 +240,7 @@ impl Call {
             attempts: 0,
             charged_retries: 0,
             current: None,
+            sent_at: now,
             live: false,
             per_try_at: None,
             hedged_method,
@@ -446,14 +462,21 @@ impl Call {
         }
         match pushback {
             Pushback::After(period) if self.retry_safe => {
-                if let Some(other) = self.charged_retry_target(now, true) {
-                    tracing::debug!(from = %endpoint.addr, to = %other.addr, "call shed; retrying elsewhere");
-                    return self.send_to(other, now);
-                }
-                if let Some(at) = self.back_off(period, now) {
-                    let wait = at - now;
-                    tracing::debug!(endpoint = %endpoint.addr, ?wait, "call shed, no endpoint free; backing off");
-                    return Action::Wait;
+                match self.charged_target(now, true, false) {
+                    Ok(other) => {
+                        tracing::debug!(from = %endpoint.addr, to = %other.addr, "call shed; retrying elsewhere");
+                        return self.send_to(other, now);
+                    }
+                    // The budget refused this retry (and the refusal was counted):
+                    // a backoff would only ask it again.
+                    Err(NoTarget::Refused) => {}
+                    Err(NoTarget::Unavailable) => {
+                        if let Some(at) = self.back_off(period, now) {
+                            let wait = at - now;
+                            tracing::debug!(endpoint = %endpoint.addr, ?wait, "call shed, no endpoint free; backing off");
+                            return Action::Wait;
+                        }
+                    }
                 }
             }
             _ => {
@@ -504,7 +527,8 @@ impl Call {
     fn hedge(&mut self, current: Arc<Endpoint>, now: Instant) -> Action {
         self.hedge_at = None;
         self.tried.add(&current);
-        match self.charged_target(now, true, true) {
+        current.on_hedged_over(now.saturating_duration_since(self.sent_at), now);
+        match self.charged_target(now, true, true).ok() {
             Some(other) => {
                 let waited = now.saturating_duration_since(self.start);
                 tracing::debug!(from = %current.addr, to = %other.addr, ?waited, "no response headers within the hedging delay; hedging");
@@ -575,6 +599,7 @@ impl Call {
         self.timer = earliest(earliest(self.per_try_at, self.hedge_at), self.deadline);
         self.live = true;
         self.current = Some(endpoint.clone());
+        self.sent_at = now;
         let n = self.attempts;
         Action::Send(Attempt {
             n,
@@ -618,40 +643,44 @@ impl Call {
     /// (with `unloaded`, also not under a pushback) and a token from the retry
     /// budget.
     fn charged_retry_target(&mut self, now: Instant, unloaded: bool) -> Option<Arc<Endpoint>> {
-        self.charged_target(now, unloaded, false)
+        self.charged_target(now, unloaded, false).ok()
     }
 
     /// Another endpoint for a retry or (`hedge`) a hedge: see
     /// [`Call::charged_retry_target`]; a hedge needs a token from the hedge
-    /// budget first (see `hedge`).
+    /// budget first (see `hedge`). A budget's refusal is counted here, once,
+    /// and told apart ([`NoTarget::Refused`]) so that the caller does not ask
+    /// the budget again for the same retry.
     fn charged_target(
         &mut self,
         now: Instant,
         unloaded: bool,
         hedge: bool,
-    ) -> Option<Arc<Endpoint>> {
+    ) -> Result<Arc<Endpoint>, NoTarget> {
         let max_attempts = self.ctx.cfg.retry.max_attempts;
         if self.charged_retries + 1 >= max_attempts || !self.replay.can_replay() {
-            return None;
+            return Err(NoTarget::Unavailable);
         }
         if self.deadline.is_some_and(|d| now >= d) {
-            return None;
+            return Err(NoTarget::Unavailable);
         }
         self.list = self.ctx.endpoints();
-        let other = self.pick_among(unloaded, now)?;
+        let other = self
+            .pick_among(unloaded, now)
+            .ok_or(NoTarget::Unavailable)?;
         let budget = &self.ctx.budget;
         if hedge && !(self.ctx.hedging.budget.try_withdraw() && budget.try_withdraw()) {
             self.ctx.metrics.budget_refused();
             tracing::debug!("hedge or retry budget exhausted; not hedging");
-            return None;
+            return Err(NoTarget::Refused);
         }
         if !hedge && !budget.try_withdraw() {
             self.ctx.metrics.budget_refused();
             tracing::debug!("retry budget exhausted; not retrying");
-            return None;
+            return Err(NoTarget::Refused);
         }
         self.charged_retries += 1;
-        Some(other)
+        Ok(other)
     }
 
     /// Picks an endpoint; when none can take the call, waits (while a source

@@ -2,6 +2,7 @@
 //! tokio's paused clock: no sockets, no attempts actually sent.
 
 mod overload;
+mod streams;
 
 use std::{io, sync::Arc, time::Duration};
 
@@ -547,5 +548,42 @@ async fn a_flaky_endpoint_is_ejected_by_failure_percentage_once_enough_endpoints
     assert_eq!(
         (b.snapshot().state, c.snapshot().state),
         (EndpointState::Healthy, EndpointState::Healthy)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_couple_of_failures_among_the_request_volume_eject_nothing() {
+    let (a, b, c) = (endpoint(1), endpoint(2), endpoint(3));
+    let mut cfg = config();
+    cfg.outlier.consecutive_failures = None;
+    let w = world(cfg, &[a.clone(), b.clone(), c.clone()]);
+    let rtt = Duration::from_millis(1);
+    for endpoint in [&a, &b, &c] {
+        for _ in 0..60 {
+            endpoint.on_success(rtt, Instant::now());
+        }
+    }
+    // 4 failures of 64 attempts (6%, over the 3% threshold), spread over
+    // the window: under the minimum of 5 failures, no ejection.
+    let internal = CallFailure::Status(Code::Internal);
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_millis(2_000)).await;
+        w.ctx
+            .count_failure(&a, internal, "transient", Duration::ZERO);
+        assert_eq!(a.snapshot().state, EndpointState::Healthy);
+    }
+    assert_eq!(
+        (a.snapshot().recent_attempts, a.snapshot().recent_failures),
+        (64, 4)
+    );
+    // A fifth within the window is evidence enough.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    w.ctx
+        .count_failure(&a, internal, "transient", Duration::ZERO);
+    let seen = a.snapshot();
+    assert_eq!(seen.state, EndpointState::Ejected);
+    assert_eq!(
+        seen.ejection_reason,
+        Some(EjectionReason::FailurePercentage)
     );
 }

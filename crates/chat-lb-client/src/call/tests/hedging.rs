@@ -67,6 +67,11 @@ async fn after_a_fixed_delay_a_hedge_goes_elsewhere_and_the_first_headers_answer
     assert_eq!(call.timer(), Some(now + MS * 20));
     assert_eq!(a.snapshot().errors, 0, "being hedged is no failure");
 
+    // The hedged-over attempt's latency is at least the delay: its
+    // endpoint's estimate (1ms before) rises to it, so power of two choices
+    // now prefers the other.
+    assert_eq!(a.snapshot().latency_estimate, MS * 20);
+
     // The hedge answers first: the call is answered (the driver then drops
     // the first attempt), and the hedge counted as sent and won.
     assert!(answered(call.on_attempt(done(&hedge, headers()), true, now)).is_ok());

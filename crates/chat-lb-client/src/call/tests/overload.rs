@@ -170,3 +170,67 @@ async fn an_endpoint_under_a_pushback_is_no_immediate_retry_target() {
         "{wait:?}"
     );
 }
+
+/// The value of the counter `name` (no labels) in `snapshotter`'s recorder.
+fn counter(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) if key.key().name() == name => Some(n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_refuses_a_shed_call_once() {
+    // With another endpoint free (the retry elsewhere is refused) and without
+    // (the backoff is refused): either way one retry not made, one refusal.
+    for endpoints in [2, 1] {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let (a, b) = (endpoint(1), endpoint(2));
+        let list = [a.clone(), b][..endpoints].to_vec();
+        let mut cfg = backing_off(config());
+        cfg.retry.budget_ratio = 0.0;
+        cfg.retry.budget_min_per_sec = 0;
+        // The balancer-wide metric handles are registered with the context.
+        let w = metrics::with_local_recorder(&recorder, || world(cfg, &list));
+        let now = Instant::now();
+        let mut call = Call::new(w.ctx.clone(), request(None), now);
+        let first = sent(call.start(now));
+        assert_eq!(first.endpoint.addr, a.addr);
+        let status = answered(call.on_attempt(done(&first, shed("10")), false, now));
+        assert_eq!(status.unwrap_err().code(), Code::ResourceExhausted);
+        assert_eq!(
+            counter(&snapshotter, "chat_lb_retry_budget_refusals_total"),
+            1,
+            "{endpoints} endpoint(s)"
+        );
+        assert_eq!(counter(&snapshotter, "chat_lb_retry_backoffs_total"), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pick_first_sends_a_first_attempt_past_an_endpoint_under_a_pushback() {
+    let (a, b) = (endpoint(1), endpoint(2));
+    let w = world(config(), &[a.clone(), b.clone()]);
+    let start = Instant::now();
+    a.on_overload(Pushback::After(Duration::from_millis(100)), start);
+    let first_pick = |now| {
+        let mut call = Call::new(w.ctx.clone(), request(None), now);
+        sent(call.start(now)).endpoint.addr
+    };
+    assert_eq!(first_pick(start), b.addr, "a is under its pushback");
+    tokio::time::advance(Duration::from_millis(99)).await;
+    assert_eq!(first_pick(Instant::now()), b.addr);
+    // Both under a pushback: the first in order all the same.
+    b.on_overload(Pushback::After(Duration::from_millis(50)), Instant::now());
+    assert_eq!(first_pick(Instant::now()), a.addr);
+    // a's pushback is over (b's is not): a again.
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(first_pick(Instant::now()), a.addr);
+    assert!(b.is_overloaded(Instant::now()));
+}
