@@ -144,19 +144,6 @@ async fn one_side_for_profiling() {
     );
 }
 
-/// Calls `ListAccounts` `calls` times from each of `workers` tasks, on
-/// replicas in memory.
-async fn run_in_memory<T>(client: ChatServiceClient<T>, workers: usize, calls: usize) -> Duration
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::Error: Into<tonic::codegen::StdError>,
-    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
-    run(client, workers, calls).await
-}
-
 /// The balancer's own CPU time per call: a client straight on an in-memory
 /// replica's service against the same client through the balancer over one and
 /// over three such replicas. No sockets and no HTTP/2, so what differs is the
@@ -180,9 +167,9 @@ async fn balancer_own_cost_in_memory() {
     let (workers, calls) = (16, 2000);
     let mut rounds = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..15 {
-        rounds[0].push(run_in_memory(direct.clone(), workers, calls).await);
-        rounds[1].push(run_in_memory(one.clone(), workers, calls).await);
-        rounds[2].push(run_in_memory(three.clone(), workers, calls).await);
+        rounds[0].push(run(direct.clone(), workers, calls).await);
+        rounds[1].push(run(one.clone(), workers, calls).await);
+        rounds[2].push(run(three.clone(), workers, calls).await);
     }
     let [d, o, t] = rounds.map(|mut v| {
         v.sort();
@@ -214,9 +201,9 @@ async fn one_side_in_memory_for_profiling() {
             .build()
             .unwrap();
         assert!(lb.wait_for_probe_round().await);
-        run_in_memory(ChatServiceClient::new(lb), 16, calls).await
+        run(ChatServiceClient::new(lb), 16, calls).await
     } else {
-        run_in_memory(
+        run(
             ChatServiceClient::new(Wire::to(&net, replicas[0].addr)),
             16,
             calls,
