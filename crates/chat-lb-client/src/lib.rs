@@ -210,10 +210,11 @@
 //!   ones still compare by their real cost). The period also counts as a
 //!   latency sample of the endpoint (what a call sent there would have
 //!   waited), so it does not look idle and cheap the moment the period ends
-//!   and draw a burst it sheds again. Under [`Policy::PickFirst`], which has
-//!   no costs, every call (its first attempt as its retries) passes such an
-//!   endpoint over for the next one of its tier that is not within a
-//!   pushback period, and takes it only when all of them are. A shed call is
+//!   and draw a burst it sheds again. Under [`Policy::PickFirst`] and
+//!   [`Policy::RoundRobin`], which have no costs, every call (its first
+//!   attempt as its retries) passes such an endpoint over for the next one of
+//!   its tier (in order, or in turn) that is not within a pushback period, and
+//!   takes it only when all of them are. A shed call is
 //!   no failure: the endpoint is not ejected;
 //! - a **retry-safe call is retried at once** on an endpoint it has not tried
 //!   that is not itself within a pushback period, within `max_attempts` and

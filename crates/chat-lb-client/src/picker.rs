@@ -24,9 +24,10 @@
 //! weights.
 //!
 //! An endpoint within the pushback period of a call it shed is avoided: power
-//! of two choices sees its raised cost (see `ewma`); pick-first, which has no
-//! costs, passes it over for the next candidate of its tier that is not under
-//! a pushback, and takes it only when all of them are.
+//! of two choices sees its raised cost (see `ewma`); pick-first and
+//! round-robin, which have no costs, pass it over for the next candidate of
+//! its tier (in configuration order, or in turn) that is not under a pushback,
+//! and take it only when all of them are.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -161,8 +162,17 @@ pub(crate) fn pick<'a, C: Candidate, R: Rng + ?Sized>(
     match policy {
         Policy::PickFirst => pick_first(list, tier, excluded, now),
         Policy::RoundRobin => {
-            let turn = next.fetch_add(1, Ordering::Relaxed) % count;
-            let chosen = nth(turn)?;
+            let mut turn = next.fetch_add(1, Ordering::Relaxed) % count;
+            let mut chosen = nth(turn)?;
+            if chosen.overloaded(now)
+                && let Some((free_turn, free)) = (1..count)
+                    .map(|i| (turn + i) % count)
+                    .filter_map(|t| nth(t).map(|c| (t, c)))
+                    .find(|(_, c)| !c.overloaded(now))
+            {
+                // Under a pushback: its turn goes to the next one that is not.
+                (turn, chosen) = (free_turn, free);
+            }
             if count > 1
                 && let Some(next) = nth((turn + 1) % count)
                 && passed_over(chosen, next, rng, now)
@@ -460,5 +470,23 @@ mod tests {
         list[2].overloaded = false;
         list[2].tried = true;
         assert_eq!(first(&list, &mut rng), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_passes_over_an_endpoint_under_a_pushback() {
+        let mut list: Vec<Fake> = (0..3).map(|_| fake(Tier::Preferred, 1.0)).collect();
+        list[1].overloaded = true;
+        let some = shares(Policy::RoundRobin, &list, 3000);
+        assert_eq!(some[1], 0.0, "never the one under a pushback: {some:?}");
+        // Its turns go to the next in turn: a short period's imbalance, for a
+        // pick that looks at one endpoint's pushback, not every endpoint's.
+        assert!((some[0] - 1.0 / 3.0).abs() < 0.01, "{some:?}");
+        assert!((some[2] - 2.0 / 3.0).abs() < 0.01, "{some:?}");
+        // All under a pushback: each in turn, as if none were.
+        for c in &mut list {
+            c.overloaded = true;
+        }
+        let all = shares(Policy::RoundRobin, &list, 3000);
+        assert!(all.iter().all(|s| (s - 1.0 / 3.0).abs() < 0.01), "{all:?}");
     }
 }
