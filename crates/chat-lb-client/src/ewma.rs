@@ -78,16 +78,13 @@ impl PeakEwma {
 
     /// Raises the (decayed) estimate to `at_least` when that is higher; never
     /// lowers it. For a lower bound of a round-trip time (an attempt still
-    /// without an answer after that long), which [`Ewma::observe`] would
+    /// without an answer after that long), which [`PeakEwma::observe`] would
     /// wrongly average in as a whole sample when lower than the estimate.
     pub fn raise_to(&self, at_least: Duration, now: Instant) {
         let at_least = nanos(at_least);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = nanos(now.saturating_duration_since(state.updated));
-        let decayed = state.estimate_ns * (-elapsed / self.decay_ns).exp();
-        if at_least > decayed {
+        if at_least > state.decay_to(now, self.decay_ns) {
             state.estimate_ns = at_least;
-            state.updated = now;
         }
     }
 
@@ -96,10 +93,8 @@ impl PeakEwma {
     /// fresh quick answer brings it back into play, a slow one changes nothing.
     pub fn lower_to(&self, rtt: Duration, now: Instant) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = nanos(now.saturating_duration_since(state.updated));
-        let decayed = state.estimate_ns * (-elapsed / self.decay_ns).exp();
+        let decayed = state.decay_to(now, self.decay_ns);
         state.estimate_ns = decayed.min(nanos(rtt));
-        state.updated = now;
     }
 
     /// The load-balancing cost: `estimate * (outstanding + 1)`, plus
