@@ -11,6 +11,8 @@
 //! shared state: its methods return whether something changed, and the caller
 //! reports that to the membership owner (see `members`).
 
+mod record;
+
 use std::{
     error::Error as StdError,
     net::SocketAddr,
@@ -28,19 +30,19 @@ use crate::{
     classify::{CallFailure, Pushback, describe},
     config::{HealthConfig, OutlierConfig, SlowConfig, SlowStartConfig},
     ewma::PeakEwma,
-    health::{Active, HealthTracker, ProbeStatus, Verdict},
+    health::{Active, ProbeStatus, Verdict},
     metrics::EndpointMetrics,
     outlier::{
-        Ejection, EjectionCap,
+        EjectionCap,
         accrual::{Counts, OutcomeWindow},
     },
     picker::{Candidate, Tier},
     ramp::Ramp,
-    slow::ProbeWindow,
     snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
     transport::Transport,
 };
+use record::{Record, labelled};
 
 /// A balancer endpoint.
 #[derive(Debug)]
@@ -81,68 +83,6 @@ pub(crate) struct Endpoint {
     /// Its slow start (see `ramp`).
     ramp: Ramp,
     metrics: EndpointMetrics,
-}
-
-#[derive(Debug, Default)]
-struct Record {
-    health: HealthTracker,
-    ejection: Ejection,
-    last_probe: Option<ProbeRecord>,
-    last_error: Option<String>,
-    /// Latencies of the last successful probe checks (slow-endpoint detection).
-    probe_window: ProbeWindow,
-    /// Its probes answer much more slowly than the other healthy endpoints'
-    /// (set and cleared by the membership owner, see `members`).
-    slow: bool,
-}
-
-impl Record {
-    fn state(&self) -> EndpointState {
-        match self.health.state() {
-            Active::NotServing => EndpointState::NotServing,
-            Active::Unhealthy => EndpointState::Unhealthy,
-            _ if self.ejection.is_ejected() => EndpointState::Ejected,
-            Active::Healthy => EndpointState::Healthy,
-            Active::Unknown => EndpointState::Unknown,
-        }
-    }
-
-    /// The picker tier the record implies.
-    fn tier(&self) -> Tier {
-        match self.state() {
-            EndpointState::Healthy if self.slow => Tier::Fallback,
-            EndpointState::Healthy => Tier::Preferred,
-            EndpointState::Unknown => Tier::Fallback,
-            EndpointState::Ejected if self.last_probe_succeeded() => Tier::LastResort,
-            EndpointState::Ejected | EndpointState::Unhealthy | EndpointState::NotServing => {
-                Tier::Excluded
-            }
-        }
-    }
-
-    /// Records the last error; a guess at a TLS failure does not replace what
-    /// the server said of it.
-    fn note_error(&mut self, error: String) {
-        let exact_tls = self
-            .last_error
-            .as_deref()
-            .is_some_and(|last| tls::is_tls_text(last) && !tls::is_guess(last));
-        if !(exact_tls && tls::is_guess(&error)) {
-            self.last_error = Some(error);
-        }
-    }
-
-    /// Whether the most recent probe (a check or a pushed update) found the
-    /// replica serving.
-    fn last_probe_succeeded(&self) -> bool {
-        matches!(
-            self.last_probe,
-            Some(ProbeRecord {
-                outcome: ProbeOutcome::Healthy { .. },
-                ..
-            })
-        )
-    }
 }
 
 /// Decrements the outstanding count when an attempt ends, however it ends.
@@ -689,16 +629,6 @@ impl Endpoint {
             overloaded_for: self.ewma.penalty_left(now),
             slow_start_weight: self.slow_start_weight(now),
         }
-    }
-}
-
-/// A last error as recorded: `label: error`, or a TLS failure as it is
-/// (`TLS: ...`, the same whether a call or a probe met it).
-fn labelled(label: &str, error: &str) -> String {
-    if tls::is_tls_text(error) {
-        error.to_owned()
-    } else {
-        format!("{label}: {error}")
     }
 }
 

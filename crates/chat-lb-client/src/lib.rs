@@ -531,7 +531,7 @@
 //! | file | its job |
 //! |---|---|
 //! | `balancer.rs` | the handle an application clones; its settings in `builder.rs` and `config.rs` |
-//! | `call/` | one call as a state machine: `state.rs` decides each step, `mod.rs` drives it, `answer.rs` words the balancer's own answers |
+//! | `call/` | one call as a state machine: `state.rs` decides each step (`state/choose.rs`: which endpoint each attempt goes to), `mod.rs` drives it, `answer.rs` words the balancer's own answers |
 //! | `picker.rs` | the tiers and the policies |
 //! | `classify.rs` | what became of an attempt: headers, a failure code, shed (with its pushback), never sent, transport failure, expired |
 //! | `retry/` | which calls may be retried, the retry budget, the backoff of a retry that must wait |
@@ -539,7 +539,7 @@
 //! | `ramp.rs` | slow start: the weight of an endpoint that (re)joined the healthy tier |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
 //! | `transport.rs`, `connect.rs`, `tls/` | what attempts are sent over: each endpoint's tonic `Channel`, with TLS |
-//! | `endpoint.rs` | one endpoint: its load, latency estimate and overload penalty (`ewma.rs`), health record, ejection (`outlier.rs`, failure accrual in `outlier/accrual.rs`), slowness (`slow.rs`) and slow start (`ramp.rs`) |
+//! | `endpoint.rs` | one endpoint: its load, latency estimate and overload penalty (`ewma.rs`), health record (`endpoint/record.rs`), ejection (`outlier.rs`, failure accrual in `outlier/accrual.rs`), slowness (`slow.rs`) and slow start (`ramp.rs`) |
 //! | `members/` | the one owner of the endpoint set: its sources, reconciliation, publication through a `watch` channel |
 //! | `update.rs` | the changes everything else reports to that owner |
 //! | `resolve.rs`, `discover.rs` | host names and discovery streams, turned into updates |

@@ -105,7 +105,7 @@ async fn balancer_overhead_against_a_direct_channel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "for profiling one side: BENCH_SIDE=channel|balancer, BENCH_CALLS per task"]
+#[ignore = "for profiling one side: BENCH_SIDE=channel|balance_list|balancer, BENCH_CALLS per task"]
 async fn one_side_for_profiling() {
     let replica = Replica::start("a");
     let side = std::env::var("BENCH_SIDE").unwrap_or_default();
@@ -130,6 +130,10 @@ async fn one_side_for_profiling() {
             .unwrap();
         assert!(lb.wait_for_probe_round().await);
         run(ChatServiceClient::new(lb), 16, calls).await
+    } else if side == "balance_list" {
+        // tonic's own balancer, the chat-bench contender `tonic-balance`.
+        let channel = tonic::transport::Channel::balance_list(std::iter::once(endpoint));
+        run(ChatServiceClient::new(channel), 16, calls).await
     } else {
         run(
             ChatServiceClient::new(endpoint.connect().await.unwrap()),
