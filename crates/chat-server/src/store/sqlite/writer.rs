@@ -56,11 +56,16 @@
 //! [`StoreError::Unavailable`], as when SQLite's own lock times out; the requests that
 //! queued meanwhile stay queued for the next batch. The lock is released only after
 //! `COMMIT` (or the rollback) has returned, so the next replica's batch starts from
-//! this one's durable state, and numbering stays gap-free across replicas.
+//! this one's durable state, and numbering stays gap-free across replicas. A replica
+//! that releases the lock while another waits lets that one go first
+//! (`process_lock.rs`), so no replica's batches wait behind many of the others'.
 //!
-//! Every [`REPORT_EVERY`] of activity, the writer logs at debug level how many batches
-//! and requests it committed and how long, per batch, it waited for and held the lock
-//! (`RUST_LOG=chat_server::store::sqlite::writer=debug`).
+//! SQLite's WAL checkpoints are taken out of the lock's window: a thread of the
+//! writer's own runs them while the replicas go on committing (`checkpoint.rs`).
+//!
+//! Every few seconds of activity, the writer logs at debug level where the time of its
+//! writes went, stage by stage (`report.rs`;
+//! `RUST_LOG=chat_server::store::sqlite::writer=debug`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -76,16 +81,14 @@ use super::error::{Outcome, breaks_connection, map_sqlite_error};
 use super::process_lock::{ProcessLock, begin_immediate, lock_timeout, short_step_busy_handler};
 use crate::store::StoreError;
 use crate::store::failure::{Failure, OutcomeExt};
+use checkpoint::{Checkpointer, Due};
+use report::{Marks, Report};
 
 /// The most requests one transaction carries.
 const MAX_BATCH: usize = 256;
 
 /// The most requests waiting for the writer; further callers wait for room.
 const QUEUE_CAPACITY: usize = 1024;
-
-/// How often, at most, the writer logs (at debug level) what its batches carried and
-/// how long it waited for and held the write lock.
-const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Opens (and configures) a new write connection.
 pub(super) type Open = Box<dyn FnMut() -> Result<Connection, StoreError> + Send>;
@@ -129,9 +132,9 @@ impl Writer {
         open: Open,
         busy_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        connection
-            .busy_handler(Some(short_step_busy_handler))
-            .map_err(|error| map_sqlite_error(&error, busy_timeout))?;
+        let mut open = open;
+        configure(&connection).map_err(|error| map_sqlite_error(&error, busy_timeout))?;
+        let checkpointer = start_checkpointer(&mut open);
         // Only spares polling (see `process_lock.rs`): without it, writes stay correct.
         let lock = ProcessLock::open(path)
             .inspect_err(|error| {
@@ -150,6 +153,8 @@ impl Writer {
             connection: Some(connection),
             open,
             lock,
+            checkpointer,
+            checkpoint_requests: checkpoint::Requests::default(),
             busy_timeout,
             counters: Arc::clone(&counters),
             report: Report::new(),
@@ -240,6 +245,8 @@ trait Request: Send {
     fn run(&mut self, connection: &Connection) -> bool;
     /// Whether the body failed with an error that may have broken the connection.
     fn broke_connection(&self) -> bool;
+    /// When the request was queued.
+    fn queued_at(&self) -> Instant;
     /// Answers the caller: the body's outcome if the batch committed, else the batch's
     /// error.
     fn answer(self: Box<Self>, batch: Result<(), &BatchError>);
@@ -251,6 +258,7 @@ struct Pending<T, F> {
     outcome: Option<Outcome<T>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
     busy_timeout: Duration,
+    queued: Instant,
 }
 
 impl<T, F> Pending<T, F>
@@ -270,6 +278,7 @@ where
             outcome: None,
             reply,
             busy_timeout,
+            queued: Instant::now(),
         });
         (request, answer)
     }
@@ -304,6 +313,10 @@ where
 
     fn broke_connection(&self) -> bool {
         matches!(&self.outcome, Some(Err(Failure::Database(error))) if breaks_connection(error))
+    }
+
+    fn queued_at(&self) -> Instant {
+        self.queued
     }
 
     fn answer(self: Box<Self>, batch: Result<(), &BatchError>) {
@@ -351,6 +364,10 @@ struct Thread {
     open: Open,
     /// `None` if the side file could not be opened.
     lock: Option<ProcessLock>,
+    /// `None` if the checkpoint thread could not be started (`checkpoint.rs`).
+    checkpointer: Option<Checkpointer>,
+    /// When the writer last asked the checkpoint thread for a checkpoint.
+    checkpoint_requests: checkpoint::Requests,
     busy_timeout: Duration,
     counters: Arc<Counters>,
     report: Report,
@@ -384,10 +401,14 @@ impl Thread {
     /// Commits `batch` (topped up with what queued while it waited for the lock, if
     /// `top_up`) and answers its requests.
     fn commit_and_answer(&mut self, batch: &mut Vec<Box<dyn Request>>, top_up: bool) {
-        let outcome = self.commit(batch, top_up);
+        let mut marks = Marks::new(Instant::now());
+        let outcome = self.commit(batch, top_up, &mut marks);
+        let queued: Vec<Instant> = batch.iter().map(|request| request.queued_at()).collect();
         for request in batch.drain(..) {
             request.answer(outcome.as_ref().map(|_| ()));
         }
+        self.report
+            .record(&marks, queued.into_iter(), Instant::now());
     }
 
     /// Takes the replicas' lock, then runs and commits one batch on the write
@@ -397,16 +418,17 @@ impl Thread {
         &mut self,
         batch: &mut Vec<Box<dyn Request>>,
         top_up: bool,
+        marks: &mut Marks,
     ) -> Result<(), BatchError> {
-        let started = Instant::now();
-        let deadline = started + self.busy_timeout;
+        let deadline = marks.started + self.busy_timeout;
         let Thread {
             requests,
             connection: slot,
             open,
             lock,
             counters,
-            report,
+            checkpointer,
+            checkpoint_requests,
             ..
         } = self;
         let guard = match lock.as_mut().map(|lock| lock.acquire(deadline)) {
@@ -417,12 +439,13 @@ impl Thread {
         if top_up {
             take_queued(requests, batch);
         }
-        let locked = Instant::now();
+        marks.locked = Instant::now();
+        marks.others_first = guard.as_ref().map_or(0, |guard| guard.others_first);
         let connection = match slot.take() {
             Some(connection) => connection,
             None => reopen(open, counters)?,
         };
-        let outcome = run_batch(&connection, batch, deadline);
+        let outcome = run_batch(&connection, batch, deadline, marks);
         if outcome.is_ok() {
             counters.committed.fetch_add(1, Ordering::Relaxed);
         }
@@ -430,8 +453,20 @@ impl Thread {
             // Whatever failed, nothing of this batch may stay half-done.
             let _ = connection.execute_batch("ROLLBACK");
         }
+        // Checkpoints go outside the lock, but for the rare one that must not (see
+        // `checkpoint.rs`).
+        let due = if outcome.is_ok() {
+            checkpoint_requests.due(checkpointer.is_some())
+        } else {
+            Due::Nothing
+        };
+        if due == Due::Force {
+            checkpoint::run(&connection, "in the writer");
+        }
         drop(guard);
-        report.record(batch.len(), locked - started, locked.elapsed());
+        if let (Due::Request, Some(checkpointer)) = (due, checkpointer.as_ref()) {
+            checkpointer.request();
+        }
         let broken = match &outcome {
             Err(BatchError::Database(error)) => breaks_connection(error),
             _ => false,
@@ -460,53 +495,30 @@ fn take_queued(requests: &mut mpsc::Receiver<Item>, batch: &mut Vec<Box<dyn Requ
 /// A new write connection, with the short-step busy handler.
 fn reopen(open: &mut Open, counters: &Counters) -> Result<Connection, BatchError> {
     let connection = open().map_err(|error| BatchError::Unavailable(error.to_string()))?;
-    connection
-        .busy_handler(Some(short_step_busy_handler))
-        .map_err(BatchError::Database)?;
+    configure(&connection).map_err(BatchError::Database)?;
     counters.opened.fetch_add(1, Ordering::Relaxed);
     Ok(connection)
 }
 
-/// What the batches since the last report carried, and how long the writer waited for
-/// and held the write lock: logged at debug level every [`REPORT_EVERY`] at most, to
-/// see where the time of writes goes.
-struct Report {
-    since: Instant,
-    batches: u64,
-    requests: u64,
-    waited: Duration,
-    held: Duration,
+/// Gives a write connection the short-step busy handler and the WAL hook that replaces
+/// SQLite's automatic checkpoint (`checkpoint.rs`).
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_handler(Some(short_step_busy_handler))?;
+    checkpoint::install(connection);
+    Ok(())
 }
 
-impl Report {
-    fn new() -> Self {
-        Self {
-            since: Instant::now(),
-            batches: 0,
-            requests: 0,
-            waited: Duration::ZERO,
-            held: Duration::ZERO,
-        }
-    }
-
-    fn record(&mut self, requests: usize, waited: Duration, held: Duration) {
-        self.batches += 1;
-        self.requests += requests as u64;
-        self.waited += waited;
-        self.held += held;
-        if self.since.elapsed() >= REPORT_EVERY {
-            let per_batch = |total: Duration| total.as_micros() as u64 / self.batches;
-            tracing::debug!(
-                batches = self.batches,
-                requests = self.requests,
-                lock_wait_us_per_batch = per_batch(self.waited),
-                lock_hold_us_per_batch = per_batch(self.held),
-                seconds = self.since.elapsed().as_secs_f64(),
-                "database writer"
-            );
-            *self = Self::new();
-        }
-    }
+/// Starts the checkpoint thread with a connection of its own; `None` (the writer then
+/// checkpoints inside the lock) if either fails.
+fn start_checkpointer(open: &mut Open) -> Option<Checkpointer> {
+    let started = open()
+        .map_err(|error| error.to_string())
+        .and_then(|connection| Checkpointer::start(connection).map_err(|error| error.to_string()));
+    started
+        .inspect_err(|error| {
+            tracing::warn!(%error, "cannot start the WAL checkpoint thread; checkpointing in the writer");
+        })
+        .ok()
 }
 
 /// One transaction with a savepoint per request (see the [module documentation](self)).
@@ -515,8 +527,10 @@ fn run_batch(
     connection: &Connection,
     batch: &mut [Box<dyn Request>],
     deadline: Instant,
+    marks: &mut Marks,
 ) -> Result<(), BatchError> {
     begin_immediate(connection, deadline).map_err(BatchError::Database)?;
+    marks.begun = Instant::now();
     for request in batch.iter_mut() {
         connection
             .execute_batch("SAVEPOINT request")
@@ -534,10 +548,15 @@ fn run_batch(
             .execute_batch(end)
             .map_err(BatchError::Database)?;
     }
+    marks.ran = Instant::now();
     connection
         .execute_batch("COMMIT")
-        .map_err(BatchError::Database)
+        .map_err(BatchError::Database)?;
+    marks.committed = Instant::now();
+    Ok(())
 }
 
+mod checkpoint;
+mod report;
 #[cfg(test)]
 mod tests;

@@ -306,3 +306,51 @@ async fn a_waiting_writer_gets_the_lock_soon_after_its_release() {
 fn busy_timeout_ms(connection: &Connection) -> Outcome<i64> {
     Ok(connection.pragma_query_value(None, "busy_timeout", |row| row.get(0))?)
 }
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_outside_the_commit_and_stays_bounded() {
+    const FRAME: u64 = 4096 + 24; // a WAL frame: a page and its header
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let store = open(&path);
+    // The writer's WAL hook replaces SQLite's automatic checkpoint (in `COMMIT`).
+    let automatic = store
+        .pool
+        .write(|connection| {
+            Ok(connection
+                .pragma_query_value(None, "wal_autocheckpoint", |row| row.get::<_, i64>(0))?)
+        })
+        .await
+        .expect("pragma");
+    assert_eq!(automatic, 0);
+    store
+        .pool
+        .write(|connection| Ok(connection.execute_batch("CREATE TABLE filler(b BLOB)")?))
+        .await
+        .expect("table");
+    // About 100 pages a write: some 6,000 pages in all, which the WAL would hold
+    // without checkpoints.
+    for _ in 0..60 {
+        store
+            .pool
+            .write(|connection| {
+                Ok(connection.execute("INSERT INTO filler VALUES (zeroblob(400000))", [])?)
+            })
+            .await
+            .expect("filler");
+    }
+    let wal = std::fs::metadata(dir.path().join("chat.db-wal"))
+        .expect("the WAL")
+        .len();
+    assert!(
+        wal < u64::from(checkpoint::FORCE_PAGES.unsigned_abs() + 200) * FRAME,
+        "{} pages",
+        wal / FRAME
+    );
+    // Copied into the database file: at least what the WAL held when it started over.
+    let database = std::fs::metadata(&path).expect("the database").len();
+    assert!(
+        database >= u64::from(checkpoint::CHECKPOINT_PAGES.unsigned_abs()) * 4096,
+        "{database} bytes"
+    );
+}
