@@ -27,36 +27,16 @@
 //! lock thread, marked abandoned: when the lock comes, the lock thread releases it at
 //! once, unless the writer has asked again meanwhile, in which case it is handed over.
 //!
-//! # Taking turns: a waiter goes first
+//! # How many went first: the lock's generation
 //!
 //! `flock` is not fair: on release the kernel wakes the waiters, but until one of them
 //! has been scheduled the lock is free, and a replica that has just committed and has
-//! more queued usually takes it straight back. Measured with three replicas under
-//! load, a waiting batch then let up to 14 batches of the others go first (4-5 at the
-//! 99th percentile), and waiting for the lock made most of the slowest writes' time.
-//! So a releasing replica lets one waiter go first:
-//!
-//! - while its `flock` is pending, a lock thread holds a shared `flock` on a second
-//!   side file, `chat.db-writer-waiting` (taken without blocking; if that fails, this
-//!   one wait goes unsignalled). A writer that releases the lock probes that file with
-//!   a non-blocking exclusive `flock`: if that fails, another process waits;
-//! - every process that takes the lock adds one to a generation counter, the first 8
-//!   bytes of `chat.db-writer` (written while it holds the lock);
-//! - a writer that released the lock while another process waited notes the
-//!   generation, and its next [`ProcessLock::acquire`] first sleeps, in
-//!   [`YIELD_STEP`]s, until the generation has changed: one other replica has taken the
-//!   lock. Then it competes for the lock as usual (and, the lock being held, sleeps in
-//!   `flock` until it is released).
-//!
-//! With nobody waiting (one replica) nothing changes: no yield, no sleep. The yield is
-//! bounded: it ends [`YIELD_MAX`] after the release (or at the writer's deadline), even
-//! if the waiter never takes the lock (a replica stopped with SIGSTOP while it waits, or
-//! one the CPUs are too busy to run), and then the writer does not yield again for
-//! [`YIELD_BACKOFF`]: a stopped waiter costs the others at most one [`YIELD_MAX`] per
-//! [`YIELD_BACKOFF`]. The kernel drops the shared lock of a process that dies, so there
-//! is no stale signal to clean up. The writer logs, at debug level, how many batches of
-//! other processes went first while each of its batches waited (`others_first` in
-//! `writer/report.rs`): with the yield, at most 2 at the 99th percentile.
+//! more queued often takes it straight back. To see how much that costs, every process
+//! that takes the lock adds one to a generation counter, the first 8 bytes of the side
+//! file (read and written while it holds the lock; two system calls), and each
+//! [`Guard`] tells how many other processes took the lock while its writer waited
+//! ([`Guard::others_first`], in the writer's debug report, `writer/report.rs`). The
+//! counter changes nothing else.
 //!
 //! # Everyone else: the short-step busy handler
 //!
@@ -78,17 +58,6 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode};
 use rustix::fs::{FlockOperation, flock};
 use rustix::io::Errno;
-
-/// The longest a writer that has just released the lock, with another replica
-/// waiting, waits for that replica to take it (see the [module documentation](self)).
-pub(super) const YIELD_MAX: Duration = Duration::from_millis(2);
-
-/// How long a writer whose yield ran out (the waiter did not take the lock in time)
-/// goes without yielding.
-pub(super) const YIELD_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How long a yielding writer sleeps between looks at the lock's generation.
-const YIELD_STEP: Duration = Duration::from_micros(100);
 
 /// How many times [`short_step_busy_handler`] retries before it lets
 /// [`begin_immediate`] look at the clock: about 20 ms of short sleeps.
@@ -137,26 +106,12 @@ pub(super) fn lock_timeout() -> rusqlite::Error {
 /// thread's pending `flock`, if any, returns.
 pub(super) struct ProcessLock {
     shared: Arc<Shared>,
-    /// The waiting file again, opened separately (a lock belongs to its open file
-    /// description), to probe whether other processes wait.
-    probe: File,
-    /// Set when this writer released the lock while another process waited: the
-    /// lock's generation then, and when. The next [`acquire`](Self::acquire) waits
-    /// for the generation to change.
-    turn: Option<(u64, Instant)>,
-    /// No yield before this instant, after a yield that ran out.
-    no_yield_until: Option<Instant>,
-    /// The longest yield: [`YIELD_MAX`] (tests set it longer).
-    yield_max: Duration,
 }
 
 /// What the writer and the lock thread share.
 struct Shared {
-    /// The side file; the lock belongs to this open file description. Its first 8
-    /// bytes are the lock's generation.
+    /// The side file; the lock belongs to this open file description.
     file: File,
-    /// The waiting file: the lock thread holds a shared lock on it while it waits.
-    waiting: File,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -184,9 +139,10 @@ enum State {
 
 /// The writer's hold on the lock: released when dropped.
 pub(super) struct Guard<'a> {
-    lock: &'a mut ProcessLock,
+    lock: &'a ProcessLock,
     locked: bool,
-    /// How many times another process took the lock while this one waited for it.
+    /// How many times another process took the lock while this one waited for it (see
+    /// the [module documentation](self)).
     pub others_first: u64,
 }
 
@@ -194,49 +150,24 @@ impl ProcessLock {
     /// Opens (creating it, owner-only) the side file of the database at `database`, and
     /// starts the lock thread.
     pub fn open(database: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(side_file(database))?;
         let shared = Arc::new(Shared {
-            file: open_side_file(database, "-writer")?,
-            waiting: open_side_file(database, "-writer-waiting")?,
+            file,
             state: Mutex::new(State::Idle),
             changed: Condvar::new(),
         });
-        let probe = open_side_file(database, "-writer-waiting")?;
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("sqlite-lock".into())
             .spawn(move || thread_shared.serve())?;
-        Ok(Self {
-            shared,
-            probe,
-            turn: None,
-            no_yield_until: None,
-            yield_max: YIELD_MAX,
-        })
-    }
-
-    /// If this writer released the lock while another process waited, waits until a
-    /// process has taken it since (its generation changed), at most until [`YIELD_MAX`]
-    /// after the release, and not past `deadline`; if that runs out, yields no more for
-    /// [`YIELD_BACKOFF`] (see the [module documentation](self)).
-    fn let_a_waiter_go_first(&mut self, deadline: Instant) {
-        let Some((generation, released)) = self.turn.take() else {
-            return;
-        };
-        if self
-            .no_yield_until
-            .is_some_and(|until| Instant::now() < until)
-        {
-            return;
-        }
-        let until = deadline.min(released + self.yield_max);
-        while read_generation(&self.shared.file) == Some(generation) {
-            if Instant::now() >= until {
-                self.no_yield_until = Some(Instant::now() + YIELD_BACKOFF);
-                tracing::debug!("a waiting replica did not take the write lock in time");
-                return;
-            }
-            std::thread::sleep(YIELD_STEP);
-        }
+        Ok(Self { shared })
     }
 
     /// Waits until this process holds the lock, or until `deadline` (then `None`). A free
@@ -245,9 +176,8 @@ impl ProcessLock {
     /// lock only spares polling, SQLite's lock still keeps the writes apart.
     pub fn acquire(&mut self, deadline: Instant) -> Option<Guard<'_>> {
         let before = read_generation(&self.shared.file);
-        self.let_a_waiter_go_first(deadline);
         let locked = self.shared.wait_for_lock(deadline)?;
-        // This process's own hand-over counts one.
+        // This process's own taking of the lock counts one.
         let others_first = match (before, read_generation(&self.shared.file)) {
             (Some(before), Some(now)) if locked => now.wrapping_sub(before).saturating_sub(1),
             _ => 0,
@@ -308,15 +238,10 @@ impl Drop for ProcessLock {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        let lock = &mut *self.lock;
         if self.locked {
-            // Before the release: a waiter takes the lock (and stops signalling) at once.
-            let waited = others_waiting(&lock.probe);
-            let generation = read_generation(&lock.shared.file).filter(|_| waited);
-            unlock(&lock.shared.file);
-            lock.turn = generation.map(|generation| (generation, Instant::now()));
+            unlock(&self.lock.shared.file);
         }
-        *lock.shared.lock_state() = State::Idle;
+        *self.lock.shared.lock_state() = State::Idle;
     }
 }
 
@@ -341,8 +266,6 @@ impl Shared {
                     return;
                 }
             }
-            // Tells releasing writers that this process waits (see the module docs).
-            let signalled = try_lock_shared(&self.waiting);
             let locked = match lock_blocking(&self.file) {
                 Ok(()) => {
                     bump_generation(&self.file);
@@ -353,9 +276,6 @@ impl Shared {
                     false
                 }
             };
-            if signalled {
-                unlock(&self.waiting);
-            }
             let mut state = self.lock_state();
             match *state {
                 State::Wanted => {
@@ -396,28 +316,10 @@ fn try_lock(file: &File) -> bool {
     flock(file, FlockOperation::NonBlockingLockExclusive).is_ok()
 }
 
-/// `flock(LOCK_SH | LOCK_NB)`: whether it got the shared lock at once.
-fn try_lock_shared(file: &File) -> bool {
-    flock(file, FlockOperation::NonBlockingLockShared).is_ok()
-}
-
-/// Whether another open file description holds a lock on the waiting file `probe`:
-/// another process waits for the replicas' lock. Takes and at once releases an
-/// exclusive lock if it is free.
-fn others_waiting(probe: &File) -> bool {
-    match flock(probe, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {
-            unlock(probe);
-            false
-        }
-        Err(error) => error == Errno::WOULDBLOCK,
-    }
-}
-
-/// Releases a lock (which cannot fail on a file this process holds it on).
+/// Releases the lock (which cannot fail on a file this process holds it on).
 fn unlock(file: &File) {
     if let Err(error) = flock(file, FlockOperation::Unlock) {
-        tracing::warn!(%error, "cannot release a lock on the replicas' side file");
+        tracing::warn!(%error, "cannot release the replicas' write lock");
     }
 }
 
@@ -442,27 +344,20 @@ fn read_generation(file: &File) -> Option<u64> {
     })
 }
 
-/// Counts one more hand-over of the lock, which this process has just taken.
+/// Counts one more taking of the lock, which this process has just taken.
 fn bump_generation(file: &File) {
     use std::os::unix::fs::FileExt;
     let next = read_generation(file).unwrap_or(0).wrapping_add(1);
     if let Err(error) = file.write_all_at(&next.to_le_bytes(), 0) {
-        tracing::debug!(%error, "cannot count a hand-over of the replicas' write lock");
+        tracing::debug!(%error, "cannot count a taking of the replicas' write lock");
     }
 }
 
-/// Opens (creating it, owner-only) the side file `chat.db{suffix}` of `chat.db`.
-fn open_side_file(database: &Path, suffix: &str) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// `chat.db-writer` for `chat.db`.
+fn side_file(database: &Path) -> PathBuf {
     let mut name = database.as_os_str().to_owned();
-    name.push(suffix);
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(PathBuf::from(name))
+    name.push("-writer");
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -495,14 +390,16 @@ mod tests {
         std::thread::scope(|scope| {
             let waiter = scope.spawn(|| {
                 waiting_tx.send(()).expect("signal");
-                let guard = two.acquire(Instant::now() + LONG).map(|g| g.locked);
+                let guard = two
+                    .acquire(Instant::now() + LONG)
+                    .map(|g| (g.locked, g.others_first));
                 (guard, Instant::now())
             });
             waiting.recv().expect("the waiter runs");
             let released = Instant::now();
             drop(held);
             let (guard, got) = waiter.join().expect("waiter");
-            assert_eq!(guard, Some(true));
+            assert_eq!(guard, Some((true, 0)));
             assert!(got >= released);
             assert!(
                 got - released < Duration::from_secs(2),
@@ -511,7 +408,12 @@ mod tests {
             );
         });
         // Released again by the waiter's guard: free for the first.
-        assert!(one.acquire(Instant::now() + LONG).is_some());
+        let again = one.acquire(Instant::now() + LONG).expect("free lock");
+        assert_eq!(again.others_first, 0);
+        drop(again);
+        // Every taking of the lock was counted once: `one`, `two` (whose abandoned
+        // request's `flock` served the second), `one`.
+        assert_eq!(read_generation(&one.shared.file), Some(3));
     }
 
     #[test]
@@ -529,92 +431,6 @@ mod tests {
         let started = Instant::now();
         assert!(one.acquire(Instant::now() + LONG).is_some());
         assert!(started.elapsed() < LONG);
-    }
-
-    /// Waits until a process waits for the lock (its lock thread is in `flock`), as
-    /// `probe`, the waiting file, shows: there is no other signal to wait on.
-    fn until_others_wait(probe: &File) {
-        let deadline = Instant::now() + LONG;
-        while !others_waiting(probe) {
-            assert!(Instant::now() < deadline, "nobody waits");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn a_releasing_writer_lets_a_waiting_one_go_first() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("chat.db");
-        let (mut one, mut two) = (
-            ProcessLock::open(&path).expect("one"),
-            ProcessLock::open(&path).expect("two"),
-        );
-        // Long enough that only the waiter taking the lock ends the yield.
-        one.yield_max = LONG;
-        // Nobody waits: no yield (the one-replica path).
-        drop(one.acquire(Instant::now() + LONG).expect("free lock"));
-        assert!(one.turn.is_none());
-        let probe = open_side_file(&path, "-writer-waiting").expect("waiting file");
-        let order = Mutex::new(Vec::new());
-        std::thread::scope(|scope| {
-            let held = one.acquire(Instant::now() + LONG).expect("free lock");
-            let order = &order;
-            scope.spawn(move || {
-                let guard = two.acquire(Instant::now() + LONG).expect("lock");
-                order
-                    .lock()
-                    .expect("order")
-                    .push(("two", guard.others_first));
-                // A batch's commit, long enough for `one` to try to barge in.
-                std::thread::sleep(Duration::from_millis(20));
-            });
-            until_others_wait(&probe);
-            drop(held);
-            assert!(one.turn.is_some(), "the waiter was not seen");
-            let guard = one.acquire(Instant::now() + LONG).expect("lock");
-            order
-                .lock()
-                .expect("order")
-                .push(("one", guard.others_first));
-        });
-        // `one` took the lock again only after `two` had had it. (`two` took it before
-        // `one` asked again, or while it waited: then `one` counts it.)
-        let order = order.into_inner().expect("order");
-        assert!(
-            order == [("two", 0), ("one", 0)] || order == [("two", 0), ("one", 1)],
-            "{order:?}"
-        );
-    }
-
-    #[test]
-    fn a_waiter_that_never_takes_the_lock_delays_the_releaser_boundedly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("chat.db");
-        let mut lock = ProcessLock::open(&path).expect("lock");
-        // A replica stopped while it waits: its lock thread's shared lock stays.
-        let stopped = open_side_file(&path, "-writer-waiting").expect("waiting file");
-        assert!(try_lock_shared(&stopped));
-        drop(lock.acquire(Instant::now() + LONG).expect("free lock"));
-        assert!(lock.turn.is_some(), "the waiter was not seen");
-        let started = Instant::now();
-        drop(lock.acquire(Instant::now() + LONG).expect("free lock"));
-        let waited = started.elapsed();
-        assert!(waited >= YIELD_MAX, "{waited:?}");
-        assert!(waited < LONG, "{waited:?}");
-        let backoff = lock.no_yield_until.expect("a yield that ran out backs off");
-        assert!(backoff >= started + YIELD_BACKOFF, "{backoff:?}");
-        // Within the back-off, no yield: the back-off is not pushed on.
-        assert!(lock.turn.is_some());
-        drop(lock.acquire(Instant::now() + LONG).expect("free lock"));
-        assert_eq!(lock.no_yield_until, Some(backoff));
-        // A yield also ends at the writer's deadline.
-        lock.no_yield_until = None;
-        lock.yield_max = LONG;
-        let started = Instant::now();
-        assert!(lock.acquire(started + Duration::from_millis(20)).is_some());
-        let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(20), "{waited:?}");
-        assert!(waited < LONG, "{waited:?}");
     }
 
     #[test]

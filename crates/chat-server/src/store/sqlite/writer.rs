@@ -56,12 +56,7 @@
 //! [`StoreError::Unavailable`], as when SQLite's own lock times out; the requests that
 //! queued meanwhile stay queued for the next batch. The lock is released only after
 //! `COMMIT` (or the rollback) has returned, so the next replica's batch starts from
-//! this one's durable state, and numbering stays gap-free across replicas. A replica
-//! that releases the lock while another waits lets that one go first
-//! (`process_lock.rs`), so no replica's batches wait behind many of the others'.
-//!
-//! SQLite's WAL checkpoints are taken out of the lock's window: a thread of the
-//! writer's own runs them while the replicas go on committing (`checkpoint.rs`).
+//! this one's durable state, and numbering stays gap-free across replicas.
 //!
 //! Every few seconds of activity, the writer logs at debug level where the time of its
 //! writes went, stage by stage (`report.rs`;
@@ -81,7 +76,6 @@ use super::error::{Outcome, breaks_connection, map_sqlite_error};
 use super::process_lock::{ProcessLock, begin_immediate, lock_timeout, short_step_busy_handler};
 use crate::store::StoreError;
 use crate::store::failure::{Failure, OutcomeExt};
-use checkpoint::{Checkpointer, Due};
 use report::{Marks, Report};
 
 /// The most requests one transaction carries.
@@ -132,9 +126,9 @@ impl Writer {
         open: Open,
         busy_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let mut open = open;
-        configure(&connection).map_err(|error| map_sqlite_error(&error, busy_timeout))?;
-        let checkpointer = start_checkpointer(&mut open);
+        connection
+            .busy_handler(Some(short_step_busy_handler))
+            .map_err(|error| map_sqlite_error(&error, busy_timeout))?;
         // Only spares polling (see `process_lock.rs`): without it, writes stay correct.
         let lock = ProcessLock::open(path)
             .inspect_err(|error| {
@@ -153,8 +147,6 @@ impl Writer {
             connection: Some(connection),
             open,
             lock,
-            checkpointer,
-            checkpoint_requests: checkpoint::Requests::default(),
             busy_timeout,
             counters: Arc::clone(&counters),
             report: Report::new(),
@@ -364,10 +356,6 @@ struct Thread {
     open: Open,
     /// `None` if the side file could not be opened.
     lock: Option<ProcessLock>,
-    /// `None` if the checkpoint thread could not be started (`checkpoint.rs`).
-    checkpointer: Option<Checkpointer>,
-    /// When the writer last asked the checkpoint thread for a checkpoint.
-    checkpoint_requests: checkpoint::Requests,
     busy_timeout: Duration,
     counters: Arc<Counters>,
     report: Report,
@@ -427,8 +415,6 @@ impl Thread {
             open,
             lock,
             counters,
-            checkpointer,
-            checkpoint_requests,
             ..
         } = self;
         let guard = match lock.as_mut().map(|lock| lock.acquire(deadline)) {
@@ -453,20 +439,7 @@ impl Thread {
             // Whatever failed, nothing of this batch may stay half-done.
             let _ = connection.execute_batch("ROLLBACK");
         }
-        // Checkpoints go outside the lock, but for the rare one that must not (see
-        // `checkpoint.rs`).
-        let due = if outcome.is_ok() {
-            checkpoint_requests.due(checkpointer.is_some())
-        } else {
-            Due::Nothing
-        };
-        if due == Due::Force {
-            checkpoint::run(&connection, "in the writer");
-        }
         drop(guard);
-        if let (Due::Request, Some(checkpointer)) = (due, checkpointer.as_ref()) {
-            checkpointer.request();
-        }
         let broken = match &outcome {
             Err(BatchError::Database(error)) => breaks_connection(error),
             _ => false,
@@ -495,30 +468,11 @@ fn take_queued(requests: &mut mpsc::Receiver<Item>, batch: &mut Vec<Box<dyn Requ
 /// A new write connection, with the short-step busy handler.
 fn reopen(open: &mut Open, counters: &Counters) -> Result<Connection, BatchError> {
     let connection = open().map_err(|error| BatchError::Unavailable(error.to_string()))?;
-    configure(&connection).map_err(BatchError::Database)?;
+    connection
+        .busy_handler(Some(short_step_busy_handler))
+        .map_err(BatchError::Database)?;
     counters.opened.fetch_add(1, Ordering::Relaxed);
     Ok(connection)
-}
-
-/// Gives a write connection the short-step busy handler and the WAL hook that replaces
-/// SQLite's automatic checkpoint (`checkpoint.rs`).
-fn configure(connection: &Connection) -> rusqlite::Result<()> {
-    connection.busy_handler(Some(short_step_busy_handler))?;
-    checkpoint::install(connection);
-    Ok(())
-}
-
-/// Starts the checkpoint thread with a connection of its own; `None` (the writer then
-/// checkpoints inside the lock) if either fails.
-fn start_checkpointer(open: &mut Open) -> Option<Checkpointer> {
-    let started = open()
-        .map_err(|error| error.to_string())
-        .and_then(|connection| Checkpointer::start(connection).map_err(|error| error.to_string()));
-    started
-        .inspect_err(|error| {
-            tracing::warn!(%error, "cannot start the WAL checkpoint thread; checkpointing in the writer");
-        })
-        .ok()
 }
 
 /// One transaction with a savepoint per request (see the [module documentation](self)).
@@ -556,7 +510,6 @@ fn run_batch(
     Ok(())
 }
 
-mod checkpoint;
 mod report;
 #[cfg(test)]
 mod tests;

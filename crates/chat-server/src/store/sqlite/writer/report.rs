@@ -171,3 +171,37 @@ fn quantile(values: &[u32], q: f64) -> u32 {
     let index = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
     values[index]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_sorted_values() {
+        let values: Vec<u32> = (1..=100).collect();
+        assert_eq!(quantile(&values, 0.5), 50);
+        assert_eq!(quantile(&values, 0.99), 99);
+        assert_eq!(quantile(&values, 0.999), 100);
+        assert_eq!(quantile(&[7], 0.999), 7);
+        assert_eq!(quantile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn a_batch_splits_into_stages_and_a_stage_not_reached_takes_no_time() {
+        let queued = Instant::now();
+        let at = |ms: u64| queued + Duration::from_millis(ms);
+        let mut marks = Marks::new(at(2));
+        marks.locked = at(5);
+        marks.begun = at(6);
+        marks.ran = at(9);
+        marks.committed = at(13);
+        assert_eq!(
+            marks.stages(queued, at(14)),
+            [2_000, 3_000, 1_000, 3_000, 4_000, 1_000]
+        );
+        // `BEGIN` failed: the stages after the lock took nothing.
+        let mut failed = Marks::new(at(2));
+        failed.locked = at(5);
+        assert_eq!(failed.stages(queued, at(6)), [2_000, 3_000, 0, 0, 0, 1_000]);
+    }
+}
