@@ -391,12 +391,21 @@ impl Thread {
     fn commit_and_answer(&mut self, batch: &mut Vec<Box<dyn Request>>, top_up: bool) {
         let mut marks = Marks::new(Instant::now());
         let outcome = self.commit(batch, top_up, &mut marks);
-        let queued: Vec<Instant> = batch.iter().map(|request| request.queued_at()).collect();
+        // Recorded only while the report is logged (debug level); otherwise the stages'
+        // marks are all it costs.
+        let reporting = self.report.enabled();
+        let queued: Vec<Instant> = if reporting {
+            batch.iter().map(|request| request.queued_at()).collect()
+        } else {
+            Vec::new()
+        };
         for request in batch.drain(..) {
             request.answer(outcome.as_ref().map(|_| ()));
         }
-        self.report
-            .record(&marks, queued.into_iter(), Instant::now());
+        if reporting {
+            self.report
+                .record(&marks, queued.into_iter(), Instant::now());
+        }
     }
 
     /// Takes the replicas' lock, then runs and commits one batch on the write

@@ -2,8 +2,9 @@
 //! and every [`REPORT_EVERY`] of activity [`Report`] logs at debug level, per stage,
 //! the median, 99th percentile and maximum over the batches, the time requests spent
 //! in the writer (queued to answered), and how the slowest 1% of requests split that
-//! time between the stages: which stage holds the tail.
-//! (`RUST_LOG=chat_server::store::sqlite::writer=debug`.)
+//! time between the stages: which stage holds the tail, and how many batches of other
+//! replicas took the lock while one waited (`process_lock.rs`). Nothing is recorded
+//! unless the report is logged (`RUST_LOG=chat_server::store::sqlite::writer=debug`).
 
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,12 @@ impl Report {
         }
     }
 
+    /// Whether the report is logged at all (debug level for this module): if not,
+    /// the writer records nothing.
+    pub fn enabled(&self) -> bool {
+        tracing::enabled!(tracing::Level::DEBUG)
+    }
+
     /// Records a batch whose requests were queued at `queued` (in batch order), and
     /// answered at `answered`; logs the report when it is due.
     pub fn record(
@@ -102,9 +109,7 @@ impl Report {
         self.others_first
             .push(u32::try_from(marks.others_first).unwrap_or(u32::MAX));
         if self.since.elapsed() >= REPORT_EVERY {
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                self.log();
-            }
+            self.log();
             *self = Self::new();
         }
     }
