@@ -27,6 +27,17 @@
 //! lock thread, marked abandoned: when the lock comes, the lock thread releases it at
 //! once, unless the writer has asked again meanwhile, in which case it is handed over.
 //!
+//! # How many went first: the lock's generation
+//!
+//! `flock` is not fair: on release the kernel wakes the waiters, but until one of them
+//! has been scheduled the lock is free, and a replica that has just committed and has
+//! more queued often takes it straight back. To see how much that costs, every process
+//! that takes the lock adds one to a generation counter, the first 8 bytes of the side
+//! file (read and written while it holds the lock; two system calls), and each
+//! [`Guard`] tells how many other processes took the lock while its writer waited
+//! ([`Guard::others_first`], in the writer's debug report, `writer/report.rs`). The
+//! counter changes nothing else.
+//!
 //! # Everyone else: the short-step busy handler
 //!
 //! SQLite's default busy handler (behind `busy_timeout`) sleeps in growing steps, up to
@@ -130,6 +141,9 @@ enum State {
 pub(super) struct Guard<'a> {
     lock: &'a ProcessLock,
     locked: bool,
+    /// How many times another process took the lock while this one waited for it (see
+    /// the [module documentation](self)).
+    pub others_first: u64,
 }
 
 impl ProcessLock {
@@ -161,19 +175,36 @@ impl ProcessLock {
     /// If `flock` itself fails, logs it and returns a guard that holds nothing: the
     /// lock only spares polling, SQLite's lock still keeps the writes apart.
     pub fn acquire(&mut self, deadline: Instant) -> Option<Guard<'_>> {
-        let mut state = self.shared.lock_state();
+        let before = read_generation(&self.shared.file);
+        let locked = self.shared.wait_for_lock(deadline)?;
+        // This process's own taking of the lock counts one.
+        let others_first = match (before, read_generation(&self.shared.file)) {
+            (Some(before), Some(now)) if locked => now.wrapping_sub(before).saturating_sub(1),
+            _ => 0,
+        };
+        Some(Guard {
+            lock: self,
+            locked,
+            others_first,
+        })
+    }
+}
+
+impl Shared {
+    /// The writer's wait for the lock (see [`ProcessLock::acquire`]): whether it holds
+    /// it (`false`: `flock` failed), or `None` at `deadline`.
+    fn wait_for_lock(&self, deadline: Instant) -> Option<bool> {
+        let mut state = self.lock_state();
         match *state {
             // Free (the common case with little contention): no hand-over needed.
-            State::Idle if try_lock(&self.shared.file) => {
+            State::Idle if try_lock(&self.file) => {
                 *state = State::Held(true);
-                return Some(Guard {
-                    lock: self,
-                    locked: true,
-                });
+                bump_generation(&self.file);
+                return Some(true);
             }
             State::Idle => {
                 *state = State::Wanted;
-                self.shared.changed.notify_all();
+                self.changed.notify_all();
             }
             // The lock thread's `flock` is still pending: it serves this request.
             State::Abandoned => *state = State::Wanted,
@@ -182,7 +213,7 @@ impl ProcessLock {
         loop {
             if let State::Granted(locked) = *state {
                 *state = State::Held(locked);
-                return Some(Guard { lock: self, locked });
+                return Some(locked);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -190,7 +221,6 @@ impl ProcessLock {
                 return None;
             }
             state = self
-                .shared
                 .changed
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -237,7 +267,10 @@ impl Shared {
                 }
             }
             let locked = match lock_blocking(&self.file) {
-                Ok(()) => true,
+                Ok(()) => {
+                    bump_generation(&self.file);
+                    true
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot take the replicas' write lock; waiting for SQLite's lock only");
                     false
@@ -290,6 +323,36 @@ fn unlock(file: &File) {
     }
 }
 
+/// The lock's generation: the first 8 bytes of the side file (0 while it is shorter);
+/// `None` if it cannot be read.
+fn read_generation(file: &File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = [0u8; 8];
+    let mut read = 0;
+    while read < bytes.len() {
+        match file.read_at(&mut bytes[read..], read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(if read == bytes.len() {
+        u64::from_le_bytes(bytes)
+    } else {
+        0
+    })
+}
+
+/// Counts one more taking of the lock, which this process has just taken.
+fn bump_generation(file: &File) {
+    use std::os::unix::fs::FileExt;
+    let next = read_generation(file).unwrap_or(0).wrapping_add(1);
+    if let Err(error) = file.write_all_at(&next.to_le_bytes(), 0) {
+        tracing::debug!(%error, "cannot count a taking of the replicas' write lock");
+    }
+}
+
 /// `chat.db-writer` for `chat.db`.
 fn side_file(database: &Path) -> PathBuf {
     let mut name = database.as_os_str().to_owned();
@@ -327,14 +390,16 @@ mod tests {
         std::thread::scope(|scope| {
             let waiter = scope.spawn(|| {
                 waiting_tx.send(()).expect("signal");
-                let guard = two.acquire(Instant::now() + LONG).map(|g| g.locked);
+                let guard = two
+                    .acquire(Instant::now() + LONG)
+                    .map(|g| (g.locked, g.others_first));
                 (guard, Instant::now())
             });
             waiting.recv().expect("the waiter runs");
             let released = Instant::now();
             drop(held);
             let (guard, got) = waiter.join().expect("waiter");
-            assert_eq!(guard, Some(true));
+            assert_eq!(guard, Some((true, 0)));
             assert!(got >= released);
             assert!(
                 got - released < Duration::from_secs(2),
@@ -343,7 +408,12 @@ mod tests {
             );
         });
         // Released again by the waiter's guard: free for the first.
-        assert!(one.acquire(Instant::now() + LONG).is_some());
+        let again = one.acquire(Instant::now() + LONG).expect("free lock");
+        assert_eq!(again.others_first, 0);
+        drop(again);
+        // Every taking of the lock was counted once: `one`, `two` (whose abandoned
+        // request's `flock` served the second), `one`.
+        assert_eq!(read_generation(&one.shared.file), Some(3));
     }
 
     #[test]

@@ -58,9 +58,9 @@
 //! `COMMIT` (or the rollback) has returned, so the next replica's batch starts from
 //! this one's durable state, and numbering stays gap-free across replicas.
 //!
-//! Every [`REPORT_EVERY`] of activity, the writer logs at debug level how many batches
-//! and requests it committed and how long, per batch, it waited for and held the lock
-//! (`RUST_LOG=chat_server::store::sqlite::writer=debug`).
+//! Every few seconds of activity, the writer logs at debug level where the time of its
+//! writes went, stage by stage (`report.rs`;
+//! `RUST_LOG=chat_server::store::sqlite::writer=debug`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -76,16 +76,13 @@ use super::error::{Outcome, breaks_connection, map_sqlite_error};
 use super::process_lock::{ProcessLock, begin_immediate, lock_timeout, short_step_busy_handler};
 use crate::store::StoreError;
 use crate::store::failure::{Failure, OutcomeExt};
+use report::{Marks, Report};
 
 /// The most requests one transaction carries.
 const MAX_BATCH: usize = 256;
 
 /// The most requests waiting for the writer; further callers wait for room.
 const QUEUE_CAPACITY: usize = 1024;
-
-/// How often, at most, the writer logs (at debug level) what its batches carried and
-/// how long it waited for and held the write lock.
-const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Opens (and configures) a new write connection.
 pub(super) type Open = Box<dyn FnMut() -> Result<Connection, StoreError> + Send>;
@@ -240,6 +237,8 @@ trait Request: Send {
     fn run(&mut self, connection: &Connection) -> bool;
     /// Whether the body failed with an error that may have broken the connection.
     fn broke_connection(&self) -> bool;
+    /// When the request was queued.
+    fn queued_at(&self) -> Instant;
     /// Answers the caller: the body's outcome if the batch committed, else the batch's
     /// error.
     fn answer(self: Box<Self>, batch: Result<(), &BatchError>);
@@ -251,6 +250,7 @@ struct Pending<T, F> {
     outcome: Option<Outcome<T>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
     busy_timeout: Duration,
+    queued: Instant,
 }
 
 impl<T, F> Pending<T, F>
@@ -270,6 +270,7 @@ where
             outcome: None,
             reply,
             busy_timeout,
+            queued: Instant::now(),
         });
         (request, answer)
     }
@@ -304,6 +305,10 @@ where
 
     fn broke_connection(&self) -> bool {
         matches!(&self.outcome, Some(Err(Failure::Database(error))) if breaks_connection(error))
+    }
+
+    fn queued_at(&self) -> Instant {
+        self.queued
     }
 
     fn answer(self: Box<Self>, batch: Result<(), &BatchError>) {
@@ -384,9 +389,22 @@ impl Thread {
     /// Commits `batch` (topped up with what queued while it waited for the lock, if
     /// `top_up`) and answers its requests.
     fn commit_and_answer(&mut self, batch: &mut Vec<Box<dyn Request>>, top_up: bool) {
-        let outcome = self.commit(batch, top_up);
+        let mut marks = Marks::new(Instant::now());
+        let outcome = self.commit(batch, top_up, &mut marks);
+        // Recorded only while the report is logged (debug level); otherwise the stages'
+        // marks are all it costs.
+        let reporting = self.report.enabled();
+        let queued: Vec<Instant> = if reporting {
+            batch.iter().map(|request| request.queued_at()).collect()
+        } else {
+            Vec::new()
+        };
         for request in batch.drain(..) {
             request.answer(outcome.as_ref().map(|_| ()));
+        }
+        if reporting {
+            self.report
+                .record(&marks, queued.into_iter(), Instant::now());
         }
     }
 
@@ -397,16 +415,15 @@ impl Thread {
         &mut self,
         batch: &mut Vec<Box<dyn Request>>,
         top_up: bool,
+        marks: &mut Marks,
     ) -> Result<(), BatchError> {
-        let started = Instant::now();
-        let deadline = started + self.busy_timeout;
+        let deadline = marks.started + self.busy_timeout;
         let Thread {
             requests,
             connection: slot,
             open,
             lock,
             counters,
-            report,
             ..
         } = self;
         let guard = match lock.as_mut().map(|lock| lock.acquire(deadline)) {
@@ -417,12 +434,13 @@ impl Thread {
         if top_up {
             take_queued(requests, batch);
         }
-        let locked = Instant::now();
+        marks.locked = Instant::now();
+        marks.others_first = guard.as_ref().map_or(0, |guard| guard.others_first);
         let connection = match slot.take() {
             Some(connection) => connection,
             None => reopen(open, counters)?,
         };
-        let outcome = run_batch(&connection, batch, deadline);
+        let outcome = run_batch(&connection, batch, deadline, marks);
         if outcome.is_ok() {
             counters.committed.fetch_add(1, Ordering::Relaxed);
         }
@@ -431,7 +449,6 @@ impl Thread {
             let _ = connection.execute_batch("ROLLBACK");
         }
         drop(guard);
-        report.record(batch.len(), locked - started, locked.elapsed());
         let broken = match &outcome {
             Err(BatchError::Database(error)) => breaks_connection(error),
             _ => false,
@@ -467,56 +484,16 @@ fn reopen(open: &mut Open, counters: &Counters) -> Result<Connection, BatchError
     Ok(connection)
 }
 
-/// What the batches since the last report carried, and how long the writer waited for
-/// and held the write lock: logged at debug level every [`REPORT_EVERY`] at most, to
-/// see where the time of writes goes.
-struct Report {
-    since: Instant,
-    batches: u64,
-    requests: u64,
-    waited: Duration,
-    held: Duration,
-}
-
-impl Report {
-    fn new() -> Self {
-        Self {
-            since: Instant::now(),
-            batches: 0,
-            requests: 0,
-            waited: Duration::ZERO,
-            held: Duration::ZERO,
-        }
-    }
-
-    fn record(&mut self, requests: usize, waited: Duration, held: Duration) {
-        self.batches += 1;
-        self.requests += requests as u64;
-        self.waited += waited;
-        self.held += held;
-        if self.since.elapsed() >= REPORT_EVERY {
-            let per_batch = |total: Duration| total.as_micros() as u64 / self.batches;
-            tracing::debug!(
-                batches = self.batches,
-                requests = self.requests,
-                lock_wait_us_per_batch = per_batch(self.waited),
-                lock_hold_us_per_batch = per_batch(self.held),
-                seconds = self.since.elapsed().as_secs_f64(),
-                "database writer"
-            );
-            *self = Self::new();
-        }
-    }
-}
-
 /// One transaction with a savepoint per request (see the [module documentation](self)).
 /// On error the transaction may still be open: the caller rolls it back.
 fn run_batch(
     connection: &Connection,
     batch: &mut [Box<dyn Request>],
     deadline: Instant,
+    marks: &mut Marks,
 ) -> Result<(), BatchError> {
     begin_immediate(connection, deadline).map_err(BatchError::Database)?;
+    marks.begun = Instant::now();
     for request in batch.iter_mut() {
         connection
             .execute_batch("SAVEPOINT request")
@@ -534,10 +511,14 @@ fn run_batch(
             .execute_batch(end)
             .map_err(BatchError::Database)?;
     }
+    marks.ran = Instant::now();
     connection
         .execute_batch("COMMIT")
-        .map_err(BatchError::Database)
+        .map_err(BatchError::Database)?;
+    marks.committed = Instant::now();
+    Ok(())
 }
 
+mod report;
 #[cfg(test)]
 mod tests;
