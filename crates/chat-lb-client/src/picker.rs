@@ -42,7 +42,12 @@ pub enum Policy {
     /// are drawn at random and the cheaper one wins. The default.
     #[default]
     PowerOfTwoChoices,
-    /// Each call takes the next candidate in turn.
+    /// Each call takes the next candidate in turn. Better than the default when
+    /// the replicas' latency is set by a bottleneck they share (one database
+    /// lock, say) rather than by the replica: latency-aware choices then chase
+    /// noise (measured in the README's steady-state benchmark with the
+    /// embedded store). Slow and stalling replicas are then kept out by health
+    /// probes and outlier detection only.
     RoundRobin,
     /// Every call takes the first candidate in configuration order; the others
     /// are fail-over spares.
