@@ -33,10 +33,10 @@
 //! has been scheduled the lock is free, and a replica that has just committed and has
 //! more queued often takes it straight back. To see how much that costs, every process
 //! that takes the lock adds one to a generation counter, the first 8 bytes of the side
-//! file (read and written while it holds the lock; two system calls), and each
-//! [`Guard`] tells how many other processes took the lock while its writer waited
-//! ([`Guard::others_first`], in the writer's debug report, `writer/report.rs`). The
-//! counter changes nothing else.
+//! file (read and written while it holds the lock; two system calls), and a writer whose
+//! debug report is on reads it before and after its wait, so its [`Guard`] tells how
+//! many other processes took the lock meanwhile ([`Guard::others_first`], in the
+//! writer's debug report, `writer/report.rs`). The counter changes nothing else.
 //!
 //! # Everyone else: the short-step busy handler
 //!
@@ -142,7 +142,7 @@ pub(super) struct Guard<'a> {
     lock: &'a ProcessLock,
     locked: bool,
     /// How many times another process took the lock while this one waited for it (see
-    /// the [module documentation](self)).
+    /// the [module documentation](self)); 0 unless counted.
     pub others_first: u64,
 }
 
@@ -174,12 +174,17 @@ impl ProcessLock {
     /// lock is taken at once, without the lock thread.
     /// If `flock` itself fails, logs it and returns a guard that holds nothing: the
     /// lock only spares polling, SQLite's lock still keeps the writes apart.
-    pub fn acquire(&mut self, deadline: Instant) -> Option<Guard<'_>> {
-        let before = read_generation(&self.shared.file);
+    /// `count_others_first`: whether to count the takings of the lock by other
+    /// processes during the wait ([`Guard::others_first`]; two more system calls).
+    pub fn acquire(&mut self, deadline: Instant, count_others_first: bool) -> Option<Guard<'_>> {
+        let before = count_others_first
+            .then(|| read_generation(&self.shared.file))
+            .flatten();
         let locked = self.shared.wait_for_lock(deadline)?;
         // This process's own taking of the lock counts one.
-        let others_first = match (before, read_generation(&self.shared.file)) {
-            (Some(before), Some(now)) if locked => now.wrapping_sub(before).saturating_sub(1),
+        let others_first = match before {
+            Some(before) if locked => read_generation(&self.shared.file)
+                .map_or(0, |now| now.wrapping_sub(before).saturating_sub(1)),
             _ => 0,
         };
         Some(Guard {
@@ -328,20 +333,11 @@ fn unlock(file: &File) {
 fn read_generation(file: &File) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let mut bytes = [0u8; 8];
-    let mut read = 0;
-    while read < bytes.len() {
-        match file.read_at(&mut bytes[read..], read as u64) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
+    match file.read_exact_at(&mut bytes, 0) {
+        Ok(()) => Some(u64::from_le_bytes(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Some(0),
+        Err(_) => None,
     }
-    Some(if read == bytes.len() {
-        u64::from_le_bytes(bytes)
-    } else {
-        0
-    })
 }
 
 /// Counts one more taking of the lock, which this process has just taken.
@@ -366,21 +362,27 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(10);
 
+    /// The locks of two replicas sharing `chat.db` in `dir`.
+    fn two_replicas(dir: &tempfile::TempDir) -> (ProcessLock, ProcessLock) {
+        let path = dir.path().join("chat.db");
+        (
+            ProcessLock::open(&path).expect("one"),
+            ProcessLock::open(&path).expect("two"),
+        )
+    }
+
     #[test]
     fn the_lock_is_handed_over_when_released_and_waits_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("chat.db");
-        let (mut one, mut two) = (
-            ProcessLock::open(&path).expect("one"),
-            ProcessLock::open(&path).expect("two"),
-        );
+        let (mut one, mut two) = two_replicas(&dir);
         assert!(dir.path().join("chat.db-writer").is_file());
-        let held = one.acquire(Instant::now() + LONG).expect("free lock");
+        let held = one.acquire(Instant::now() + LONG, true).expect("free lock");
         assert!(held.locked);
         // Held elsewhere: the wait ends at its deadline.
         let started = Instant::now();
         assert!(
-            two.acquire(started + Duration::from_millis(50)).is_none(),
+            two.acquire(started + Duration::from_millis(50), true)
+                .is_none(),
             "taken while held"
         );
         assert!(started.elapsed() >= Duration::from_millis(50));
@@ -391,7 +393,7 @@ mod tests {
             let waiter = scope.spawn(|| {
                 waiting_tx.send(()).expect("signal");
                 let guard = two
-                    .acquire(Instant::now() + LONG)
+                    .acquire(Instant::now() + LONG, true)
                     .map(|g| (g.locked, g.others_first));
                 (guard, Instant::now())
             });
@@ -408,7 +410,7 @@ mod tests {
             );
         });
         // Released again by the waiter's guard: free for the first.
-        let again = one.acquire(Instant::now() + LONG).expect("free lock");
+        let again = one.acquire(Instant::now() + LONG, true).expect("free lock");
         assert_eq!(again.others_first, 0);
         drop(again);
         // Every taking of the lock was counted once: `one`, `two` (whose abandoned
@@ -417,19 +419,45 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_counts_the_takings_of_the_lock_by_others_during_its_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut one, mut two) = two_replicas(&dir);
+        let side_file = Arc::clone(&one.shared);
+        let held = one.acquire(Instant::now() + LONG, true).expect("free lock");
+        let two_state = Arc::clone(&two.shared);
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                two.acquire(Instant::now() + LONG, true)
+                    .map(|g| g.others_first)
+            });
+            // `two` read the generation before it asked for the lock.
+            while *two_state.lock_state() != State::Wanted {
+                std::thread::yield_now();
+            }
+            // Two takings by other processes while `two` waits (standing for replicas
+            // that barged in), then the release.
+            bump_generation(&side_file.file);
+            bump_generation(&side_file.file);
+            drop(held);
+            assert_eq!(waiter.join().expect("waiter"), Some(2));
+        });
+        // Not counted when not asked for.
+        let uncounted = one
+            .acquire(Instant::now() + LONG, false)
+            .expect("free lock");
+        assert_eq!(uncounted.others_first, 0);
+    }
+
+    #[test]
     fn an_abandoned_lock_is_released_by_the_lock_thread() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("chat.db");
-        let (mut one, mut two) = (
-            ProcessLock::open(&path).expect("one"),
-            ProcessLock::open(&path).expect("two"),
-        );
-        let held = one.acquire(Instant::now() + LONG).expect("free lock");
-        assert!(two.acquire(Instant::now()).is_none());
+        let (mut one, mut two) = two_replicas(&dir);
+        let held = one.acquire(Instant::now() + LONG, true).expect("free lock");
+        assert!(two.acquire(Instant::now(), true).is_none());
         // `two`'s lock thread gets the lock now, finds nobody waiting, and lets go.
         drop(held);
         let started = Instant::now();
-        assert!(one.acquire(Instant::now() + LONG).is_some());
+        assert!(one.acquire(Instant::now() + LONG, true).is_some());
         assert!(started.elapsed() < LONG);
     }
 

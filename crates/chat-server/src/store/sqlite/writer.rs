@@ -389,11 +389,11 @@ impl Thread {
     /// Commits `batch` (topped up with what queued while it waited for the lock, if
     /// `top_up`) and answers its requests.
     fn commit_and_answer(&mut self, batch: &mut Vec<Box<dyn Request>>, top_up: bool) {
-        let mut marks = Marks::new(Instant::now());
-        let outcome = self.commit(batch, top_up, &mut marks);
         // Recorded only while the report is logged (debug level); otherwise the stages'
         // marks are all it costs.
         let reporting = self.report.enabled();
+        let mut marks = Marks::new(Instant::now());
+        let outcome = self.commit(batch, top_up, reporting, &mut marks);
         let queued: Vec<Instant> = if reporting {
             batch.iter().map(|request| request.queued_at()).collect()
         } else {
@@ -410,11 +410,13 @@ impl Thread {
 
     /// Takes the replicas' lock, then runs and commits one batch on the write
     /// connection (reopened if need be), and drops the connection if an error may have
-    /// broken it.
+    /// broken it. `reporting`: whether to count the other replicas that took the lock
+    /// first, for the report.
     fn commit(
         &mut self,
         batch: &mut Vec<Box<dyn Request>>,
         top_up: bool,
+        reporting: bool,
         marks: &mut Marks,
     ) -> Result<(), BatchError> {
         let deadline = marks.started + self.busy_timeout;
@@ -426,7 +428,7 @@ impl Thread {
             counters,
             ..
         } = self;
-        let guard = match lock.as_mut().map(|lock| lock.acquire(deadline)) {
+        let guard = match lock.as_mut().map(|lock| lock.acquire(deadline, reporting)) {
             Some(None) => return Err(BatchError::Database(lock_timeout())),
             Some(Some(guard)) => Some(guard),
             None => None,

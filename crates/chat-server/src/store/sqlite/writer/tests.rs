@@ -227,7 +227,7 @@ async fn a_replica_holding_the_replicas_lock_delays_writes_up_to_the_busy_timeou
     // Another replica (frozen, say) holds the side file's lock, not SQLite's.
     let mut other = ProcessLock::open(&path).expect("the other replica's lock");
     let held = other
-        .acquire(Instant::now() + Duration::from_secs(5))
+        .acquire(Instant::now() + Duration::from_secs(5), false)
         .expect("free lock");
     let started = Instant::now();
     match store.create_account("blocked", "h", 1).await {
