@@ -162,7 +162,8 @@ async fn sigkill_under_concurrent_load_fails_no_retry_safe_call() {
     load.wait_for(300).await;
     let victim = replicas[0].address();
     replicas[0].kill().await.expect("kill the replica");
-    assert_eq!(load.finish().await, 8 * 150);
+    // One kill: at most one answer cut mid-way (retried by the load, see `ANSWER_CUT`).
+    assert_eq!(load.finish(1).await, 8 * 150);
     assert!(!state_of(&lb.snapshot(), victim).is_routable());
 }
 

@@ -63,7 +63,8 @@ async fn sigkill_under_load_moves_the_victims_ejection_and_retry_counters() {
     let before = snapshotter.snapshot().into_vec();
     let victim = replicas[0].address();
     replicas[0].kill().await.expect("kill the replica");
-    assert_eq!(load.finish().await, 8 * 150, "no send failed");
+    // One kill: at most one answer cut mid-way (retried by the load, see `ANSWER_CUT`).
+    assert_eq!(load.finish(1).await, 8 * 150, "no send failed");
     let after = snapshotter.snapshot().into_vec();
 
     let ejections = "chat_lb_endpoint_ejections_total";

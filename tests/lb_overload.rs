@@ -72,7 +72,7 @@ async fn a_replica_shedding_load_costs_the_callers_nothing() {
 
     // Twelve concurrent senders: the shedding replica gets several calls at once.
     let load = SendLoad::start(&client, &token, "dora", 12, 60);
-    assert_eq!(load.finish().await, 12 * 60, "every send acknowledged");
+    assert_eq!(load.finish(0).await, 12 * 60, "every send acknowledged");
 
     let o = snapshot_of(&lb, shedding.address());
     assert!(o.overloads > 0, "the replica shed calls: {o:#?}");

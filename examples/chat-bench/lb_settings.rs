@@ -17,7 +17,7 @@
 //! `failure_percentage_minimum_failures`, `retry_safe` (`none` | `all` | a method path prefix),
 //! `max_attempts`, `per_try_timeout`, `retry_budget_ratio`, `retry_budget_min_per_sec`,
 //! `retry_budget_window`, `max_replay_bytes`, `timeout`, `wait_for_ready`,
-//! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`,
+//! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`, `p2c_tolerance`,
 //! `ewma_decay`, `hedge_delay` (`pNN` for that percentile of the method's recent
 //! latency, e.g. `p95`, or a fixed duration), `hedge_min_delay` (the floor of a
 //! percentile delay; both matter for `chat-lb-hedged` only).
@@ -146,6 +146,7 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "resolve_interval" => with(text.duration()?, Builder::resolve_interval),
         "resolve_timeout" => with(text.duration()?, Builder::resolve_timeout),
         "default_rtt" => with(text.duration()?, Builder::default_rtt),
+        "p2c_tolerance" => with(text.parse()?, Builder::p2c_tolerance),
         "ewma_decay" => with(text.duration()?, Builder::ewma_decay),
         "hedge_delay" => with(text.hedge_delay()?, Builder::hedge_delay),
         "hedge_min_delay" => with(text.duration()?, Builder::hedge_min_delay),

@@ -13,15 +13,9 @@ use crate::stats::Stats;
 use crate::workload::{Ended, FeedOutcome, History, ReaderOutcome, SenderOutcome, User};
 use crate::{FD_GROWTH_BOUND, LONG_LIVED, RSS_GROWTH_BOUND_KIB};
 
-/// Invariant 2: no call failed (before any retry by the test). At most one replica
-/// is faulted at a time, so a healthy one was always there to take every call.
-///
-/// The host's load is part of the message: when other processes starve the replicas
-/// and the test, probes of healthy replicas time out, a client can see no replica
-/// healthy, and the balancer (rightly) fails fast.
 /// How the balancer reports a call whose connection broke after the server's answer
 /// had begun (response headers received).
-pub(crate) const BROKE_MID_ANSWER: &str = "broke during the call";
+pub(crate) const BROKE_MID_ANSWER: &str = chat_testkit::ANSWER_CUT;
 
 /// The soak's version of invariant 2. Over thousands of kills, one can land in the
 /// microseconds between a replica sending an answer's headers and its end. That call
@@ -53,13 +47,25 @@ pub(crate) fn check_soak_failed_calls(
     );
 }
 
+/// Invariant 2: no call failed (before any retry by the test). At most one replica
+/// is faulted at a time, so a healthy one was always there to take every call. The
+/// one exception: at most one call whose answer a kill cut (see
+/// `check_soak_failed_calls`; the workload retries it, and the exactly-once checks
+/// still hold). Over the test's six kills that is rare; two would say the window
+/// grew.
+///
+/// The host's load is part of the message: when other processes starve the replicas
+/// and the test, probes of healthy replicas time out, a client can see no replica
+/// healthy, and the balancer (rightly) fails fast.
 pub(crate) fn check_no_failed_calls(seed: u64, stats: &Stats, log: &FaultLog) {
     let failures = stats.failures();
     let tally = stats.tally();
     assert!(
-        failures == 0,
+        failures == tally.broke_mid_answer && failures <= 1,
         "[CHAOS_SEED={seed}] {failures} call(s) failed while at least one replica was \
-         healthy: {:?}\nfirst failures:\n  {}\nfaults:\n  {}\nhost: {}",
+         healthy ({} with an answer already begun; at most one of those allowed): {:?}\n\
+         first failures:\n  {}\nfaults:\n  {}\nhost: {}",
+        tally.broke_mid_answer,
         tally.failed,
         tally.samples.join("\n  "),
         log.lines(),

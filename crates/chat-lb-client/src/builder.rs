@@ -165,6 +165,20 @@ impl Builder {
         self
     }
 
+    /// How far apart two endpoints' costs must be for power of two choices to
+    /// prefer the cheaper one: by more than this factor. Within it the two count
+    /// as equal and the call takes either at random, so that noise in the
+    /// latency estimates and in-flight counts of equal replicas does not bunch
+    /// calls up on whichever looked cheapest last; a replica several times
+    /// dearer (slow, stalling, backed up) is still avoided. `1.0` compares
+    /// strictly (ties still go either way at random). Default 8. See
+    /// `picker.rs` and the README's steady-state benchmark for the
+    /// measurements behind it.
+    pub fn p2c_tolerance(mut self, factor: f64) -> Self {
+        self.cfg.p2c_tolerance = factor;
+        self
+    }
+
     /// The latency assumed for an endpoint before its first call. Default 1ms.
     pub fn default_rtt(mut self, rtt: Duration) -> Self {
         self.cfg.default_rtt = rtt;
@@ -646,6 +660,21 @@ mod tests {
             Ok(()) => None,
             Err(ConfigError::OutOfRange { setting, .. }) => Some(setting),
             Err(ConfigError::Hedge { .. }) => Some("hedge_methods"),
+        }
+    }
+
+    #[test]
+    fn p2c_tolerance_defaults_to_8_and_must_be_a_factor_of_at_least_1() {
+        assert_eq!(Builder::new().cfg.p2c_tolerance, 8.0);
+        for ok in [1.0, 1.5, 100.0] {
+            assert_eq!(refused_setting(Builder::new().p2c_tolerance(ok)), None);
+        }
+        for bad in [0.99, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                refused_setting(Builder::new().p2c_tolerance(bad)),
+                Some("p2c_tolerance"),
+                "{bad}"
+            );
         }
     }
 

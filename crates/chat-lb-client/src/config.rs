@@ -261,10 +261,15 @@ impl Default for ConnectConfig {
     }
 }
 
+/// The default of [`Builder::p2c_tolerance`](crate::Builder::p2c_tolerance).
+pub(crate) const DEFAULT_P2C_TOLERANCE: f64 = 8.0;
+
 /// Everything the builder collects.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub policy: Policy,
+    /// Power of two choices: costs within this factor count as equal.
+    pub p2c_tolerance: f64,
     pub health: HealthConfig,
     pub outlier: OutlierConfig,
     pub slow: SlowConfig,
@@ -284,6 +289,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             policy: Policy::default(),
+            p2c_tolerance: DEFAULT_P2C_TOLERANCE,
             health: HealthConfig::default(),
             outlier: OutlierConfig::default(),
             slow: SlowConfig::default(),
@@ -313,6 +319,11 @@ impl Config {
             !self.resolve_interval.is_zero(),
             "resolve_interval",
             "must be above zero",
+        )?;
+        check(
+            self.p2c_tolerance.is_finite() && self.p2c_tolerance >= 1.0,
+            "p2c_tolerance",
+            "must be a finite factor of at least 1",
         )?;
         check(
             !self.ewma_decay.is_zero(),

@@ -11,8 +11,9 @@
 //! a retry pushback, see `classify`) asks to be left alone for the pushback
 //! period: until then its cost gets [`OVERLOAD_COST`] added
 //! ([`PeakEwma::penalize_until`]), so it loses every power-of-two draw against
-//! an endpoint that is not overloaded, whatever their latencies, while two
-//! overloaded ones still compare by their real cost. The penalty ends exactly
+//! an endpoint that is not overloaded, whatever their latencies; two
+//! overloaded ones compare as any two costs do (within the picker's tolerance
+//! they count as equal, see `picker`). The penalty ends exactly
 //! when the period does; the endpoint also observes the period as a latency
 //! sample (what a call sent there would have waited, see
 //! `Endpoint::on_overload`), which then decays as usual.

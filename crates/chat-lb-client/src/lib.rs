@@ -39,7 +39,10 @@
 //!    [`SafeToRetry`] request extension overrides it.
 //! 2. **Pick.** Among the endpoints of the best non-empty tier the [`Policy`]
 //!    picks one: power of two random choices on peak-EWMA cost
-//!    (`latency estimate * (outstanding + 1)`) by default. The tiers, best
+//!    (`latency estimate * (outstanding + 1)`) by default, where two costs
+//!    within a factor of [`Builder::p2c_tolerance`] (8) count as equal and
+//!    either is taken at random, so that noise does not bunch calls up. The
+//!    tiers, best
 //!    first:
 //!    1. *healthy* endpoints, except slow ones;
 //!    2. *unknown* ones, not probed to a conclusion yet, and healthy ones
@@ -207,7 +210,7 @@
 //! - the endpoint is **avoided for the pushback period**: its cost gets a
 //!   penalty far above any latency cost until the period ends, so power of two
 //!   choices picks any endpoint that is not overloaded over it (two overloaded
-//!   ones still compare by their real cost). The period also counts as a
+//!   ones count as equal). The period also counts as a
 //!   latency sample of the endpoint (what a call sent there would have
 //!   waited), so it does not look idle and cheap the moment the period ends
 //!   and draw a burst it sheds again. Under [`Policy::PickFirst`] and

@@ -26,9 +26,9 @@ pub use binary::{
     dead_address, free_port_run, run_server_to_exit, start_up_error, workspace_binary,
 };
 pub use client::{
-    PASSWORD, SendLoad, alice_and_bob, authed, balancer_builder, client, fetch_all, fetch_inbox,
-    inbox_texts, kill_for_good, login, next_message, refused, register_and_login, send,
-    send_request, two_replicas, wait_for_status,
+    ANSWER_CUT, PASSWORD, SendLoad, alice_and_bob, authed, balancer_builder, client, fetch_all,
+    fetch_inbox, inbox_texts, kill_for_good, login, next_message, refused, register_and_login,
+    send, send_request, two_replicas, wait_for_status,
 };
 pub use replica::{Placement, Replica};
 pub use store::{MongoFixture, SharedStore, StoreFixture};

@@ -13,7 +13,10 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::time::Instant;
 
 use super::{Action, Call};
-use crate::{endpoint::Endpoint, picker::pick};
+use crate::{
+    endpoint::Endpoint,
+    picker::{Choice, pick},
+};
 
 /// Endpoints a call already tried, with the routable epoch they had then.
 #[derive(Default)]
@@ -47,8 +50,12 @@ impl Call {
     /// one within the pushback period of a shed call at `now`.
     fn pick_among(&self, unloaded: bool, now: Instant) -> Option<Arc<Endpoint>> {
         let tried = &self.tried;
+        let choice = Choice {
+            policy: self.ctx.cfg.policy,
+            tolerance: self.ctx.cfg.p2c_tolerance,
+        };
         pick(
-            self.ctx.cfg.policy,
+            choice,
             &self.list,
             |e: &Arc<Endpoint>| tried.contains(e) || (unloaded && e.is_overloaded(now)),
             &self.ctx.round_robin,
