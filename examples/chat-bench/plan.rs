@@ -7,7 +7,7 @@ use crate::{
 };
 
 /// How the balancer is configured (before `--lb-set`), for the output.
-const CHAT_LB_SETTINGS: &str = "defaults (p2c on peak EWMA within a factor of 8, ChatHealthProbe every 500ms, \
+const CHAT_LB_SETTINGS: &str = "defaults (p2c on peak EWMA within a factor of 2, ChatHealthProbe every 500ms, \
      eject 1s on a failed call, max 3 attempts, per-try timeout 2s, retry budget 20%+10/s) \
      + retry_safe(prefix \"/chat.v1.ChatService/\")";
 

@@ -169,11 +169,12 @@ impl Builder {
     /// prefer the cheaper one: by more than this factor. Within it the two count
     /// as equal and the call takes either at random, so that noise in the
     /// latency estimates and in-flight counts of equal replicas does not bunch
-    /// calls up on whichever looked cheapest last; a replica several times
-    /// dearer (slow, stalling, backed up) is still avoided. `1.0` compares
-    /// strictly (ties still go either way at random). Default 8. See
-    /// `picker.rs` and the README's steady-state benchmark for the
-    /// measurements behind it.
+    /// calls up on whichever looked cheapest last; a replica dearer by more
+    /// (slow, stalling, backed up) is still avoided. Higher factors spread calls
+    /// over equal replicas more evenly but steer less hard away from a replica
+    /// that is only somewhat slower; `1.0` compares strictly (ties still go
+    /// either way at random). Default 2. See `picker.rs` and the README's
+    /// steady-state benchmark for the measurements behind it.
     pub fn p2c_tolerance(mut self, factor: f64) -> Self {
         self.cfg.p2c_tolerance = factor;
         self
@@ -664,8 +665,8 @@ mod tests {
     }
 
     #[test]
-    fn p2c_tolerance_defaults_to_8_and_must_be_a_factor_of_at_least_1() {
-        assert_eq!(Builder::new().cfg.p2c_tolerance, 8.0);
+    fn p2c_tolerance_defaults_to_2_and_must_be_a_factor_of_at_least_1() {
+        assert_eq!(Builder::new().cfg.p2c_tolerance, 2.0);
         for ok in [1.0, 1.5, 100.0] {
             assert_eq!(refused_setting(Builder::new().p2c_tolerance(ok)), None);
         }

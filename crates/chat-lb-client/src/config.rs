@@ -262,7 +262,7 @@ impl Default for ConnectConfig {
 }
 
 /// The default of [`Builder::p2c_tolerance`](crate::Builder::p2c_tolerance).
-pub(crate) const DEFAULT_P2C_TOLERANCE: f64 = 8.0;
+pub(crate) const DEFAULT_P2C_TOLERANCE: f64 = 2.0;
 
 /// Everything the builder collects.
 #[derive(Clone)]

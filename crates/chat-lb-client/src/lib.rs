@@ -40,7 +40,7 @@
 //! 2. **Pick.** Among the endpoints of the best non-empty tier the [`Policy`]
 //!    picks one: power of two random choices on peak-EWMA cost
 //!    (`latency estimate * (outstanding + 1)`) by default, where two costs
-//!    within a factor of [`Builder::p2c_tolerance`] (8) count as equal and
+//!    within a factor of [`Builder::p2c_tolerance`] (2) count as equal and
 //!    either is taken at random, so that noise does not bunch calls up. The
 //!    tiers, best
 //!    first:

@@ -584,10 +584,11 @@ async fn a_replica_with_slow_probes_is_only_a_fallback_until_it_recovers() {
     assert!(e.slow && e.state == EndpointState::Healthy, "{e:#?}");
 
     // Fast again: its next probe clears the mark, and it takes calls again, in
-    // its slow start: as cheap as the others (within the choice's tolerance),
-    // it wins half the draws it is in (a third of the calls), and is passed
-    // over for the other candidate 9 times in 10 while its weight is at the
-    // ramp's 0.1 floor: about 1/30 of the 800 calls, 27.
+    // its slow start: at least as cheap as the others, it wins at least half
+    // the draws it is in (a third of the calls; more while they are busier by
+    // more than the choice's tolerance), and is passed over for the other
+    // candidate 9 times in 10 while its weight is at the ramp's 0.1 floor: at
+    // least about 1/30 of the 800 calls, 27.
     slow.knobs.health_delay_ms.store(1, Ordering::SeqCst);
     slow.knobs.delay_ms.store(1, Ordering::SeqCst);
     wait_for_change(&lb, LIMIT, "the replica is no longer slow", |s| {
