@@ -31,15 +31,15 @@
 //! makes an endpoint look dearer for a while, and a strict comparison then sends
 //! the next calls to the others, bunching them up instead of spreading them.
 //!
-//! The tolerance trades one against the other, as measured in the README's
-//! benchmarks: over three equal replicas sharing one CPU, a strict comparison
-//! made the 99.9th percentile 1.2-1.3x that of a uniformly random choice, and a
-//! factor of 8 brought it to 1.0x; but a replica slowed by 3 ms per call then
-//! kept 14% of the calls instead of 3%. The default, 2, leaves the small
-//! differences to chance and still steers away from a replica that costs twice
-//! as much or more (a delay, stalls, a backlog of calls). A tie (equal costs) is
-//! always broken at random, so that no endpoint is favoured for its place in the
-//! list.
+//! The tolerance trades an even spread over equal replicas against steering
+//! away from a somewhat slower one, as measured in the README's benchmarks:
+//! over three equal replicas sharing one CPU, a strict comparison made the
+//! 99.9th percentile 1.2-1.3x that of a uniformly random choice, and a factor
+//! of 8 brought it to 1.0x; but a replica slowed by 3 ms per call then kept 14%
+//! of the calls instead of 3%. The default, 2, leaves the small differences to
+//! chance and still steers away from a replica that costs twice as much or more
+//! (a delay, stalls, a backlog of calls). A tie (equal costs) is always broken
+//! at random, so that no endpoint is favoured for its place in the list.
 //!
 //! An endpoint within the pushback period of a call it shed is avoided: power
 //! of two choices sees its raised cost (see `ewma`); pick-first and
