@@ -17,8 +17,9 @@ use crate::{FD_GROWTH_BOUND, LONG_LIVED, RSS_GROWTH_BOUND_KIB};
 /// had begun (response headers received).
 pub(crate) const BROKE_MID_ANSWER: &str = chat_testkit::ANSWER_CUT;
 
-/// The soak's version of invariant 2. Over thousands of kills, one can land in the
-/// microseconds between a replica sending an answer's headers and its end. That call
+/// The soak's version of invariant 2. Over thousands of kills, one can land between a
+/// replica sending an answer's headers and its end (the message waits for HTTP/2 send
+/// capacity, which can take a second write; see the README's Failure behaviour). That call
 /// is committed once its headers arrived (gRPC's retry rules: a call whose response
 /// began is never retried, since the answer may already have been acted on), so the
 /// client sees `UNAVAILABLE` "broke during the call" and retries it itself (the

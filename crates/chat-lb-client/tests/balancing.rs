@@ -236,6 +236,39 @@ async fn a_replica_slow_once_is_used_again_under_sequential_calls() {
     );
 }
 
+/// Two replicas whose latencies differ by less than the tolerance (2 ms and 3 ms,
+/// probes included) count as equal: sequential calls split between them. A strict
+/// comparison sends them all to the quicker one.
+#[tokio::test(start_paused = true)]
+async fn costs_within_the_p2c_tolerance_split_the_calls_and_a_strict_choice_does_not() {
+    init_tracing();
+    let b_share = |tolerance: Option<f64>| async move {
+        let net = Net::new();
+        let (a, b) = (net.start("a"), net.start("b"));
+        for (replica, ms) in [(&a, 2), (&b, 3)] {
+            replica.knobs.delay_ms.store(ms, Ordering::SeqCst);
+            replica.knobs.health_delay_ms.store(ms, Ordering::SeqCst);
+        }
+        let mut builder = builder(&net).addresses(&addresses(&[&a, &b]));
+        if let Some(tolerance) = tolerance {
+            builder = builder.p2c_tolerance(tolerance);
+        }
+        let lb = builder.build().unwrap();
+        wait_all_healthy(&lb, LIMIT).await;
+        let served = load(&lb, 1, 200).await;
+        served.get("b").copied().unwrap_or(0)
+    };
+    // The default tolerance, 2: a coin toss each time.
+    let b = b_share(None).await;
+    assert!((60..=140).contains(&b), "b got {b} of 200 sequential calls");
+    // Strict: the quicker one, once the first calls have measured both.
+    let b = b_share(Some(1.0)).await;
+    assert!(
+        b <= 10,
+        "b got {b} of 200 sequential calls under a strict choice"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn round_robin_spreads_calls_evenly() {
     let net = Net::new();
