@@ -248,8 +248,10 @@ async fn an_endpoint_with_a_certificate_from_another_ca_fails_no_call() {
     let (ca, other) = (Ca::new("test CA"), Ca::new("another CA"));
     let good = tls_replica("good", &ca);
     let bad = tls_replica("bad", &other);
-    // Calls start at once, before any probe has answered.
+    // Calls start at once, before any probe has answered; pick-first sends the
+    // first one to `bad`, listed first, whatever the choice's costs and coin tosses.
     let lb = fast()
+        .policy(Policy::PickFirst)
         .addresses(&https(&[&bad, &good]))
         .tls_ca_pem(&ca.pem)
         .build()
@@ -261,6 +263,10 @@ async fn an_endpoint_with_a_certificate_from_another_ca_fails_no_call() {
         }
     }
     assert_eq!(good.calls(), 50);
+    assert!(
+        endpoint(&lb, bad.addr).calls >= 1,
+        "a call met the bad certificate (and was retried on good)"
+    );
     wait_for_last_error(&lb, bad.addr, UNKNOWN_AUTHORITY).await;
     assert!(!endpoint(&lb, bad.addr).state.is_routable());
 }
