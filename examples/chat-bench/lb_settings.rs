@@ -18,6 +18,7 @@
 //! `max_attempts`, `per_try_timeout`, `retry_budget_ratio`, `retry_budget_min_per_sec`,
 //! `retry_budget_window`, `max_replay_bytes`, `timeout`, `wait_for_ready`,
 //! `connect_timeout`, `resolve_interval`, `resolve_timeout`, `default_rtt`, `p2c_tolerance`,
+//! `p2c_cost` (`latency` | `latency_times_outstanding`),
 //! `ewma_decay`, `hedge_delay` (`pNN` for that percentile of the method's recent
 //! latency, e.g. `p95`, or a fixed duration), `hedge_min_delay` (the floor of a
 //! percentile delay; both matter for `chat-lb-hedged` only).
@@ -26,7 +27,7 @@
 
 use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
-use chat_lb_client::{Builder, HedgeDelay, Policy, RetrySafe};
+use chat_lb_client::{Builder, HedgeDelay, P2cCost, Policy, RetrySafe};
 use tonic::Code;
 
 /// One `--lb-set` override: its text (for the output) and what it sets.
@@ -147,6 +148,7 @@ fn setter(key: &str, value: &str) -> Result<Setter, String> {
         "resolve_timeout" => with(text.duration()?, Builder::resolve_timeout),
         "default_rtt" => with(text.duration()?, Builder::default_rtt),
         "p2c_tolerance" => with(text.parse()?, Builder::p2c_tolerance),
+        "p2c_cost" => with(text.p2c_cost()?, Builder::p2c_cost),
         "ewma_decay" => with(text.duration()?, Builder::ewma_decay),
         "hedge_delay" => with(text.hedge_delay()?, Builder::hedge_delay),
         "hedge_min_delay" => with(text.duration()?, Builder::hedge_min_delay),
@@ -241,6 +243,14 @@ impl Text<'_> {
             "round_robin" | "rr" => Ok(Policy::RoundRobin),
             "pick_first" | "first" => Ok(Policy::PickFirst),
             _ => Err(self.invalid("expected p2c, round_robin or pick_first")),
+        }
+    }
+
+    fn p2c_cost(&self) -> Result<P2cCost, String> {
+        match self.value {
+            "latency" => Ok(P2cCost::Latency),
+            "latency_times_outstanding" => Ok(P2cCost::LatencyTimesOutstanding),
+            _ => Err(self.invalid("expected latency or latency_times_outstanding")),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::{
     error::{BoxError, BuildError},
     health::{HealthProbe, default_probe},
     hedge::HedgeDelay,
-    picker::Policy,
+    picker::{P2cCost, Policy},
     retry::RetrySafe,
     tls::TlsSettings,
     transport::{self, MakeTransport},
@@ -177,6 +177,15 @@ impl Builder {
     /// steady-state benchmark for the measurements behind it.
     pub fn p2c_tolerance(mut self, factor: f64) -> Self {
         self.cfg.p2c_tolerance = factor;
+        self
+    }
+
+    /// What power of two choices compares. Default: [`P2cCost::Latency`], the
+    /// latency estimate alone; [`P2cCost::LatencyTimesOutstanding`] also
+    /// weighs the attempts in flight, for replicas that are independent
+    /// queues (see [`P2cCost`] for the measurements behind the default).
+    pub fn p2c_cost(mut self, cost: P2cCost) -> Self {
+        self.cfg.p2c_cost = cost;
         self
     }
 
@@ -677,6 +686,13 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn p2c_cost_defaults_to_latency_alone() {
+        assert_eq!(Builder::new().cfg.p2c_cost, P2cCost::Latency);
+        let b = Builder::new().p2c_cost(P2cCost::LatencyTimesOutstanding);
+        assert_eq!(b.cfg.p2c_cost, P2cCost::LatencyTimesOutstanding);
     }
 
     #[test]

@@ -7,8 +7,12 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    classify::FailureCodes, error::ConfigError, hedge::HedgeDelay, picker::Policy,
-    retry::RetrySafe, tls::ClientTls,
+    classify::FailureCodes,
+    error::ConfigError,
+    hedge::HedgeDelay,
+    picker::{P2cCost, Policy},
+    retry::RetrySafe,
+    tls::ClientTls,
 };
 
 /// Hook to adjust each endpoint's `tonic::transport::Endpoint` (user agent, window
@@ -270,6 +274,8 @@ pub(crate) struct Config {
     pub policy: Policy,
     /// Power of two choices: costs within this factor count as equal.
     pub p2c_tolerance: f64,
+    /// Power of two choices: what it compares.
+    pub p2c_cost: P2cCost,
     pub health: HealthConfig,
     pub outlier: OutlierConfig,
     pub slow: SlowConfig,
@@ -290,6 +296,7 @@ impl Default for Config {
         Self {
             policy: Policy::default(),
             p2c_tolerance: DEFAULT_P2C_TOLERANCE,
+            p2c_cost: P2cCost::default(),
             health: HealthConfig::default(),
             outlier: OutlierConfig::default(),
             slow: SlowConfig::default(),

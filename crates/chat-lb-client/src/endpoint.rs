@@ -1,7 +1,7 @@
 //! One endpoint: its transport, its load, and its health.
 //!
-//! What the hot path reads (tier, outstanding calls, latency estimate) lives in
-//! atomics or a tiny per-endpoint lock. The health record (probe state machine,
+//! What the hot path reads (tier, outstanding calls, how long they have
+//! waited, latency estimate) lives in atomics or a tiny per-endpoint lock. The health record (probe state machine,
 //! ejection, last errors) sits behind a per-endpoint `std::sync::Mutex` taken
 //! only by probes, failed calls and snapshots, never across an `.await`.
 //!
@@ -36,7 +36,7 @@ use crate::{
         EjectionCap,
         accrual::{Counts, OutcomeWindow},
     },
-    picker::{Candidate, Tier},
+    picker::{Candidate, P2cCost, Tier},
     ramp::Ramp,
     snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
@@ -57,6 +57,10 @@ pub(crate) struct Endpoint {
     /// already tried it may try it once more.
     epoch: AtomicU64,
     outstanding: AtomicUsize,
+    /// When an attempt on it last ended, or one started while none was in
+    /// flight, in nanoseconds since `created` (see `unanswered_for`).
+    last_progress_ns: AtomicU64,
+    created: Instant,
     calls: AtomicU64,
     /// `calls` when the previous probe check ended.
     calls_at_last_probe: AtomicU64,
@@ -67,6 +71,8 @@ pub(crate) struct Endpoint {
     /// Failed attempts in a row (since its last answer or ejection).
     call_failures: AtomicU32,
     ewma: PeakEwma,
+    /// What power of two choices compares (see `P2cCost`).
+    cost_model: P2cCost,
     /// Its recent outcomes, for failure accrual (a lock of its own: every
     /// finished attempt takes it, briefly; taken after `record` when both are).
     window: Mutex<OutcomeWindow>,
@@ -90,6 +96,7 @@ pub(crate) struct InFlight<'a>(&'a Endpoint);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        self.0.mark_progress(Instant::now());
         self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.attempt_ended();
     }
@@ -101,8 +108,9 @@ impl Candidate for Arc<Endpoint> {
     }
 
     fn cost(&self, now: Instant) -> f64 {
-        self.ewma
-            .cost(self.outstanding.load(Ordering::Acquire), now)
+        let outstanding = self.outstanding.load(Ordering::Acquire);
+        let waiting = self.unanswered_for(outstanding, now);
+        self.ewma.cost(self.cost_model, outstanding, waiting, now)
     }
 
     fn weight(&self, now: Instant) -> f64 {
@@ -130,6 +138,8 @@ impl Endpoint {
             tier: AtomicU8::new(Tier::Fallback as u8),
             epoch: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
+            last_progress_ns: AtomicU64::new(0),
+            created: Instant::now(),
             calls: AtomicU64::new(0),
             calls_at_last_probe: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -137,6 +147,7 @@ impl Endpoint {
             hedges_won: AtomicU64::new(0),
             call_failures: AtomicU32::new(0),
             ewma: PeakEwma::new(default_rtt, decay, Instant::now()),
+            cost_model: P2cCost::default(),
             window: Mutex::new(OutcomeWindow::new(window, Instant::now())),
             record: Mutex::new(Record::default()),
             probe_now: Notify::new(),
@@ -153,6 +164,12 @@ impl Endpoint {
     /// its first admission when `ramp_first`.
     pub fn with_slow_start(mut self, cfg: Option<SlowStartConfig>, ramp_first: bool) -> Self {
         self.ramp = Ramp::new(cfg, ramp_first);
+        self
+    }
+
+    /// The same endpoint with `model` as its power-of-two-choices cost.
+    pub fn with_cost_model(mut self, model: P2cCost) -> Self {
+        self.cost_model = model;
         self
     }
 
@@ -273,9 +290,39 @@ impl Endpoint {
     /// Starts an attempt: counts it and its load until the guard drops.
     pub fn start(&self) -> InFlight<'_> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        // Marked before the attempt counts, so that no pick sees it in flight
+        // with the time of an earlier, idle, stretch (see `unanswered_for`).
+        if self.outstanding.load(Ordering::Acquire) == 0 {
+            self.mark_progress(Instant::now());
+        }
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         self.metrics.attempt_started();
         InFlight(self)
+    }
+
+    /// How long, at least, its oldest attempt in flight has waited for its
+    /// answer (`outstanding`: how many are in flight; none, no wait): the time
+    /// since its last progress, when an attempt last ended or one started
+    /// while none was in flight. The bound holds because every attempt in
+    /// flight now started before that progress or was the one that made it:
+    /// those in flight when an attempt ends started before it ended, and an
+    /// endpoint that went idle is marked again by its next attempt. A replica
+    /// that stops answering (frozen, partitioned) thus grows dearer by the
+    /// millisecond (see `ewma`), with no bookkeeping per attempt: one
+    /// timestamp, written when an attempt ends or starts on an idle endpoint.
+    fn unanswered_for(&self, outstanding: usize, now: Instant) -> Duration {
+        if outstanding == 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_nanos(self.last_progress_ns.load(Ordering::Acquire));
+        now.saturating_duration_since(self.created + since)
+    }
+
+    /// Notes progress at `now` (see `unanswered_for`); never moves it back.
+    fn mark_progress(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.created).as_nanos();
+        let since = u64::try_from(since).unwrap_or(u64::MAX);
+        self.last_progress_ns.fetch_max(since, Ordering::AcqRel);
     }
 
     /// A hedge is sent to it (its attempt is counted by [`Endpoint::start`]).

@@ -7,6 +7,17 @@
 //! its health probes, answering quickly, lower it ([`PeakEwma::lower_to`], see
 //! `Endpoint::on_probe`).
 //!
+//! **The cost** power of two choices compares ([`PeakEwma::cost`]) is the
+//! estimate, raised to how long the endpoint's oldest unanswered attempt has
+//! waited when that is longer: an answer that has not come yet is a latency
+//! sample too, only a lower bound of one. So a replica that stops answering
+//! (frozen, partitioned, a full accept queue) grows dearer with every
+//! millisecond of silence, before any answer or timeout says so. By default
+//! ([`P2cCost::Latency`]) that is all: the number of attempts in flight does
+//! not count. [`P2cCost::LatencyTimesOutstanding`] multiplies it by
+//! `outstanding + 1`, as tower's `PeakEwma` and linkerd2-proxy do; see
+//! [`P2cCost`] for why that is not the default.
+//!
 //! **Overload penalty.** A server that sheds a call (`RESOURCE_EXHAUSTED` with
 //! a retry pushback, see `classify`) asks to be left alone for the pushback
 //! period: until then its cost gets [`OVERLOAD_COST`] added
@@ -24,6 +35,8 @@ use std::{
 };
 
 use tokio::time::Instant;
+
+use crate::picker::P2cCost;
 
 /// A latency estimate in nanoseconds. Cheap: one short, per-endpoint lock.
 #[derive(Debug)]
@@ -98,12 +111,19 @@ impl PeakEwma {
         state.estimate_ns = decayed.min(nanos(rtt));
     }
 
-    /// The load-balancing cost: `estimate * (outstanding + 1)`, plus
-    /// [`OVERLOAD_COST`] while the overload penalty lasts.
-    pub fn cost(&self, outstanding: usize, now: Instant) -> f64 {
+    /// The load-balancing cost (see [`P2cCost`]): the decayed estimate, raised
+    /// to `waiting` when that is higher (an attempt on the endpoint has been
+    /// waiting at least that long for its answer, so its latency is at least
+    /// that, see `Endpoint::unanswered_for`); times `outstanding + 1` for
+    /// [`P2cCost::LatencyTimesOutstanding`]; plus [`OVERLOAD_COST`] while the
+    /// overload penalty lasts.
+    pub fn cost(&self, model: P2cCost, outstanding: usize, waiting: Duration, now: Instant) -> f64 {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let estimate = state.decay_to(now, self.decay_ns);
-        let cost = estimate * (outstanding as f64 + 1.0);
+        let latency = state.decay_to(now, self.decay_ns).max(nanos(waiting));
+        let cost = match model {
+            P2cCost::Latency => latency,
+            P2cCost::LatencyTimesOutstanding => latency * (outstanding as f64 + 1.0),
+        };
         match state.penalized_until {
             Some(until) if until > now => cost + OVERLOAD_COST,
             _ => cost,
@@ -167,7 +187,15 @@ mod tests {
         // With no traffic it decays towards zero.
         let idle = later + Duration::from_secs(30);
         assert!(ewma.estimate(idle) < e / 10.0);
-        assert_eq!(ewma.cost(3, idle), ewma.estimate(idle) * 4.0);
+        let none = Duration::ZERO;
+        assert_eq!(
+            ewma.cost(P2cCost::Latency, 3, none, idle),
+            ewma.estimate(idle)
+        );
+        assert_eq!(
+            ewma.cost(P2cCost::LatencyTimesOutstanding, 3, none, idle),
+            ewma.estimate(idle) * 4.0
+        );
 
         // A quick probe answer lowers an estimate; a slow one never raises it.
         let probed = idle + Duration::from_secs(1);
@@ -188,19 +216,40 @@ mod tests {
         let start = Instant::now();
         let ewma = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10), start);
         let plain = |at| ewma.estimate(at) * 3.0;
+        let cost = |at| ewma.cost(P2cCost::LatencyTimesOutstanding, 2, Duration::ZERO, at);
         assert_eq!(ewma.penalty_left(start), None);
         ewma.penalize_until(start + Duration::from_millis(40));
         // A shorter pushback arriving meanwhile does not cut the period short.
         ewma.penalize_until(start + Duration::from_millis(10));
         for ms in [0, 20, 39] {
             let at = start + Duration::from_millis(ms);
-            assert_eq!(ewma.cost(2, at), plain(at) + OVERLOAD_COST, "at {ms}ms");
+            assert_eq!(cost(at), plain(at) + OVERLOAD_COST, "at {ms}ms");
             assert_eq!(ewma.penalty_left(at), Some(Duration::from_millis(40 - ms)));
         }
         for ms in [40, 41, 1000] {
             let at = start + Duration::from_millis(ms);
-            assert_eq!(ewma.cost(2, at), plain(at), "at {ms}ms: over");
+            assert_eq!(cost(at), plain(at), "at {ms}ms: over");
             assert_eq!(ewma.penalty_left(at), None);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_waiting_longer_than_the_estimate_raises_the_cost_while_it_waits() {
+        let now = Instant::now();
+        let ewma = PeakEwma::new(Duration::from_millis(2), Duration::from_secs(10), now);
+        for model in [P2cCost::Latency, P2cCost::LatencyTimesOutstanding] {
+            let per_call = |cost: f64| match model {
+                P2cCost::Latency => cost,
+                P2cCost::LatencyTimesOutstanding => cost / 2.0,
+            };
+            // Waiting less than the estimate says nothing new.
+            let short = ewma.cost(model, 1, Duration::from_millis(1), now);
+            assert_eq!(per_call(short), 2e6, "{model:?}");
+            // Waiting longer is a latency of at least that long.
+            let long = ewma.cost(model, 1, Duration::from_millis(30), now);
+            assert_eq!(per_call(long), 30e6, "{model:?}");
+        }
+        // The bound is not remembered: the estimate itself is unchanged.
+        assert_eq!(ewma.estimate(now), 2e6);
     }
 }

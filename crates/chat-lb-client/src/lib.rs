@@ -38,12 +38,13 @@
 //!    *retry-safe* if [`RetrySafe`] says so for its method path, unless a
 //!    [`SafeToRetry`] request extension overrides it.
 //! 2. **Pick.** Among the endpoints of the best non-empty tier the [`Policy`]
-//!    picks one: power of two random choices on peak-EWMA cost
-//!    (`latency estimate * (outstanding + 1)`) by default, where two costs
+//!    picks one: power of two random choices by default, on a cost
+//!    ([`P2cCost`]): the endpoint's peak-EWMA latency estimate, raised while
+//!    an attempt on it has waited longer than that for its answer (a replica
+//!    that stops answering grows dearer by the millisecond). Two costs
 //!    within a factor of [`Builder::p2c_tolerance`] (2) count as equal and
 //!    either is taken at random, so that noise does not bunch calls up. The
-//!    tiers, best
-//!    first:
+//!    tiers, best first:
 //!    1. *healthy* endpoints, except slow ones;
 //!    2. *unknown* ones, not probed to a conclusion yet, and healthy ones
 //!       whose probes are much slower than the others' ([slow](#health));
@@ -337,7 +338,7 @@
 //!
 //! | setting | default |
 //! |---|---|
-//! | policy | power of two choices (peak EWMA, decay 10s, initial 1ms) |
+//! | policy | power of two choices on latency (peak EWMA, decay 10s, initial 1ms; calls in flight not weighed, [`P2cCost`]), tolerance 2 |
 //! | probe | `ChatHealthProbe` with the `chat-probe` feature (on by default), [`GrpcHealthProbe`] without; every 500ms ±10%, timeout 250ms ([features](#cargo-features)) |
 //! | unhealthy / healthy threshold | 2 failed / 1 successful probes in a row |
 //! | slow endpoints | on: probe latency (fastest of last 3) over 3x the others' median and over 10ms; cleared under 2x |
@@ -594,7 +595,7 @@ pub use error::{
 pub use health::ChatHealthProbe;
 pub use health::{GrpcHealthProbe, HealthProbe, ProbeStatus, ProbeTarget};
 pub use hedge::HedgeDelay;
-pub use picker::Policy;
+pub use picker::{P2cCost, Policy};
 pub use retry::{RetrySafe, SafeToRetry};
 pub use snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord};
 pub use tls::describe_tls_error;

@@ -287,6 +287,67 @@ async fn round_robin_spreads_calls_evenly() {
     }
 }
 
+/// A replica that stops answering is avoided within milliseconds, before any
+/// per-try timeout, probe or ejection says so: how long its oldest unanswered
+/// attempt has waited raises its cost (see `P2cCost`). The default cost does
+/// not count calls in flight, so without that bound the frozen replica would
+/// keep its third of the picks, and one caller after another would end up
+/// waiting on it.
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_stops_answering_is_avoided_within_milliseconds() {
+    init_tracing();
+    let net = Net::new();
+    let (a, b, c) = (net.start("a"), net.start("b"), net.start("c"));
+    for replica in [&a, &b, &c] {
+        replica.knobs.delay_ms.store(1, Ordering::SeqCst);
+        replica.knobs.health_delay_ms.store(1, Ordering::SeqCst);
+    }
+    let lb = builder(&net)
+        .addresses(&addresses(&[&a, &b, &c]))
+        .outlier_detection(false)
+        .build()
+        .unwrap();
+    wait_all_healthy(&lb, LIMIT).await;
+    load(&lb, 4, 50).await; // every estimate at about 1 ms
+    assert!(c.calls() > 0, "c took calls before it froze");
+
+    c.freeze();
+    // 16 callers, each calling every 11 ms or so, started 0.7 ms apart so that
+    // their picks spread evenly over time.
+    let callers: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = ChatServiceClient::new(lb.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_micros(700 * i)).await;
+                loop {
+                    app_call(&mut client).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    let before = a.calls() + b.calls();
+    // Less than the probes need to find c unhealthy (100 ms apart, 200 ms
+    // timeout): only the cost steers calls away from it meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stuck = endpoint(&lb, c.addr).outstanding;
+    let served = a.calls() + b.calls() - before;
+    for caller in callers {
+        caller.abort();
+    }
+    assert_eq!(endpoint(&lb, c.addr).state, EndpointState::Healthy);
+    // c counts as equal to the others (about 1 ms) only until its first stuck
+    // attempt has waited 2 ms (the tolerance): a third of the 3 or so picks in
+    // those 2 ms go there, and none after (observed: 1-3 callers stuck, 116-134
+    // calls answered). Without the bound every caller ends up waiting on c
+    // (observed: 15-16 stuck, 17-38 answered).
+    assert!(
+        stuck <= 6,
+        "{stuck} of 16 callers wait on the frozen replica"
+    );
+    assert!(served >= 80, "a and b answered {served} calls in 100 ms");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_frozen_replica_is_bypassed_by_the_per_try_timeout() {
     init_tracing();

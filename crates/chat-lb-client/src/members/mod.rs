@@ -292,7 +292,8 @@ impl Membership {
                 env.cfg.ewma_decay,
                 env.cfg.outlier.window,
             )
-            .with_slow_start(slow_start, serving),
+            .with_slow_start(slow_start, serving)
+            .with_cost_model(env.cfg.p2c_cost),
         );
         let prober = env.cancel.child_token();
         let task = prober::run(
