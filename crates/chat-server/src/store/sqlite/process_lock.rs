@@ -389,6 +389,7 @@ mod tests {
         // The abandoned request is taken over by the next one, which gets the lock
         // once it is released.
         let (waiting_tx, waiting) = std::sync::mpsc::channel();
+        let shared = two.shared.clone();
         std::thread::scope(|scope| {
             let waiter = scope.spawn(|| {
                 waiting_tx.send(()).expect("signal");
@@ -398,6 +399,14 @@ mod tests {
                 (guard, Instant::now())
             });
             waiting.recv().expect("the waiter runs");
+            // Released only once the waiter's request has taken over the abandoned
+            // one: released earlier, the abandoned `flock` would take the lock and
+            // give it up unused, a taking the waiter counts as another's.
+            let asked = Instant::now();
+            while !matches!(*shared.lock_state(), State::Wanted) {
+                assert!(asked.elapsed() < LONG, "the waiter never asked");
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let released = Instant::now();
             drop(held);
             let (guard, got) = waiter.join().expect("waiter");
