@@ -1,9 +1,10 @@
 //! One endpoint: its transport, its load, and its health.
 //!
 //! What the hot path reads (tier, outstanding calls, how long they have
-//! waited, latency estimate) lives in atomics or a tiny per-endpoint lock. The health record (probe state machine,
-//! ejection, last errors) sits behind a per-endpoint `std::sync::Mutex` taken
-//! only by probes, failed calls and snapshots, never across an `.await`.
+//! waited, latency estimate) lives in atomics or a tiny per-endpoint lock.
+//! The health record (probe state machine, ejection, last errors) sits behind
+//! a per-endpoint `std::sync::Mutex` taken only by probes, failed calls and
+//! snapshots, never across an `.await`.
 //!
 //! The record decides the endpoint's picker tier (the tiers: see `picker`;
 //! the mapping: `Record::tier`). Every change of state or tier is published to

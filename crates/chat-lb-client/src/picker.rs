@@ -91,10 +91,10 @@ pub enum Policy {
 /// estimate alone measured 0.94x (the README's steady-state benchmark). The
 /// price: a replica only 3 ms slower than the others keeps more of the calls
 /// (18-25% against 6-17% in one run), as the peak estimates of loaded
-/// replicas differ little. A replica that is busier than the
-/// others for long shows it in its latencies anyway, and one that stops
-/// answering shows it in the wait bound, which covers what the in-flight
-/// count was for in the first place.
+/// replicas differ little. A replica that is busier than the others for long
+/// shows it in its latencies anyway, and one that stops answering shows it in
+/// the wait bound, which covers what the in-flight count was for in the first
+/// place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum P2cCost {
     /// The latency estimate alone. The default.
