@@ -97,6 +97,11 @@ async fn accounts_login_logout_and_auth_failures() {
     listed.expect("token valid on the other replica");
     on_b.logout(logout()).await.expect("logout");
     refused(on_a.list_accounts(list()), Code::Unauthenticated).await;
+    // Sends check the session inside their write: an ended one stores nothing.
+    let send = || send_request(&token, "alice", "after logout", "after-logout");
+    refused(on_a.send_message(send()), Code::Unauthenticated).await;
+    let no_token = tonic::Request::new(send().into_inner());
+    refused(on_a.send_message(no_token), Code::Unauthenticated).await;
     let again = on_a.logout(logout()).await;
     again.expect("logging out again is harmless");
 }
@@ -553,6 +558,11 @@ async fn delete_account_keeps_sent_messages_and_revokes_sessions() {
         Code::NotFound,
     )
     .await;
+    let from_beyond = send_request(&bob_elsewhere, "alice", "from beyond", "beyond");
+    let from_beyond = on_a.send_message(from_beyond).await;
+    let refusal = from_beyond.expect_err("a deleted account sends nothing");
+    assert_eq!(refusal.code(), Code::Unauthenticated, "{refusal:?}");
+    assert!(refusal.message().contains("deleted"), "{refusal:?}");
     assert_eq!(
         chat_testkit::fetch_inbox(&mut on_a, &alice).await,
         [(1, "bye from bob".to_string())],

@@ -11,7 +11,7 @@ use tonic::{Request, Status};
 
 use crate::{
     config::limits,
-    store::{Account, SessionLookup, Store, TokenHash},
+    store::{Account, SessionLookup, SessionRefusal, Store, TokenHash},
 };
 
 /// A new session token: 256 random bits as 64 hex digits.
@@ -50,18 +50,32 @@ pub fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
 
 /// Resolves a request's token to its account, or fails with UNAUTHENTICATED.
 pub async fn authenticate<T>(store: &dyn Store, request: &Request<T>) -> Result<Account, Status> {
-    let token_hash = hash_token(bearer_token(request)?);
-    match store
-        .lookup_session(&token_hash, crate::now_unix_ms())
-        .await?
-    {
-        SessionLookup::Valid(account) => Ok(account),
-        SessionLookup::AccountDeleted => Err(Status::unauthenticated(
-            "the account of this session has been deleted",
-        )),
-        SessionLookup::Invalid => Err(Status::unauthenticated(
-            "session is invalid or has expired; log in again",
-        )),
+    let lookup = store
+        .lookup_session(&session_token_hash(request)?, crate::now_unix_ms())
+        .await?;
+    admit(lookup)
+}
+
+/// The stored hash of a request's session token, for store operations that resolve
+/// the session themselves ([`Store::send_message_as`]); UNAUTHENTICATED without one.
+pub fn session_token_hash<T>(request: &Request<T>) -> Result<TokenHash, Status> {
+    Ok(hash_token(bearer_token(request)?))
+}
+
+/// The account a session lookup found, or UNAUTHENTICATED saying why there is none.
+pub fn admit(lookup: SessionLookup) -> Result<Account, Status> {
+    lookup.live().map_err(refused)
+}
+
+/// UNAUTHENTICATED, saying why the session was refused.
+pub fn refused(refusal: SessionRefusal) -> Status {
+    match refusal {
+        SessionRefusal::AccountDeleted => {
+            Status::unauthenticated("the account of this session has been deleted")
+        }
+        SessionRefusal::Invalid => {
+            Status::unauthenticated("session is invalid or has expired; log in again")
+        }
     }
 }
 

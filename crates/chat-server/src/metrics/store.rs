@@ -13,8 +13,8 @@ use ::metrics::Histogram;
 use async_trait::async_trait;
 
 use crate::store::{
-    Account, AccountId, AccountQuery, FeedPage, InboxPage, LoginFailures, NewMessage, SendOutcome,
-    SessionLookup, Store, StoreError, TokenHash,
+    Account, AccountId, AccountQuery, FeedPage, InboxPage, LoginFailures, MessageDraft, NewMessage,
+    SendOutcome, SessionLookup, SessionSend, Store, StoreError, TokenHash,
 };
 
 /// A store whose every operation is timed.
@@ -69,18 +69,29 @@ async fn timed<T>(
 
 /// Implements [`Store`] for [`MeteredStore`]: each listed operation (the trait's
 /// signature, on one line) delegates to the inner store through [`timed`], labelled
-/// with its own name.
+/// with its own name, or with the name after `as`.
 macro_rules! timed_operations {
-    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty $(as $label:literal)?;)*) => {
         #[async_trait]
         impl Store for MeteredStore {
             $(
                 async fn $name(&self, $($arg: $ty),*) -> Result<$out, StoreError> {
                     static HISTOGRAMS: Histograms = [const { OnceLock::new() }; OUTCOMES.len()];
-                    timed(stringify!($name), &HISTOGRAMS, self.inner.$name($($arg),*)).await
+                    let label = operation_label!($name $($label)?);
+                    timed(label, &HISTOGRAMS, self.inner.$name($($arg),*)).await
                 }
             )*
         }
+    };
+}
+
+/// An operation's `operation` label: its name, unless another is given.
+macro_rules! operation_label {
+    ($name:ident) => {
+        stringify!($name)
+    };
+    ($name:ident $label:literal) => {
+        $label
     };
 }
 
@@ -99,6 +110,9 @@ timed_operations! {
     fn delete_session(token_hash: &TokenHash) -> ();
     fn purge_expired_sessions(now_unix_ms: i64) -> u64;
     fn send_message(message: NewMessage<'_>) -> SendOutcome;
+    // A send, whichever way the caller is known (a refused session is an `ok` outcome,
+    // as for `lookup_session`): dashboards count sends under one name.
+    fn send_message_as(token_hash: &TokenHash, now_unix_ms: i64, message: MessageDraft<'_>) -> SessionSend as "send_message";
     fn fetch_messages(recipient: AccountId, after_sequence: Option<u64>, limit: u32) -> InboxPage;
     fn ack_messages(recipient: AccountId, up_to_sequence: u64) -> u64;
     fn purge_history(sent_before_unix_ms: i64) -> u64;

@@ -4,14 +4,19 @@ use chat_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{ChatService, to_wire};
-use crate::{auth, config::limits, store::NewMessage, validate};
+use crate::{
+    auth,
+    config::limits,
+    store::{MessageDraft, SessionSend},
+    validate,
+};
 
 impl ChatService {
     pub(super) async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let sender = auth::authenticate(self.store.as_ref(), &request).await?;
+        let token_hash = auth::session_token_hash(&request)?;
         let pb::SendMessageRequest {
             recipient,
             text,
@@ -20,16 +25,24 @@ impl ChatService {
         validate::username(&recipient)?;
         validate::message_text(&text, self.settings.max_message_bytes)?;
         validate::idempotency_key(&idempotency_key)?;
-        let outcome = self
+        let now = crate::now_unix_ms();
+        let sent = self
             .store
-            .send_message(NewMessage {
-                sender_id: sender.id,
-                recipient: &recipient,
-                text: &text,
-                idempotency_key: &idempotency_key,
-                sent_at_unix_ms: crate::now_unix_ms(),
-            })
+            .send_message_as(
+                &token_hash,
+                now,
+                MessageDraft {
+                    recipient: &recipient,
+                    text: &text,
+                    idempotency_key: &idempotency_key,
+                    sent_at_unix_ms: now,
+                },
+            )
             .await?;
+        let outcome = match sent {
+            SessionSend::Sent(outcome) => outcome,
+            SessionSend::Refused(refusal) => return Err(auth::refused(refusal)),
+        };
         if outcome.duplicate {
             tracing::debug!(key = %idempotency_key, "resend of a stored message");
         } else {

@@ -68,6 +68,26 @@ pub enum SessionLookup {
     Invalid,
 }
 
+impl SessionLookup {
+    /// The live session's account, or why there is none.
+    pub fn live(self) -> Result<Account, SessionRefusal> {
+        match self {
+            Self::Valid(account) => Ok(account),
+            Self::AccountDeleted => Err(SessionRefusal::AccountDeleted),
+            Self::Invalid => Err(SessionRefusal::Invalid),
+        }
+    }
+}
+
+/// Why a session token does not resolve to a live account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// The session exists but its account has been deleted.
+    AccountDeleted,
+    /// No such session, or it has expired.
+    Invalid,
+}
+
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -98,6 +118,43 @@ pub struct NewMessage<'a> {
     pub idempotency_key: &'a str,
     /// The time to record as the send time, in milliseconds since the Unix epoch.
     pub sent_at_unix_ms: i64,
+}
+
+/// A message to store on behalf of whoever holds a session: a [`NewMessage`] before its
+/// sender is known (see [`Store::send_message_as`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageDraft<'a> {
+    /// The recipient's username, in any case.
+    pub recipient: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// The sender's idempotency key for this message.
+    pub idempotency_key: &'a str,
+    /// The time to record as the send time, in milliseconds since the Unix epoch.
+    pub sent_at_unix_ms: i64,
+}
+
+impl<'a> MessageDraft<'a> {
+    /// The message as sent by `sender_id`.
+    pub fn sent_by(self, sender_id: AccountId) -> NewMessage<'a> {
+        NewMessage {
+            sender_id,
+            recipient: self.recipient,
+            text: self.text,
+            idempotency_key: self.idempotency_key,
+            sent_at_unix_ms: self.sent_at_unix_ms,
+        }
+    }
+}
+
+/// What [`Store::send_message_as`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionSend {
+    /// The session was live and its account sent the message (or, for a repeated
+    /// idempotency key, had sent it before).
+    Sent(SendOutcome),
+    /// The session did not resolve to a live account: nothing was stored.
+    Refused(SessionRefusal),
 }
 
 /// The outcome of [`Store::send_message`].
@@ -273,6 +330,29 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::NoSuchAccount`] when the recipient does not exist, or when the sender
     /// no longer does (a repeated key is still answered with its earlier message).
     async fn send_message(&self, message: NewMessage<'_>) -> Result<SendOutcome, StoreError>;
+
+    /// [`lookup_session`](Self::lookup_session) as of `now_unix_ms`, then, when the
+    /// session is live, [`send_message`](Self::send_message) as its account: the send of
+    /// a signed-in caller, with the same errors. It is one method so that a store can do
+    /// both in one step: the SQLite store checks the session inside the send's write
+    /// transaction, which makes the check and the send atomic and saves the read (a
+    /// pooled connection, a blocking thread and their wake-ups cost about as much CPU as
+    /// the rest of the send: one replica's sends/s at 32 senders rose 1.6-2.2x without
+    /// it). This default does one after the other.
+    async fn send_message_as(
+        &self,
+        token_hash: &TokenHash,
+        now_unix_ms: i64,
+        message: MessageDraft<'_>,
+    ) -> Result<SessionSend, StoreError> {
+        match self.lookup_session(token_hash, now_unix_ms).await?.live() {
+            Ok(account) => self
+                .send_message(message.sent_by(account.id))
+                .await
+                .map(SessionSend::Sent),
+            Err(refusal) => Ok(SessionSend::Refused(refusal)),
+        }
+    }
 
     /// Returns up to `limit` of the recipient's messages with a sequence number above
     /// `after_sequence` (or above the acknowledged one when `None`), oldest first.

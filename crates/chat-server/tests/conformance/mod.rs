@@ -34,8 +34,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chat_server::store::{
-    Account, AccountId, AccountQuery, LoginFailures, NewMessage, SendOutcome, SessionLookup, Store,
-    StoreError, StoredMessage, TokenHash,
+    Account, AccountId, AccountQuery, LoginFailures, MessageDraft, NewMessage, SendOutcome,
+    SessionLookup, SessionRefusal, SessionSend, Store, StoreError, StoredMessage, TokenHash,
 };
 use chat_server::wildcard::Pattern;
 
@@ -95,6 +95,8 @@ macro_rules! with_conformance_checks {
             unknown_recipient_is_no_such_account,
             recipient_name_in_any_case,
             send_from_deleted_sender,
+            send_as_a_live_session_sends_as_its_account,
+            send_as_a_refused_session_stores_nothing,
             fetch_empty_inbox,
             fetch_is_oldest_first_with_pagination,
             fetch_after_sequence_overrides_ack,
@@ -242,6 +244,25 @@ async fn send(
     try_send(store, sender, recipient, text, key)
         .await
         .unwrap_or_else(|e| panic!("send_message(to {recipient:?}, key {key:?}): {e}"))
+}
+
+/// `send_message_as` of `text` to `recipient` with key `key`, at `now`, on behalf of the
+/// session `token(n)`.
+async fn send_as(
+    store: &dyn Store,
+    n: u8,
+    now: i64,
+    recipient: &str,
+    text: &str,
+    key: &str,
+) -> Result<SessionSend, StoreError> {
+    let draft = MessageDraft {
+        recipient,
+        text,
+        idempotency_key: key,
+        sent_at_unix_ms: now,
+    };
+    store.send_message_as(&token(n), now, draft).await
 }
 
 /// Every message in the inbox, acknowledged or not.
@@ -966,6 +987,61 @@ pub async fn send_from_deleted_sender(store: SharedStore) {
         StoreError::NoSuchAccount(_)
     );
     assert_eq!(inbox(&*store, bob.id).await, [first.message]);
+}
+
+/// A send on behalf of a live session is sent by the session's account, and a repeat
+/// of its key is answered with the first message, like `send_message`'s.
+pub async fn send_as_a_live_session_sends_as_its_account(store: SharedStore) {
+    let (alice, bob) = alice_and_bob(&*store, "sa").await;
+    open_session(&*store, 11, alice.id).await;
+    let Ok(SessionSend::Sent(first)) = send_as(&*store, 11, T0 + 7, "BOB_sa", "hi", "k").await
+    else {
+        panic!("a live session's send was not sent");
+    };
+    assert!(!first.duplicate);
+    assert_eq!(first.message.sender, alice.username);
+    assert_eq!(first.message.recipient, bob.username);
+    assert_eq!(first.message.sent_at_unix_ms, T0 + 7);
+    let repeat = send_as(&*store, 11, T0 + 8, "bob_sa", "hi", "k").await;
+    let Ok(SessionSend::Sent(repeat)) = repeat else {
+        panic!("the repeat was not answered: {repeat:?}");
+    };
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.message, first.message);
+    assert_err!(
+        send_as(&*store, 11, T0, "nobody_sa", "hi", "k2").await,
+        StoreError::NoSuchAccount(_)
+    );
+    assert_eq!(inbox(&*store, bob.id).await, [first.message]);
+}
+
+/// A send on behalf of a session that is unknown, expired or of a deleted account is
+/// refused with the reason `lookup_session` gives, and stores nothing.
+pub async fn send_as_a_refused_session_stores_nothing(store: SharedStore) {
+    let (alice, bob) = alice_and_bob(&*store, "sr").await;
+    let carol = create(&*store, "carol_sr").await;
+    open_session(&*store, 12, alice.id).await;
+    open_session(&*store, 13, carol.id).await;
+    store
+        .delete_account(carol.id)
+        .await
+        .expect("delete account");
+    let refused = [
+        (14, T0, SessionRefusal::Invalid),         // no such session
+        (12, T0 + 1_000, SessionRefusal::Invalid), // expired
+        (13, T0, SessionRefusal::AccountDeleted),  // its account is gone
+    ];
+    for (n, now, refusal) in refused {
+        let sent = send_as(&*store, n, now, "bob_sr", "hi", &format!("k{n}")).await;
+        assert!(
+            matches!(sent, Ok(SessionSend::Refused(r)) if r == refusal),
+            "session {n} at {now}: expected {refusal:?}, got {sent:?}"
+        );
+    }
+    assert!(inbox(&*store, bob.id).await.is_empty());
+    // Nothing was numbered either: the next message is the recipient's first.
+    let sent = send(&*store, alice.id, "bob_sr", "now", "k").await;
+    assert_eq!(sent.message.sequence, 1);
 }
 
 // ---------------------------------------------------------------------------------

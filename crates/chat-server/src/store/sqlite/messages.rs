@@ -10,8 +10,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::error::Outcome;
 use super::pool::Pool;
+use super::sessions;
 use crate::store::keys::{to_i64, username_key};
-use crate::store::{AccountId, InboxPage, NewMessage, SendOutcome, StoreError, StoredMessage};
+use crate::store::{
+    AccountId, InboxPage, MessageDraft, NewMessage, SendOutcome, SessionSend, StoreError,
+    StoredMessage, TokenHash,
+};
 
 /// The columns [`message_from_row`] reads, in its order.
 macro_rules! message_columns {
@@ -47,103 +51,137 @@ struct OwnedNewMessage {
     sent_at: i64,
 }
 
+impl OwnedNewMessage {
+    fn new(message: NewMessage<'_>) -> Self {
+        Self {
+            sender_id: message.sender_id,
+            recipient: message.recipient.to_string(),
+            text: message.text.to_string(),
+            idempotency_key: message.idempotency_key.to_string(),
+            sent_at: message.sent_at_unix_ms,
+        }
+    }
+}
+
 /// See [`Store::send_message`](crate::store::Store::send_message): one write
 /// transaction that checks the idempotency key, numbers the message and stores it.
 pub(super) async fn send(pool: &Pool, message: NewMessage<'_>) -> Result<SendOutcome, StoreError> {
-    let new = OwnedNewMessage {
-        sender_id: message.sender_id,
-        recipient: message.recipient.to_string(),
-        text: message.text.to_string(),
-        idempotency_key: message.idempotency_key.to_string(),
-        sent_at: message.sent_at_unix_ms,
-    };
-    pool.write(move |tx| {
-        let recipient = tx
-            .prepare_cached("SELECT id, username FROM accounts WHERE username_key = ?1")?
-            .query_row([username_key(&new.recipient)], |row| {
-                Ok((row.get::<_, AccountId>(0)?, row.get::<_, String>(1)?))
+    let new = OwnedNewMessage::new(message);
+    pool.write(move |tx| store(tx, new)).await
+}
+
+/// See [`Store::send_message_as`](crate::store::Store::send_message_as): [`send`] with
+/// the session resolved in the same write transaction, so a signed-in send costs one
+/// batched write and no read of its own, and a logout or account deletion committed
+/// before it is always seen.
+pub(super) async fn send_as(
+    pool: &Pool,
+    token_hash: &TokenHash,
+    now: i64,
+    message: MessageDraft<'_>,
+) -> Result<SessionSend, StoreError> {
+    let token_hash = *token_hash;
+    // The sender is filled in once the session names it.
+    let mut new = OwnedNewMessage::new(message.sent_by(0));
+    pool.write(
+        move |tx| match sessions::resolve(tx, &token_hash, now)?.live() {
+            Ok(account) => {
+                new.sender_id = account.id;
+                Ok(SessionSend::Sent(store(tx, new)?))
+            }
+            Err(refusal) => Ok(SessionSend::Refused(refusal)),
+        },
+    )
+    .await
+}
+
+/// The body of a send, in the writer's transaction: the idempotency check, the sender
+/// and recipient checks, the recipient's next sequence number and the insert.
+fn store(tx: &Connection, new: OwnedNewMessage) -> Outcome<SendOutcome> {
+    let recipient = tx
+        .prepare_cached("SELECT id, username FROM accounts WHERE username_key = ?1")?
+        .query_row([username_key(&new.recipient)], |row| {
+            Ok((row.get::<_, AccountId>(0)?, row.get::<_, String>(1)?))
+        })
+        .optional()?;
+
+    // The key was used before: a retry of that message, or a misuse of the key. This
+    // comes before the sender check, so that a retry of a message that was stored
+    // before its sender was deleted still gets its (durable) answer.
+    let earlier = tx
+        .prepare_cached(concat!(
+            "SELECT recipient_id, ",
+            message_columns!(),
+            " FROM messages WHERE sender_id = ?1 AND idempotency_key = ?2"
+        ))?
+        .query_row(params![new.sender_id, new.idempotency_key], |row| {
+            Ok((row.get::<_, AccountId>(0)?, message_from_columns(row, 1)?))
+        })
+        .optional()?;
+    if let Some((recipient_id, message)) = earlier {
+        let same_recipient = recipient.as_ref().map(|(id, _)| *id) == Some(recipient_id);
+        return if same_recipient && message.text == new.text {
+            Ok(SendOutcome {
+                message,
+                duplicate: true,
             })
-            .optional()?;
+        } else {
+            Err(StoreError::IdempotencyKeyReused(new.idempotency_key).into())
+        };
+    }
 
-        // The key was used before: a retry of that message, or a misuse of the key. This
-        // comes before the sender check, so that a retry of a message that was stored
-        // before its sender was deleted still gets its (durable) answer.
-        let earlier = tx
-            .prepare_cached(concat!(
-                "SELECT recipient_id, ",
-                message_columns!(),
-                " FROM messages WHERE sender_id = ?1 AND idempotency_key = ?2"
-            ))?
-            .query_row(params![new.sender_id, new.idempotency_key], |row| {
-                Ok((row.get::<_, AccountId>(0)?, message_from_columns(row, 1)?))
-            })
-            .optional()?;
-        if let Some((recipient_id, message)) = earlier {
-            let same_recipient = recipient.as_ref().map(|(id, _)| *id) == Some(recipient_id);
-            return if same_recipient && message.text == new.text {
-                Ok(SendOutcome {
-                    message,
-                    duplicate: true,
-                })
-            } else {
-                Err(StoreError::IdempotencyKeyReused(new.idempotency_key).into())
-            };
-        }
+    // A deleted account sends nothing new (its sessions say AccountDeleted, so this
+    // only happens when the deletion races with the send).
+    let sender: String = tx
+        .prepare_cached("SELECT username FROM accounts WHERE id = ?1")?
+        .query_row([new.sender_id], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::no_such_id(new.sender_id))?;
+    let (recipient_id, recipient) =
+        recipient.ok_or_else(|| StoreError::NoSuchAccount(new.recipient.clone()))?;
 
-        // A deleted account sends nothing new (its sessions say AccountDeleted, so this
-        // only happens when the deletion races with the send).
-        let sender: String = tx
-            .prepare_cached("SELECT username FROM accounts WHERE id = ?1")?
-            .query_row([new.sender_id], |row| row.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::no_such_id(new.sender_id))?;
-        let (recipient_id, recipient) =
-            recipient.ok_or_else(|| StoreError::NoSuchAccount(new.recipient.clone()))?;
-
-        let sequence: u64 = tx
-            .prepare_cached(
-                "UPDATE accounts SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
-            )?
-            .query_row([recipient_id], |row| row.get(0))?;
-        // SQLite has one writer at a time and this transaction holds the write lock from
-        // its first statement to its commit, so AUTOINCREMENT ids are handed out in
-        // commit order: a message becomes visible only after every lower id has (or
-        // never will, if its transaction rolled back). Within a group-committed batch
-        // (`writer.rs`) the ids follow the savepoint order and all become visible at
-        // the one commit; an id taken by a request rolled back to its savepoint is
-        // handed out again, never seen. The feed relies on that.
-        let id: u64 = tx
-            .prepare_cached(
-                "INSERT INTO messages
-                     (recipient_id, seq, sender_id, sender, recipient, text, sent_at, idempotency_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
-            )?
-            .query_row(
-                params![
-                    recipient_id,
-                    to_i64(sequence),
-                    new.sender_id,
-                    sender,
-                    recipient,
-                    new.text,
-                    new.sent_at,
-                    new.idempotency_key,
-                ],
-                |row| row.get(0),
-            )?;
-        Ok(SendOutcome {
-            message: StoredMessage {
-                id,
-                sequence,
+    let sequence: u64 = tx
+        .prepare_cached(
+            "UPDATE accounts SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+        )?
+        .query_row([recipient_id], |row| row.get(0))?;
+    // SQLite has one writer at a time and this transaction holds the write lock from
+    // its first statement to its commit, so AUTOINCREMENT ids are handed out in
+    // commit order: a message becomes visible only after every lower id has (or
+    // never will, if its transaction rolled back). Within a group-committed batch
+    // (`writer.rs`) the ids follow the savepoint order and all become visible at
+    // the one commit; an id taken by a request rolled back to its savepoint is
+    // handed out again, never seen. The feed relies on that.
+    let id: u64 = tx
+        .prepare_cached(
+            "INSERT INTO messages
+                 (recipient_id, seq, sender_id, sender, recipient, text, sent_at, idempotency_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+        )?
+        .query_row(
+            params![
+                recipient_id,
+                to_i64(sequence),
+                new.sender_id,
                 sender,
                 recipient,
-                text: new.text,
-                sent_at_unix_ms: new.sent_at,
-            },
-            duplicate: false,
-        })
+                new.text,
+                new.sent_at,
+                new.idempotency_key,
+            ],
+            |row| row.get(0),
+        )?;
+    Ok(SendOutcome {
+        message: StoredMessage {
+            id,
+            sequence,
+            sender,
+            recipient,
+            text: new.text,
+            sent_at_unix_ms: new.sent_at,
+        },
+        duplicate: false,
     })
-    .await
 }
 
 /// See [`Store::fetch_messages`](crate::store::Store::fetch_messages): one read
@@ -235,8 +273,63 @@ pub(super) async fn purge_history(pool: &Pool, sent_before: i64) -> Result<u64, 
 mod tests {
     use std::collections::HashSet;
 
+    use std::time::Duration;
+
     use super::super::test_support::{account, open, send};
-    use crate::store::Store;
+    use super::super::{SqliteOptions, SqliteStore};
+    use crate::store::{MessageDraft, SessionSend, Store};
+
+    /// A signed-in send resolves its session in the writer's transaction, so it needs
+    /// no read connection: it completes while the only one is held, where a session
+    /// lookup waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_as_a_session_needs_no_read_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = SqliteOptions {
+            pool_size: 1,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(dir.path().join("chat.db"), options).expect("open");
+        let alice = account(&store, "alice").await;
+        account(&store, "bob").await;
+        let token = [3u8; 32];
+        let session = store.create_session(&token, alice.id, 10_000).await;
+        session.expect("session");
+
+        // Hold the pool's one read connection until told to let go.
+        let (held, is_held) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let pool = store.pool.clone();
+        let reader = tokio::spawn(async move {
+            pool.run(move |_| {
+                let _ = held.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+        });
+        is_held.await.expect("the reader holds the connection");
+
+        let draft = MessageDraft {
+            recipient: "bob",
+            text: "hi",
+            idempotency_key: "k",
+            sent_at_unix_ms: 2_000,
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.send_message_as(&token, 2_000, draft),
+        )
+        .await
+        .expect("the send waited for a read connection");
+        assert!(matches!(sent, Ok(SessionSend::Sent(_))), "{sent:?}");
+        let lookup = store.lookup_session(&token, 2_000);
+        let waited = tokio::time::timeout(Duration::from_millis(100), lookup).await;
+        assert!(waited.is_err(), "a lookup needs the held connection");
+
+        release.send(()).expect("the reader waits");
+        reader.await.expect("reader task").expect("read");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_sends_from_two_stores_get_gap_free_sequences() {

@@ -15,9 +15,10 @@
 //! - `schema.rs`: the tables, the schema version and the file header, created by
 //!   whichever process opens a new file first;
 //! - `error.rs`: SQLite errors as [`StoreError`]s;
-//! - `accounts.rs`, `sessions.rs`, `login_failures.rs`, `messages.rs` (sending, the
-//!   inbox, acknowledgement, history retention) and `feed.rs`: the operations, each
-//!   one transaction.
+//! - `accounts.rs`, `sessions.rs`, `login_failures.rs`, `messages.rs` (sending, with
+//!   the sender's session resolved in the same write for a signed-in send; the inbox,
+//!   acknowledgement, history retention) and `feed.rs`: the operations, each one
+//!   transaction.
 //!
 //! [`StoreError`]: crate::store::StoreError
 
@@ -40,8 +41,8 @@ pub use pool::SqliteOptions;
 pub use schema::SCHEMA_VERSION;
 
 use super::{
-    Account, AccountId, AccountQuery, FeedPage, InboxPage, LoginFailures, NewMessage, SendOutcome,
-    SessionLookup, Store, StoreError, TokenHash,
+    Account, AccountId, AccountQuery, FeedPage, InboxPage, LoginFailures, MessageDraft, NewMessage,
+    SendOutcome, SessionLookup, SessionSend, Store, StoreError, TokenHash,
 };
 use pool::Pool;
 
@@ -162,6 +163,15 @@ impl Store for SqliteStore {
 
     async fn send_message(&self, message: NewMessage<'_>) -> Result<SendOutcome, StoreError> {
         messages::send(&self.pool, message).await
+    }
+
+    async fn send_message_as(
+        &self,
+        token_hash: &TokenHash,
+        now_unix_ms: i64,
+        message: MessageDraft<'_>,
+    ) -> Result<SessionSend, StoreError> {
+        messages::send_as(&self.pool, token_hash, now_unix_ms, message).await
     }
 
     async fn fetch_messages(

@@ -1,7 +1,7 @@
 //! Sessions, keyed by token hash. They have no foreign key to their account, so a
 //! lookup can tell a deleted account from a missing session.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::error::is_unique_violation;
 use super::pool::Pool;
@@ -34,43 +34,52 @@ pub(super) async fn create(
     .await
 }
 
-/// See [`Store::lookup_session`](crate::store::Store::lookup_session): one query, the
-/// session joined with its account if that still exists.
+/// See [`Store::lookup_session`](crate::store::Store::lookup_session): one query on a
+/// read connection.
 pub(super) async fn lookup(
     pool: &Pool,
     token_hash: &TokenHash,
     now: i64,
 ) -> Result<SessionLookup, StoreError> {
     let token_hash = *token_hash;
-    pool.run(move |connection| {
-        let found = connection
-            .prepare_cached(
-                "SELECT s.expires_at, a.id, a.username, a.password_hash
-                 FROM sessions AS s LEFT JOIN accounts AS a ON a.id = s.account_id
-                 WHERE s.token_hash = ?1",
-            )?
-            .query_row([&token_hash[..]], |row| {
-                let expires_at: i64 = row.get(0)?;
-                let id: Option<AccountId> = row.get(1)?;
-                let account = match id {
-                    Some(id) => Some(Account {
-                        id,
-                        username: row.get(2)?,
-                        password_hash: row.get(3)?,
-                    }),
-                    None => None,
-                };
-                Ok((expires_at, account))
-            })
-            .optional()?;
-        Ok(match found {
-            None => SessionLookup::Invalid,
-            Some((expires_at, _)) if expires_at <= now => SessionLookup::Invalid,
-            Some((_, None)) => SessionLookup::AccountDeleted,
-            Some((_, Some(account))) => SessionLookup::Valid(account),
+    pool.run(move |connection| Ok(resolve(connection, &token_hash, now)?))
+        .await
+}
+
+/// What `token_hash` resolves to as of `now`: the session joined with its account if
+/// that still exists, in one query on `connection` (a read connection, or the writer's
+/// transaction for [`Store::send_message_as`](crate::store::Store::send_message_as)).
+pub(super) fn resolve(
+    connection: &Connection,
+    token_hash: &TokenHash,
+    now: i64,
+) -> rusqlite::Result<SessionLookup> {
+    let found = connection
+        .prepare_cached(
+            "SELECT s.expires_at, a.id, a.username, a.password_hash
+             FROM sessions AS s LEFT JOIN accounts AS a ON a.id = s.account_id
+             WHERE s.token_hash = ?1",
+        )?
+        .query_row([&token_hash[..]], |row| {
+            let expires_at: i64 = row.get(0)?;
+            let id: Option<AccountId> = row.get(1)?;
+            let account = match id {
+                Some(id) => Some(Account {
+                    id,
+                    username: row.get(2)?,
+                    password_hash: row.get(3)?,
+                }),
+                None => None,
+            };
+            Ok((expires_at, account))
         })
+        .optional()?;
+    Ok(match found {
+        None => SessionLookup::Invalid,
+        Some((expires_at, _)) if expires_at <= now => SessionLookup::Invalid,
+        Some((_, None)) => SessionLookup::AccountDeleted,
+        Some((_, Some(account))) => SessionLookup::Valid(account),
     })
-    .await
 }
 
 /// See [`Store::delete_session`](crate::store::Store::delete_session).
