@@ -15,9 +15,10 @@
 //! Wake-ups coalesce: the hub holds at most one pending wake-up, so any number of sends
 //! committed while it is reading the feed cost one more read, not one each; and a
 //! replica with no subscriber only rings the doorbell, reading nothing until its poll,
-//! so a write-heavy replica that nobody subscribes to pays nothing for it. The feed is
-//! read by this one task only, always from the cursor on, so messages reach subscribers
-//! in id order however the reads were triggered.
+//! and then only the feed's newest id (see [`Hub::read_unwatched`]), so a write-heavy
+//! replica that nobody subscribes to pays almost nothing for it. The feed is read by
+//! this one task only, always from the cursor on, so messages reach subscribers in id
+//! order however the reads were triggered.
 //!
 //! The hub is only a fast path. A subscriber that falls behind (its queue is full) loses
 //! queued deliveries, is told so by [`Delivery::Lagged`], and re-reads from the store,
@@ -247,7 +248,12 @@ impl Hub {
                 woken.as_mut().enable();
             }
             self.ring_for_local_commits();
-            match feed.page(cursor, FEED_BATCH).await {
+            let read = if cursor.is_some() && self.lock().is_empty() {
+                self.read_unwatched(&feed, cursor).await
+            } else {
+                feed.page(cursor, FEED_BATCH).await
+            };
+            match read {
                 Ok(page) => {
                     if cursor.is_some() && backoff != poll_interval {
                         tracing::info!("message feed readable again");
@@ -281,6 +287,27 @@ impl Hub {
                     }
                 }
             }
+        }
+    }
+
+    /// The read of a replica with no subscriber: the feed's newest id alone (a page
+    /// without messages), not every message since `cursor`, which nobody here is owed.
+    /// A subscriber that registers after this has checked again reads everything up to
+    /// that id from the store itself (ids become visible in increasing order, so all of
+    /// them were visible before its registration). One that registered while the id was
+    /// read may be owed those messages: then they are read after all. Without this,
+    /// every replica read and decoded every message sent through any of them, 100 times
+    /// a second in pages of up to 1,000, only to drop them all.
+    async fn read_unwatched(
+        &self,
+        feed: &impl Feed,
+        cursor: Option<u64>,
+    ) -> Result<FeedPage, StoreError> {
+        let newest = feed.page(None, 0).await?;
+        if self.lock().is_empty() {
+            Ok(newest)
+        } else {
+            feed.page(cursor, FEED_BATCH).await
         }
     }
 
@@ -410,6 +437,8 @@ mod tests {
         messages: Mutex<Vec<StoredMessage>>,
         /// When each read started (on the paused clock).
         reads: Mutex<Vec<tokio::time::Instant>>,
+        /// The `after_id` of each read.
+        asked: Mutex<Vec<Option<u64>>>,
         /// While set, each read waits for one permit.
         gate: Option<tokio::sync::Semaphore>,
         /// Tells the test that a read has started.
@@ -419,6 +448,10 @@ mod tests {
     impl FakeFeed {
         fn push(&self, message: StoredMessage) {
             self.messages.lock().expect("messages").push(message);
+        }
+
+        fn asked(&self) -> Vec<Option<u64>> {
+            self.asked.lock().expect("asked").clone()
         }
 
         fn reads(&self) -> Vec<Duration> {
@@ -433,6 +466,7 @@ mod tests {
                 .lock()
                 .expect("reads")
                 .push(tokio::time::Instant::now());
+            self.asked.lock().expect("asked").push(after_id);
             self.started.notify_one();
             if let Some(gate) = &self.gate {
                 gate.acquire().await.expect("gate open").forget();
@@ -547,6 +581,59 @@ mod tests {
         feed.push(message("bob", 1));
         assert_eq!(received(&mut bob).await, 1);
         assert_eq!(feed.reads(), vec![Duration::ZERO, POLL]);
+        stop.cancel();
+        task.await.expect("the hub stops");
+    }
+
+    /// With no local subscriber, a poll reads only the feed's newest id, and delivery
+    /// to a later subscriber goes on from there.
+    #[tokio::test(start_paused = true)]
+    async fn without_subscribers_a_poll_reads_only_the_newest_id() {
+        let feed = Arc::new(FakeFeed::default());
+        let hub = Hub::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
+        feed.started.notified().await;
+        for id in 1..=3 {
+            feed.push(message("bob", id));
+        }
+        feed.started.notified().await; // the poll
+        // A subscriber from now on reads 1 to 3 from the store; the hub brings it 4.
+        let mut bob = hub.subscribe("bob");
+        feed.push(message("bob", 4));
+        hub.committed();
+        assert_eq!(received(&mut bob).await, 4);
+        assert_eq!(feed.asked(), [None, None, Some(3)]);
+        assert_eq!(feed.reads(), [Duration::ZERO, POLL, POLL]);
+        stop.cancel();
+        task.await.expect("the hub stops");
+    }
+
+    /// A subscriber that registers while an unwatched poll reads the newest id is not
+    /// skipped past: the hub reads the messages since its cursor after all.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_registering_during_an_unwatched_read_gets_its_messages() {
+        let feed = Arc::new(FakeFeed {
+            gate: Some(tokio::sync::Semaphore::new(1)),
+            ..FakeFeed::default()
+        });
+        let hub = Hub::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
+        feed.started.notified().await;
+        for id in 1..=3 {
+            feed.push(message("bob", id));
+        }
+        feed.started.notified().await; // the poll, held at the gate
+        let mut bob = hub.subscribe("bob");
+        feed.gate.as_ref().expect("gated").add_permits(2);
+        for id in 1..=3 {
+            // At once (on the paused clock), not at some later poll, which would not
+            // bring them either.
+            let delivered = tokio::time::timeout(Duration::from_secs(1), received(&mut bob));
+            assert_eq!(delivered.await.expect("delivered, not skipped past"), id);
+        }
+        assert_eq!(feed.asked(), [None, None, Some(0)]);
         stop.cancel();
         task.await.expect("the hub stops");
     }
