@@ -10,7 +10,9 @@
 //! A default run takes about three minutes, `--quick` (1s per measurement, concurrency
 //! 1 and 32) about 45s. `--help` lists the flags for experiments: `--scenarios`,
 //! `--contenders`, `--lb-set KEY=VALUE` (a balancer setting by name, e.g.
-//! `policy=round_robin`; the keys are in `lb_settings.rs`).
+//! `policy=round_robin`; the keys are in `lb_settings.rs`). With `RUST_LOG` set, the
+//! client logs to stderr (the balancer's judgements: `RUST_LOG=chat_lb_client=warn`),
+//! and so do the replicas.
 //!
 //! The example starts its own replicas: it re-executes itself with `--replica`, which
 //! runs `chat_server::run` (see `chat_testkit::replica`), so nothing but `cargo run` is
@@ -75,6 +77,14 @@ fn main() -> ExitCode {
         return code;
     }
     let options = Options::parse();
+    // Quiet unless asked: `RUST_LOG=chat_lb_client=warn` shows the balancer's own
+    // judgements (an endpoint marked slow, ejected, readmitted) on stderr, to count them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // Pinning comes first: the runtime sizes its worker pool on the CPUs it may use.
     let outcome = placement::place(options.placement)
         .and_then(|cpus| {

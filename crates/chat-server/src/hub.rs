@@ -494,6 +494,14 @@ mod tests {
         }
     }
 
+    /// A hub reading `feed`, polling every [`POLL`]; cancel the token to stop it.
+    fn run_hub(feed: &Arc<FakeFeed>) -> (Hub, CancellationToken, tokio::task::JoinHandle<()>) {
+        let hub = Hub::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
+        (hub, stop, task)
+    }
+
     /// Far longer than anything the tests wait for: a read that happens only at a poll
     /// shows up as one an hour after the first on the paused clock.
     const POLL: Duration = Duration::from_secs(3600);
@@ -508,10 +516,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_commits_costs_one_feed_read_not_one_each() {
         let feed = Arc::new(FakeFeed::default());
-        let hub = Hub::default();
+        let (hub, stop, task) = run_hub(&feed);
         let mut bob = hub.subscribe("bob");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
         feed.started.notified().await;
         for id in 1..=50 {
             feed.push(message("bob", id));
@@ -533,10 +539,8 @@ mod tests {
             gate: Some(tokio::sync::Semaphore::new(1)),
             ..FakeFeed::default()
         });
-        let hub = Hub::default();
+        let (hub, stop, task) = run_hub(&feed);
         let mut bob = hub.subscribe("bob");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
         // The first read (the starting cursor) passes the gate; the second is held
         // while the test commits a burst behind it.
         feed.started.notified().await;
@@ -573,10 +577,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_wake_ups_the_poll_still_delivers() {
         let feed = Arc::new(FakeFeed::default());
-        let hub = Hub::default();
+        let (hub, stop, task) = run_hub(&feed);
         let mut bob = hub.subscribe("bob");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
         feed.started.notified().await;
         feed.push(message("bob", 1));
         assert_eq!(received(&mut bob).await, 1);
@@ -590,9 +592,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_subscribers_a_poll_reads_only_the_newest_id() {
         let feed = Arc::new(FakeFeed::default());
-        let hub = Hub::default();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
+        let (hub, stop, task) = run_hub(&feed);
         feed.started.notified().await;
         for id in 1..=3 {
             feed.push(message("bob", id));
@@ -617,9 +617,7 @@ mod tests {
             gate: Some(tokio::sync::Semaphore::new(1)),
             ..FakeFeed::default()
         });
-        let hub = Hub::default();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(hub.clone().run(feed.clone(), POLL, stop.clone()));
+        let (hub, stop, task) = run_hub(&feed);
         feed.started.notified().await;
         for id in 1..=3 {
             feed.push(message("bob", id));
