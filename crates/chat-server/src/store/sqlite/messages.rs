@@ -42,23 +42,21 @@ fn message_from_columns(row: &Row<'_>, first: usize) -> rusqlite::Result<StoredM
     })
 }
 
-/// An owned copy of [`NewMessage`], to move onto a blocking thread.
-struct OwnedNewMessage {
-    sender_id: AccountId,
+/// An owned copy of a [`MessageDraft`], to move onto the writer's thread.
+struct OwnedDraft {
     recipient: String,
     text: String,
     idempotency_key: String,
     sent_at: i64,
 }
 
-impl OwnedNewMessage {
-    fn new(message: NewMessage<'_>) -> Self {
+impl OwnedDraft {
+    fn new(draft: MessageDraft<'_>) -> Self {
         Self {
-            sender_id: message.sender_id,
-            recipient: message.recipient.to_string(),
-            text: message.text.to_string(),
-            idempotency_key: message.idempotency_key.to_string(),
-            sent_at: message.sent_at_unix_ms,
+            recipient: draft.recipient.to_string(),
+            text: draft.text.to_string(),
+            idempotency_key: draft.idempotency_key.to_string(),
+            sent_at: draft.sent_at_unix_ms,
         }
     }
 }
@@ -66,8 +64,20 @@ impl OwnedNewMessage {
 /// See [`Store::send_message`](crate::store::Store::send_message): one write
 /// transaction that checks the idempotency key, numbers the message and stores it.
 pub(super) async fn send(pool: &Pool, message: NewMessage<'_>) -> Result<SendOutcome, StoreError> {
-    let new = OwnedNewMessage::new(message);
-    pool.write(move |tx| store(tx, new)).await
+    let NewMessage {
+        sender_id,
+        recipient,
+        text,
+        idempotency_key,
+        sent_at_unix_ms,
+    } = message;
+    let new = OwnedDraft::new(MessageDraft {
+        recipient,
+        text,
+        idempotency_key,
+        sent_at_unix_ms,
+    });
+    pool.write(move |tx| store(tx, sender_id, new)).await
 }
 
 /// See [`Store::send_message_as`](crate::store::Store::send_message_as): [`send`] with
@@ -81,23 +91,20 @@ pub(super) async fn send_as(
     message: MessageDraft<'_>,
 ) -> Result<SessionSend, StoreError> {
     let token_hash = *token_hash;
-    // The sender is filled in once the session names it.
-    let mut new = OwnedNewMessage::new(message.sent_by(0));
+    let new = OwnedDraft::new(message);
     pool.write(
         move |tx| match sessions::resolve(tx, &token_hash, now)?.live() {
-            Ok(account) => {
-                new.sender_id = account.id;
-                Ok(SessionSend::Sent(store(tx, new)?))
-            }
+            Ok(account) => Ok(SessionSend::Sent(store(tx, account.id, new)?)),
             Err(refusal) => Ok(SessionSend::Refused(refusal)),
         },
     )
     .await
 }
 
-/// The body of a send, in the writer's transaction: the idempotency check, the sender
-/// and recipient checks, the recipient's next sequence number and the insert.
-fn store(tx: &Connection, new: OwnedNewMessage) -> Outcome<SendOutcome> {
+/// The body of a send by `sender_id`, in the writer's transaction: the idempotency
+/// check, the sender and recipient checks, the recipient's next sequence number and the
+/// insert.
+fn store(tx: &Connection, sender_id: AccountId, new: OwnedDraft) -> Outcome<SendOutcome> {
     let recipient = tx
         .prepare_cached("SELECT id, username FROM accounts WHERE username_key = ?1")?
         .query_row([username_key(&new.recipient)], |row| {
@@ -114,7 +121,7 @@ fn store(tx: &Connection, new: OwnedNewMessage) -> Outcome<SendOutcome> {
             message_columns!(),
             " FROM messages WHERE sender_id = ?1 AND idempotency_key = ?2"
         ))?
-        .query_row(params![new.sender_id, new.idempotency_key], |row| {
+        .query_row(params![sender_id, new.idempotency_key], |row| {
             Ok((row.get::<_, AccountId>(0)?, message_from_columns(row, 1)?))
         })
         .optional()?;
@@ -134,9 +141,9 @@ fn store(tx: &Connection, new: OwnedNewMessage) -> Outcome<SendOutcome> {
     // only happens when the deletion races with the send).
     let sender: String = tx
         .prepare_cached("SELECT username FROM accounts WHERE id = ?1")?
-        .query_row([new.sender_id], |row| row.get(0))
+        .query_row([sender_id], |row| row.get(0))
         .optional()?
-        .ok_or_else(|| StoreError::no_such_id(new.sender_id))?;
+        .ok_or_else(|| StoreError::no_such_id(sender_id))?;
     let (recipient_id, recipient) =
         recipient.ok_or_else(|| StoreError::NoSuchAccount(new.recipient.clone()))?;
 
@@ -162,7 +169,7 @@ fn store(tx: &Connection, new: OwnedNewMessage) -> Outcome<SendOutcome> {
             params![
                 recipient_id,
                 to_i64(sequence),
-                new.sender_id,
+                sender_id,
                 sender,
                 recipient,
                 new.text,
