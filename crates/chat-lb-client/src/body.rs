@@ -9,10 +9,20 @@
 //! left it. So a retry always sends exactly the body the caller produced, and
 //! unary calls (one small message) are always replayable.
 //!
+//! The first kept frame lives in the shared state itself (a unary request is
+//! one frame), so a unary call's replay allocates nothing beyond that state.
+//!
 //! Keeping copies stops once `max_replay_bytes` have been kept; from then on the
 //! call can no longer be retried (unless the source was never read) and the
 //! copies are released. Copies are also released once the call is committed to
 //! a response, so long client streams do not accumulate memory.
+//!
+//! After each data frame the source is polled once more (**look-ahead**): a
+//! body that ends right after it, as a unary request does, then says so
+//! through `is_end_stream`, and hyper sends `END_STREAM` on that data frame.
+//! Without it (tonic's own request bodies never say so early) every unary
+//! request costs an extra, empty `DATA` frame that both ends encode, decode
+//! and account for. A frame the look-ahead finds waits for the next poll.
 //!
 //! A superseded attempt's handle fails (`CANCELLED`) rather than ending the
 //! stream, so the abandoned HTTP/2 stream is reset, never ended cleanly with a
@@ -27,6 +37,7 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame};
+use smallvec::SmallVec;
 use tonic::{Status, body::Body};
 
 /// The shared source of a call's attempts' bodies.
@@ -38,8 +49,10 @@ pub(crate) struct Replay {
 #[derive(Debug)]
 struct State {
     source: Body,
+    /// What the look-ahead polled from the source, not yet forwarded.
+    peeked: Option<Result<Frame<Bytes>, Status>>,
     source_done: bool,
-    kept: Vec<Bytes>,
+    kept: SmallVec<[Bytes; 1]>,
     kept_bytes: usize,
     trailers: Option<HeaderMap>,
     cap: usize,
@@ -60,8 +73,9 @@ impl Replay {
         Self {
             shared: Arc::new(Mutex::new(State {
                 source,
+                peeked: None,
                 source_done,
-                kept: Vec::new(),
+                kept: SmallVec::new(),
                 kept_bytes: 0,
                 trailers: None,
                 cap,
@@ -108,8 +122,31 @@ impl Replay {
     pub fn commit(&self) {
         let mut state = self.lock();
         state.committed = true;
-        state.kept = Vec::new();
+        state.kept = SmallVec::new();
         state.trailers = None;
+    }
+}
+
+impl State {
+    /// The source's next frame: the one the look-ahead found, if any.
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.peeked.take() {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => Pin::new(&mut self.source).poll_frame(cx),
+        }
+    }
+
+    /// The look-ahead (see the module docs): polls the source once more, so
+    /// that its end is known as soon as it is reached.
+    fn look_ahead(&mut self, cx: &mut Context<'_>) {
+        if self.source_done || self.peeked.is_some() {
+            return;
+        }
+        match Pin::new(&mut self.source).poll_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(None) => self.source_done = true,
+            Poll::Ready(Some(frame)) => self.peeked = Some(frame),
+        }
     }
 }
 
@@ -152,7 +189,7 @@ impl HttpBody for ReplayBody {
             return Poll::Ready(None);
         }
         let state = &mut *state;
-        match Pin::new(&mut state.source).poll_frame(cx) {
+        match state.poll_source(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 state.source_done = true;
@@ -170,12 +207,13 @@ impl HttpBody for ReplayBody {
                         state.kept_bytes = state.kept_bytes.saturating_add(data.len());
                         if state.kept_bytes > state.cap {
                             state.overflowed = true;
-                            state.kept = Vec::new();
+                            state.kept = SmallVec::new();
                         } else {
                             state.kept.push(data.clone());
                         }
                     }
                     this.next = state.kept.len();
+                    state.look_ahead(cx);
                 } else if let Some(trailers) = frame.trailers_ref() {
                     if keep {
                         state.trailers = Some(trailers.clone());
@@ -253,6 +291,23 @@ mod tests {
         assert_eq!(collect(second).await.unwrap(), b"abcdef");
         // A third attempt replays everything from the kept frames.
         assert_eq!(collect(replay.attempt()).await.unwrap(), b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_after_a_frame_says_so_with_that_frame() {
+        // Like tonic's unary request body: one data frame, its end known only
+        // when polled again.
+        let replay = Replay::new(streaming(&[b"msg"]), 1024);
+        for attempt in 1..=2 {
+            let mut body = replay.attempt();
+            assert!(!body.is_end_stream(), "attempt {attempt}: nothing sent yet");
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), &b"msg"[..]);
+            assert!(
+                body.is_end_stream(),
+                "attempt {attempt}: the end goes out with the data frame"
+            );
+        }
     }
 
     #[tokio::test]
