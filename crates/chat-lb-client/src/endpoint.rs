@@ -41,7 +41,7 @@ use crate::{
     ramp::Ramp,
     snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
-    transport::Transport,
+    transport::{EndpointTransport, ServiceTransport, Transport},
 };
 use record::{Record, labelled};
 
@@ -51,8 +51,9 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     /// The lazily connected channel to it, which probes use.
     pub channel: Channel,
-    /// What calls are sent over: the channel, unless a test replaced it.
-    pub transport: Arc<dyn Transport>,
+    /// What calls are sent over: the channel, unless the builder was given
+    /// a transport.
+    pub transport: EndpointTransport,
     tier: AtomicU8,
     /// Bumped each time the endpoint becomes routable again, so a call that
     /// already tried it may try it once more.
@@ -92,14 +93,22 @@ pub(crate) struct Endpoint {
     metrics: EndpointMetrics,
 }
 
-/// Decrements the outstanding count when an attempt ends, however it ends.
+/// Decrements the outstanding count when an attempt ends, however it ends:
+/// through [`InFlight::end`] with the time the caller read already, or by
+/// being dropped (an attempt the call gave up on), which reads the clock.
 pub(crate) struct InFlight<'a>(&'a Endpoint);
+
+impl InFlight<'_> {
+    /// The attempt ended at `now`.
+    pub fn end(self, now: Instant) {
+        self.0.end_attempt(now);
+        std::mem::forget(self);
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.mark_progress(Instant::now());
-        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.attempt_ended();
+        self.0.end_attempt(Instant::now());
     }
 }
 
@@ -127,11 +136,15 @@ impl Endpoint {
     pub fn new(
         addr: SocketAddr,
         channel: Channel,
-        transport: Arc<dyn Transport>,
+        given: Option<Arc<dyn Transport>>,
         default_rtt: Duration,
         decay: Duration,
         window: Duration,
     ) -> Self {
+        let transport = match given {
+            Some(given) => EndpointTransport::Given(given),
+            None => EndpointTransport::Channel(ServiceTransport::new(channel.clone())),
+        };
         Self {
             addr,
             channel,
@@ -288,17 +301,25 @@ impl Endpoint {
         self.lock().ejection.until()
     }
 
-    /// Starts an attempt: counts it and its load until the guard drops.
-    pub fn start(&self) -> InFlight<'_> {
+    /// Starts an attempt at `now`: counts it and its load until the guard
+    /// ends or drops.
+    pub fn start(&self, now: Instant) -> InFlight<'_> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         // Marked before the attempt counts, so that no pick sees it in flight
         // with the time of an earlier, idle, stretch (see `unanswered_for`).
         if self.outstanding.load(Ordering::Acquire) == 0 {
-            self.mark_progress(Instant::now());
+            self.mark_progress(now);
         }
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         self.metrics.attempt_started();
         InFlight(self)
+    }
+
+    /// An attempt ended at `now` (see [`InFlight`]).
+    fn end_attempt(&self, now: Instant) {
+        self.mark_progress(now);
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.attempt_ended();
     }
 
     /// How long, at least, its oldest attempt in flight has waited for its

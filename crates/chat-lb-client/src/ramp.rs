@@ -118,7 +118,7 @@ pub(crate) fn weight(elapsed: Duration, cfg: &SlowStartConfig) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::SocketAddr, sync::Arc};
+    use std::net::SocketAddr;
 
     use super::*;
     use crate::{
@@ -176,12 +176,11 @@ mod tests {
     async fn slow_start_ramps_a_new_and_a_readmitted_endpoint() {
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
-        let transport = Arc::new(crate::transport::ServiceTransport::new(channel.clone()));
         let ms = Duration::from_millis;
         let endpoint = Endpoint::new(
             addr,
             channel,
-            transport,
+            None,
             ms(1),
             Duration::from_secs(10),
             OutlierConfig::default().window,
@@ -224,11 +223,11 @@ mod tests {
 
         // One of the endpoints the balancer started with: its first admission
         // does not ramp, a readmission does.
-        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let channel = endpoint.channel.clone();
         let initial = Endpoint::new(
             addr,
             channel,
-            transport,
+            None,
             ms(1),
             Duration::from_secs(10),
             OutlierConfig::default().window,
@@ -251,11 +250,11 @@ mod tests {
         assert_eq!(weight(&initial), Some(0.1));
 
         // Off (as under pick-first): never ramps.
-        let (channel, transport) = (endpoint.channel.clone(), endpoint.transport.clone());
+        let channel = endpoint.channel.clone();
         let plain = Endpoint::new(
             addr,
             channel,
-            transport,
+            None,
             ms(1),
             Duration::from_secs(10),
             OutlierConfig::default().window,

@@ -7,7 +7,9 @@
 //! give every address an in-memory service ([`crate::Builder::transport`]), so
 //! the balancing logic runs without sockets, on tokio's paused clock.
 //!
-//! Sending costs one boxed future per attempt. Calling a shared `tower`
+//! Over an endpoint's own channel ([`EndpointTransport::Channel`]) sending is
+//! part of the attempt's future; a replacement transport costs one boxed
+//! future per attempt (it is a trait object). Calling a shared `tower`
 //! service takes a handle of one's own (services are called through `&mut`),
 //! and a fresh clone of a tonic `Channel` is not free: its buffer handle
 //! allocates the future that waits for room in the buffer's queue the first
@@ -21,7 +23,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use tonic::body::Body;
+use tonic::{body::Body, transport::Channel};
 use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
@@ -35,6 +37,34 @@ pub(crate) enum SendError {
     NotReady(BoxError),
     /// The request failed after the transport took it.
     Failed(BoxError),
+}
+
+/// What one endpoint's attempts go over.
+pub(crate) enum EndpointTransport {
+    /// Its own channel, the default.
+    Channel(ServiceTransport<Channel>),
+    /// The transport the builder made for its address (see
+    /// `Builder::transport`).
+    Given(Arc<dyn Transport>),
+}
+
+impl EndpointTransport {
+    /// Sends a request; resolves at its response headers.
+    pub async fn send(&self, request: http::Request<Body>) -> Result<Response, SendError> {
+        match self {
+            EndpointTransport::Channel(channel) => channel.call(request).await,
+            EndpointTransport::Given(given) => given.send(request).await,
+        }
+    }
+}
+
+impl std::fmt::Debug for EndpointTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndpointTransport::Channel(_) => "Channel",
+            EndpointTransport::Given(_) => "Given",
+        })
+    }
 }
 
 /// Sends one endpoint's attempts.
@@ -82,28 +112,37 @@ impl<S: Clone> ServiceTransport<S> {
     }
 }
 
+impl<S> ServiceTransport<S>
+where
+    S: Service<http::Request<Body>, Response = Response> + Clone,
+    S::Error: Into<BoxError>,
+{
+    /// Takes a handle, waits until the service can take the request, and gives
+    /// the handle back as soon as the request is in: a handle is then as good
+    /// as new (a tonic `Channel`'s has used up its slot in the queue). A
+    /// handle whose service failed to get ready is dropped, not kept.
+    pub async fn call(&self, request: http::Request<Body>) -> Result<Response, SendError> {
+        let mut handle = self.take();
+        if let Err(error) = handle.ready().await {
+            return Err(SendError::NotReady(error.into()));
+        }
+        let response = handle.call(request);
+        self.give_back(handle);
+        response
+            .await
+            .map_err(|error| SendError::Failed(error.into()))
+    }
+}
+
 impl<S> Transport for ServiceTransport<S>
 where
     S: Service<http::Request<Body>, Response = Response> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
-    /// Takes a handle, waits until the service can take the request, and gives
-    /// the handle back as soon as the request is in: a handle is then as good
-    /// as new (a tonic `Channel`'s has used up its slot in the queue). A
-    /// handle whose service failed to get ready is dropped, not kept.
+    /// [`ServiceTransport::call`], boxed.
     fn send(&self, request: http::Request<Body>) -> BoxFuture<'_, Result<Response, SendError>> {
-        Box::pin(async move {
-            let mut handle = self.take();
-            if let Err(error) = handle.ready().await {
-                return Err(SendError::NotReady(error.into()));
-            }
-            let response = handle.call(request);
-            self.give_back(handle);
-            response
-                .await
-                .map_err(|error| SendError::Failed(error.into()))
-        })
+        Box::pin(self.call(request))
     }
 }
 

@@ -42,16 +42,20 @@ where
     T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
+    // `BENCH_DEADLINE=1`: every call has a deadline (a `grpc-timeout` header),
+    // as chat-bench's calls do.
+    let deadline = std::env::var_os("BENCH_DEADLINE").map(|_| Duration::from_secs(5));
     let start = cpu_time();
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let mut client = client.clone();
             tokio::spawn(async move {
                 for _ in 0..calls {
-                    client
-                        .list_accounts(ListAccountsRequest::default())
-                        .await
-                        .unwrap();
+                    let mut request = tonic::Request::new(ListAccountsRequest::default());
+                    if let Some(deadline) = deadline {
+                        request.set_timeout(deadline);
+                    }
+                    client.list_accounts(request).await.unwrap();
                 }
             })
         })

@@ -174,9 +174,10 @@ async fn send(attempt: Attempt, tls: bool, codes: FailureCodes) -> Done {
         sent,
     } = attempt;
     let (outcome, finished) = {
-        let _in_flight = endpoint.start();
+        let in_flight = endpoint.start(sent);
         let result = endpoint.transport.send(request).await;
         let finished = Instant::now();
+        in_flight.end(finished);
         let outcome = match result {
             Ok(response) => {
                 Outcome::of_response(response, finished.saturating_duration_since(sent), codes)

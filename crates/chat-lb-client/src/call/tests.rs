@@ -24,7 +24,6 @@ use crate::{
     members::Members,
     outlier::EjectionCap,
     picker::Policy,
-    transport::ServiceTransport,
     update::Update,
 };
 
@@ -53,11 +52,10 @@ fn endpoint(port: u16) -> Arc<Endpoint> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
-    let transport = Arc::new(ServiceTransport::new(channel.clone()));
     let endpoint = Endpoint::new(
         addr,
         channel,
-        transport,
+        None,
         Duration::from_millis(1),
         Duration::from_secs(10),
         Duration::from_secs(10),

@@ -48,7 +48,7 @@ use crate::{
     outlier::EjectionCap,
     picker::Policy,
     resolve, slow,
-    transport::{MakeTransport, ServiceTransport, Transport},
+    transport::MakeTransport,
     update::{Update, Updates},
 };
 pub(crate) use registry::Registry;
@@ -277,10 +277,7 @@ impl Membership {
                 return None;
             }
         };
-        let transport: Arc<dyn Transport> = match &env.transport {
-            Some(make) => make(addr),
-            None => Arc::new(ServiceTransport::new(channel.clone())),
-        };
+        let transport = env.transport.as_ref().map(|make| make(addr));
         // Slow start ramps shares; pick-first has none to ramp.
         let slow_start = (env.cfg.policy != Policy::PickFirst).then_some(env.cfg.slow_start);
         let endpoint = Arc::new(
