@@ -109,7 +109,7 @@ async fn balancer_overhead_against_a_direct_channel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "for profiling one side: BENCH_SIDE=channel|balance_list|balancer, BENCH_CALLS per task"]
+#[ignore = "for profiling one side: BENCH_SIDE=channel|balance_list|balancer, BENCH_CALLS per task, BENCH_TASKS"]
 async fn one_side_for_profiling() {
     let replica = Replica::start("a");
     let side = std::env::var("BENCH_SIDE").unwrap_or_default();
@@ -124,6 +124,11 @@ async fn one_side_for_profiling() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
+    // `BENCH_TASKS`: callers (default 16).
+    let tasks: usize = std::env::var("BENCH_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16);
     let used = if side == "balancer" {
         let lb = Balancer::builder()
             .probe(GrpcHealthProbe::new())
@@ -133,22 +138,22 @@ async fn one_side_for_profiling() {
             .build()
             .unwrap();
         assert!(lb.wait_for_probe_round().await);
-        run(ChatServiceClient::new(lb), 16, calls).await
+        run(ChatServiceClient::new(lb), tasks, calls).await
     } else if side == "balance_list" {
         // tonic's own balancer, the chat-bench contender `tonic-balance`.
         let channel = tonic::transport::Channel::balance_list(std::iter::once(endpoint));
-        run(ChatServiceClient::new(channel), 16, calls).await
+        run(ChatServiceClient::new(channel), tasks, calls).await
     } else {
         run(
             ChatServiceClient::new(endpoint.connect().await.unwrap()),
-            16,
+            tasks,
             calls,
         )
         .await
     };
     println!(
         "{side}: {:.1}µs CPU per call",
-        used.as_secs_f64() / (16 * calls) as f64 * 1e6
+        used.as_secs_f64() / (tasks * calls) as f64 * 1e6
     );
 }
 
