@@ -133,6 +133,10 @@ impl Candidate for Arc<Endpoint> {
 }
 
 impl Endpoint {
+    /// The endpoint at `addr`: probed over `channel`, its calls sent over it
+    /// too unless the builder was `given` a transport for the address.
+    /// `default_rtt` and `decay` start and drive its latency estimate;
+    /// `window` is its outlier-accrual window.
     pub fn new(
         addr: SocketAddr,
         channel: Channel,
