@@ -49,6 +49,14 @@ pub(crate) enum EndpointTransport {
 }
 
 impl EndpointTransport {
+    /// Whether requests sent over it need the call's extensions. The
+    /// endpoint's own channel reads none: tonic's channel reads none, and
+    /// hyper's HTTP/2 client only its extended-`CONNECT` protocol, which no
+    /// gRPC call carries. A given transport (a test's service) gets them all.
+    pub fn reads_extensions(&self) -> bool {
+        matches!(self, EndpointTransport::Given(_))
+    }
+
     /// Sends a request; resolves at its response headers.
     pub async fn send(&self, request: http::Request<Body>) -> Result<Response, SendError> {
         match self {

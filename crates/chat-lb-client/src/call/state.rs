@@ -559,7 +559,7 @@ impl Call {
         if self.attempts > 1 && !is_hedge {
             self.ctx.metrics.retry();
         }
-        let mut request = http::Request::from_parts(self.parts.clone(), self.replay.attempt());
+        let mut request = self.attempt_request(&endpoint);
         if self.attempts > 1 {
             request.headers_mut().insert(
                 PREVIOUS_ATTEMPTS,
@@ -585,6 +585,25 @@ impl Call {
             request,
             sent: now,
         })
+    }
+
+    /// A copy of the call's request head with the next handle on its body,
+    /// for an attempt on `endpoint`. The request's extensions are for the
+    /// layers above the balancer (it reads [`SafeToRetry`] there itself): an
+    /// attempt over an endpoint's own channel goes without them, since the
+    /// channel reads none (see `EndpointTransport::reads_extensions`), and
+    /// copying them would cost three allocations per call.
+    fn attempt_request(&self, endpoint: &Endpoint) -> http::Request<Body> {
+        let body = self.replay.attempt();
+        if endpoint.transport.reads_extensions() {
+            return http::Request::from_parts(self.parts.clone(), body);
+        }
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = self.parts.uri.clone();
+        *request.version_mut() = self.parts.version;
+        *request.headers_mut() = self.parts.headers.clone();
+        request
     }
 }
 

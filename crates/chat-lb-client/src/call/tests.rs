@@ -24,6 +24,7 @@ use crate::{
     members::Members,
     outlier::EjectionCap,
     picker::Policy,
+    transport::{ServiceTransport, Transport},
     update::Update,
 };
 
@@ -45,9 +46,15 @@ fn config() -> Config {
     cfg
 }
 
-/// An endpoint at 127.0.0.1:`port`, healthy by its probes. Its transport is
-/// never used: the tests fabricate the outcomes of its attempts.
+/// An endpoint at 127.0.0.1:`port`, healthy by its probes, sending over its
+/// own channel. Its transport is never used: the tests fabricate the
+/// outcomes of its attempts.
 fn endpoint(port: u16) -> Arc<Endpoint> {
+    endpoint_over(port, None)
+}
+
+/// [`endpoint`], sending over `given` if set.
+fn endpoint_over(port: u16, given: Option<Arc<dyn Transport>>) -> Arc<Endpoint> {
     let addr = ([127, 0, 0, 1], port).into();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -55,7 +62,7 @@ fn endpoint(port: u16) -> Arc<Endpoint> {
     let endpoint = Endpoint::new(
         addr,
         channel,
-        None,
+        given,
         Duration::from_millis(1),
         Duration::from_secs(10),
         Duration::from_secs(10),
@@ -161,6 +168,38 @@ fn reset() -> Outcome {
         false,
         false,
     )
+}
+
+/// A request extension a caller might add.
+#[derive(Clone)]
+struct Marker;
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_carries_the_request_head_and_only_a_given_transport_its_extensions() {
+    let answering = tower::service_fn(|_: http::Request<Body>| async {
+        Ok::<_, crate::error::BoxError>(http::Response::new(Body::empty()))
+    });
+    let given: Arc<dyn Transport> = Arc::new(ServiceTransport::new(answering));
+    for (endpoint, extensions) in [(endpoint(1), false), (endpoint_over(2, Some(given)), true)] {
+        let w = world(config(), std::slice::from_ref(&endpoint));
+        let now = Instant::now();
+        let mut request = request(Some(Duration::from_secs(1)));
+        request
+            .headers_mut()
+            .insert("x-caller", http::HeaderValue::from_static("c"));
+        request.extensions_mut().insert(Marker);
+        let mut call = Call::new(w.ctx.clone(), request, now);
+        let attempt = sent(call.start(now)).request;
+        assert_eq!(attempt.uri(), "http://lb/pkg.Service/Method");
+        assert_eq!(attempt.headers()["x-caller"], "c");
+        assert!(attempt.headers().contains_key("grpc-timeout"));
+        assert_eq!(
+            attempt.extensions().get::<Marker>().is_some(),
+            extensions,
+            "over {:?}",
+            endpoint.transport
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
