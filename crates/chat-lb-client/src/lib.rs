@@ -460,6 +460,11 @@
 //! **before response headers arrive**: once the server has answered, the call
 //! belongs to that server.
 //!
+//! After each data frame the body is polled once more, so a request that ends
+//! there (every unary one) goes out with `END_STREAM` on its data frame rather
+//! than in an extra, empty frame; a frame that poll finds waits only for
+//! hyper's next poll.
+//!
 //! The per-try timeout fires when no response headers arrive in time. Servers
 //! built with tonic send headers as soon as the handler returns (for a stream:
 //! when it starts), but a server that withholds headers until the client has
