@@ -208,7 +208,7 @@ pub(crate) fn never_sent(err: &(dyn StdError + 'static)) -> bool {
     }
     let mut source = Some(err);
     while let Some(err) = source {
-        if err.is::<tonic::ConnectError>() {
+        if err.is::<tonic::ConnectError>() || err.is::<crate::http2::ConnectError>() {
             return true;
         }
         if let Some(h2) = err.downcast_ref::<h2::Error>() {

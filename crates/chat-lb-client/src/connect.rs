@@ -1,11 +1,33 @@
-//! Each endpoint's channel: a lazily connected tonic `Channel` to one socket
-//! address, with the balancer's connection settings (TLS included).
+//! Each endpoint's channel: its own HTTP/2 connection for plaintext (see
+//! `http2`), else a lazily connected tonic `Channel` to its socket address,
+//! with the balancer's connection settings (TLS included) and the user's hook.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
+use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
-use crate::{config::ConnectConfig, error::BoxError};
+use crate::{
+    config::ConnectConfig, error::BoxError, http2::Http2Connection, transport::EndpointChannel,
+};
+
+/// The channel of the endpoint at `addr`, connected when the first probe or
+/// call needs it, on `runtime`. Plaintext endpoints get a connection of the
+/// balancer's own; with TLS, or a hook to configure tonic's `Endpoint`, it is
+/// a tonic channel ([`connect_lazy`]).
+pub(crate) fn endpoint_channel(
+    addr: SocketAddr,
+    host_name: Option<&str>,
+    cfg: &ConnectConfig,
+    runtime: &Handle,
+) -> Result<EndpointChannel, BoxError> {
+    if cfg.tls.is_none() && cfg.hook.is_none() {
+        let connection = Http2Connection::new(addr, cfg, runtime.clone())?;
+        return Ok(EndpointChannel::http2(Arc::new(connection)));
+    }
+    let _entered = runtime.enter();
+    Ok(connect_lazy(addr, host_name, cfg)?.into())
+}
 
 /// Builds the lazily connecting channel of one endpoint: connect timeout,
 /// `TCP_NODELAY`, HTTP/2 keepalive pings (also while idle, so a dead or frozen

@@ -25,7 +25,6 @@ use std::{
 };
 
 use tokio::{sync::Notify, time::Instant};
-use tonic::transport::Channel;
 
 use crate::{
     classify::{CallFailure, Pushback, describe},
@@ -41,7 +40,7 @@ use crate::{
     ramp::Ramp,
     snapshot::{EjectionReason, EndpointSnapshot, EndpointState, ProbeOutcome, ProbeRecord},
     tls::{self, ClientTls},
-    transport::{EndpointTransport, ServiceTransport, Transport},
+    transport::{EndpointChannel, EndpointTransport, Transport},
 };
 use record::{Record, labelled};
 
@@ -50,7 +49,7 @@ use record::{Record, labelled};
 pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     /// The lazily connected channel to it, which probes use.
-    pub channel: Channel,
+    pub channel: EndpointChannel,
     /// What calls are sent over: the channel, unless the builder was given
     /// a transport.
     pub transport: EndpointTransport,
@@ -139,16 +138,13 @@ impl Endpoint {
     /// `window` is its outlier-accrual window.
     pub fn new(
         addr: SocketAddr,
-        channel: Channel,
+        channel: EndpointChannel,
         given: Option<Arc<dyn Transport>>,
         default_rtt: Duration,
         decay: Duration,
         window: Duration,
     ) -> Self {
-        let transport = match given {
-            Some(given) => EndpointTransport::Given(given),
-            None => EndpointTransport::Channel(ServiceTransport::new(channel.clone())),
-        };
+        let transport = EndpointTransport::new(&channel, given);
         Self {
             addr,
             channel,

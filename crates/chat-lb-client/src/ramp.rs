@@ -175,7 +175,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slow_start_ramps_a_new_and_a_readmitted_endpoint() {
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1")
+            .connect_lazy()
+            .into();
         let ms = Duration::from_millis;
         let endpoint = Endpoint::new(
             addr,

@@ -1,14 +1,15 @@
 //! What an endpoint sends its attempts over.
 //!
-//! An endpoint's [`Transport`] is, by default, its own lazily connected tonic
-//! `Channel` (see `connect`). Anything that is a cloneable
+//! An endpoint's [`Transport`] is, by default, its own HTTP/2 connection
+//! (plaintext, see `http2`) or a lazily connected tonic `Channel` (TLS, or a
+//! `configure_endpoint` hook; see `connect`). Anything that is a cloneable
 //! `tower::Service<http::Request<tonic::body::Body>>` answering
 //! `http::Response<tonic::body::Body>` can stand in for it: the balancer's tests
 //! give every address an in-memory service ([`crate::Builder::transport`]), so
 //! the balancing logic runs without sockets, on tokio's paused clock.
 //!
-//! Over an endpoint's own channel ([`EndpointTransport::Channel`]) sending is
-//! part of the attempt's future; a replacement transport costs one boxed
+//! Over an endpoint's own connection or channel sending is part of the
+//! attempt's future; a replacement transport costs one boxed
 //! future per attempt (it is a trait object). Calling a shared `tower`
 //! service takes a handle of one's own (services are called through `&mut`),
 //! and a fresh clone of a tonic `Channel` is not free: its buffer handle
@@ -20,13 +21,14 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
 };
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, TryFutureExt};
 use tonic::{body::Body, transport::Channel};
 use tower::{Service, ServiceExt};
 
-use crate::error::BoxError;
+use crate::{error::BoxError, http2::Http2Connection};
 
 type Response = http::Response<Body>;
 
@@ -39,9 +41,20 @@ pub(crate) enum SendError {
     Failed(BoxError),
 }
 
+impl SendError {
+    /// The error, whichever it is.
+    fn into_inner(self) -> BoxError {
+        match self {
+            SendError::NotReady(error) | SendError::Failed(error) => error,
+        }
+    }
+}
+
 /// What one endpoint's attempts go over.
 pub(crate) enum EndpointTransport {
-    /// Its own channel, the default.
+    /// Its own HTTP/2 connection, the default for plaintext.
+    Http2(Arc<Http2Connection>),
+    /// Its own tonic channel (TLS, or a `configure_endpoint` hook).
     Channel(ServiceTransport<Channel>),
     /// The transport the builder made for its address (see
     /// `Builder::transport`).
@@ -49,10 +62,23 @@ pub(crate) enum EndpointTransport {
 }
 
 impl EndpointTransport {
+    /// The transport of an endpoint reached over `channel`, unless the
+    /// builder `given` one for its address.
+    pub fn new(channel: &EndpointChannel, given: Option<Arc<dyn Transport>>) -> Self {
+        match (given, &channel.0) {
+            (Some(given), _) => EndpointTransport::Given(given),
+            (None, Kind::Http2(connection)) => EndpointTransport::Http2(connection.clone()),
+            (None, Kind::Channel(channel)) => {
+                EndpointTransport::Channel(ServiceTransport::new(channel.clone()))
+            }
+        }
+    }
+
     /// Whether requests sent over it need the call's extensions. The
-    /// endpoint's own channel reads none: tonic's channel reads none, and
-    /// hyper's HTTP/2 client only its extended-`CONNECT` protocol, which no
-    /// gRPC call carries. A given transport (a test's service) gets them all.
+    /// endpoint's own connection or channel reads none: tonic's channel reads
+    /// none, and hyper's HTTP/2 client only its extended-`CONNECT` protocol,
+    /// which no gRPC call carries. A given transport (a test's service) gets
+    /// them all.
     pub fn reads_extensions(&self) -> bool {
         matches!(self, EndpointTransport::Given(_))
     }
@@ -60,6 +86,7 @@ impl EndpointTransport {
     /// Sends a request; resolves at its response headers.
     pub async fn send(&self, request: http::Request<Body>) -> Result<Response, SendError> {
         match self {
+            EndpointTransport::Http2(connection) => connection.send(request).await,
             EndpointTransport::Channel(channel) => channel.call(request).await,
             EndpointTransport::Given(given) => given.send(request).await,
         }
@@ -69,9 +96,71 @@ impl EndpointTransport {
 impl std::fmt::Debug for EndpointTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            EndpointTransport::Http2(_) => "Http2",
             EndpointTransport::Channel(_) => "Channel",
             EndpointTransport::Given(_) => "Given",
         })
+    }
+}
+
+/// A channel to one endpoint: the connection its calls use, for its health
+/// probes ([`ProbeTarget::channel`](crate::ProbeTarget::channel)). Any tonic
+/// client can be made over it (`HealthClient::new(target.channel.clone())`).
+///
+/// It is the endpoint's own HTTP/2 connection for plaintext endpoints, and a
+/// tonic `Channel` for those with TLS or a
+/// [`configure_endpoint`](crate::Builder::configure_endpoint) hook.
+#[derive(Debug, Clone)]
+pub struct EndpointChannel(Kind);
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Http2(Arc<Http2Connection>),
+    Channel(Channel),
+}
+
+impl EndpointChannel {
+    /// Over an endpoint's own HTTP/2 connection.
+    pub(crate) fn http2(connection: Arc<Http2Connection>) -> Self {
+        Self(Kind::Http2(connection))
+    }
+}
+
+impl From<Channel> for EndpointChannel {
+    /// Over a tonic channel.
+    fn from(channel: Channel) -> Self {
+        Self(Kind::Channel(channel))
+    }
+}
+
+impl Service<http::Request<Body>> for EndpointChannel {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response, BoxError>>;
+
+    /// A tonic channel's readiness; the own connection is always ready (it
+    /// connects, or fails, when a request comes).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match &mut self.0 {
+            Kind::Http2(_) => Poll::Ready(Ok(())),
+            Kind::Channel(channel) => channel.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        match &mut self.0 {
+            Kind::Http2(connection) => {
+                let connection = connection.clone();
+                async move {
+                    connection
+                        .send(request)
+                        .await
+                        .map_err(SendError::into_inner)
+                }
+                .boxed()
+            }
+            Kind::Channel(channel) => channel.call(request).map_err(Into::into).boxed(),
+        }
     }
 }
 

@@ -58,7 +58,8 @@ fn endpoint_over(port: u16, given: Option<Arc<dyn Transport>>) -> Arc<Endpoint> 
     let addr = ([127, 0, 0, 1], port).into();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
-        .connect_lazy();
+        .connect_lazy()
+        .into();
     let endpoint = Endpoint::new(
         addr,
         channel,

@@ -3,9 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use futures::{future::BoxFuture, stream::BoxStream};
-use tonic::transport::Channel;
 
-use crate::error::BoxError;
+use crate::{error::BoxError, transport::EndpointChannel};
 
 /// What a probe learned from a replica that answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +30,7 @@ pub struct ProbeTarget {
     pub address: SocketAddr,
     /// A channel to this endpoint only (the one its calls use, so a probe also
     /// checks the connection the calls go over).
-    pub channel: Channel,
+    pub channel: EndpointChannel,
     /// The probe timeout; the prober enforces it too, but a probe should pass it
     /// on (e.g. `tonic::Request::set_timeout`) so the server gives up as well.
     pub timeout: Duration,

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     address::Target,
     config::Config,
-    connect::connect_lazy,
+    connect::endpoint_channel,
     endpoint::Endpoint,
     health::{HealthProbe, prober},
     outlier::EjectionCap,
@@ -266,11 +266,7 @@ impl Membership {
     /// admission too, see `ramp`).
     fn admit(&self, addr: SocketAddr, host_name: Option<&str>, serving: bool) -> Option<Member> {
         let env = &self.env;
-        let channel = {
-            let _entered = env.runtime.enter();
-            connect_lazy(addr, host_name, &env.cfg.connect)
-        };
-        let channel = match channel {
+        let channel = match endpoint_channel(addr, host_name, &env.cfg.connect, &env.runtime) {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::error!(endpoint = %addr, %error, "cannot create a channel; endpoint skipped");
