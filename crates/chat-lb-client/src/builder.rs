@@ -604,7 +604,7 @@ impl Builder {
     ///
     /// With a hook, every endpoint's calls go over a tonic `Channel` built
     /// from that `Endpoint`, rather than over the balancer's own HTTP/2
-    /// connection (which plaintext endpoints use otherwise): the channel
+    /// connection (which they use otherwise): the channel
     /// passes each call through a buffer and a task of its own, about 7,000
     /// instructions per call more (see the README's own-cost table).
     pub fn configure_endpoint(

@@ -1,6 +1,6 @@
-//! Each endpoint's channel: its own HTTP/2 connection for plaintext (see
-//! `http2`), else a lazily connected tonic `Channel` to its socket address,
-//! with the balancer's connection settings (TLS included) and the user's hook.
+//! Each endpoint's channel: its own HTTP/2 connection (see `http2`), or, with
+//! the user's hook, a lazily connected tonic `Channel` to its socket address
+//! with the balancer's connection settings (TLS included) and the hook.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -12,17 +12,16 @@ use crate::{
 };
 
 /// The channel of the endpoint at `addr`, connected when the first probe or
-/// call needs it, on `runtime`. Plaintext endpoints get a connection of the
-/// balancer's own; with TLS, or a hook to configure tonic's `Endpoint`, it is
-/// a tonic channel ([`connect_lazy`]).
+/// call needs it, on `runtime`: a connection of the balancer's own; with a
+/// hook to configure tonic's `Endpoint`, a tonic channel ([`connect_lazy`]).
 pub(crate) fn endpoint_channel(
     addr: SocketAddr,
     host_name: Option<&str>,
     cfg: &ConnectConfig,
     runtime: &Handle,
 ) -> Result<EndpointChannel, BoxError> {
-    if cfg.tls.is_none() && cfg.hook.is_none() {
-        let connection = Http2Connection::new(addr, cfg, runtime.clone())?;
+    if cfg.hook.is_none() {
+        let connection = Http2Connection::new(addr, host_name, cfg, runtime.clone())?;
         return Ok(EndpointChannel::http2(Arc::new(connection)));
     }
     let _entered = runtime.enter();

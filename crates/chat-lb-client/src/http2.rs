@@ -1,5 +1,5 @@
-//! An endpoint's own HTTP/2 connection: what plaintext endpoints send their
-//! calls over, instead of a tonic `Channel`.
+//! An endpoint's own HTTP/2 connection, plaintext or TLS: what endpoints send
+//! their calls over, instead of a tonic `Channel`.
 //!
 //! **Why.** A tonic `Channel` is a `tower::Buffer`: each request goes through a
 //! queue to a worker task of the channel's, which hands it to hyper's
@@ -12,8 +12,9 @@
 //! and 7 allocations per call (see the README's own-cost table).
 //!
 //! **What it does.** It connects on the first request (TCP with the connect
-//! timeout and `TCP_NODELAY`, then hyper's HTTP/2 handshake with keepalive
-//! pings, also while idle), drives the connection on a task on the balancer's
+//! timeout and `TCP_NODELAY`; with TLS, a rustls handshake within the same
+//! timeout that must agree on HTTP/2 through ALPN, see `tls/client.rs`; then
+//! hyper's HTTP/2 handshake with keepalive pings, also while idle), drives the connection on a task on the balancer's
 //! runtime, and sends every request over it. Once the connection has closed
 //! (the server went away, a keepalive ping went unanswered, `GOAWAY`), the next
 //! request connects again. Requests that arrive while it connects wait for the
@@ -22,8 +23,8 @@
 //! request tries again. The connect attempt runs on a task of its own, so a
 //! caller that gives up does not stop it halfway.
 //!
-//! Endpoints with TLS or a [`Builder::configure_endpoint`] hook keep tonic's
-//! `Channel` (see `connect`).
+//! Endpoints with a [`Builder::configure_endpoint`] hook keep tonic's
+//! `Channel` (see `connect`): the hook configures a tonic `Endpoint`.
 //!
 //! [`Builder::configure_endpoint`]: crate::Builder::configure_endpoint
 
@@ -39,10 +40,21 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, runtime::Handle};
+use rustls_pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    runtime::Handle,
+};
+use tokio_rustls::{TlsConnector, rustls::ClientConfig};
 use tonic::body::Body;
 
-use crate::{config::ConnectConfig, error::BoxError, transport::SendError};
+use crate::{
+    config::ConnectConfig,
+    error::BoxError,
+    tls::{ALPN_H2, ClientTls},
+    transport::SendError,
+};
 
 type Response = http::Response<Body>;
 
@@ -59,19 +71,38 @@ enum State {
     Ready(SendRequest<Body>),
 }
 
-/// The connection settings it uses (those of [`ConnectConfig`] that apply
-/// to a plaintext connection).
-#[derive(Debug, Clone, Copy)]
+/// The connection settings it uses (those of [`ConnectConfig`]).
+#[derive(Debug, Clone)]
 struct Settings {
     connect_timeout: Duration,
     tcp_nodelay: bool,
     keepalive_interval: Option<Duration>,
     keepalive_timeout: Duration,
+    tls: Option<Tls>,
+}
+
+/// The TLS handshake of one endpoint's connections.
+#[derive(Clone)]
+struct Tls {
+    config: Arc<ClientConfig>,
+    /// The name its certificate is verified against.
+    server_name: ServerName<'static>,
+    handshake_timeout: Duration,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One endpoint's HTTP/2 connection (see the [module docs](self)).
 pub(crate) struct Http2Connection {
     addr: SocketAddr,
+    /// `https` with TLS, else `http`, for each request's URI.
+    scheme: Scheme,
     /// `addr` as the authority of each request's URI.
     authority: Authority,
     settings: Settings,
@@ -90,16 +121,34 @@ impl fmt::Debug for Http2Connection {
 
 impl Http2Connection {
     /// A connection to `addr`, not connected yet, with `cfg`'s timeouts,
-    /// `TCP_NODELAY` and keepalive; it connects and runs on `runtime`.
-    pub fn new(addr: SocketAddr, cfg: &ConnectConfig, runtime: Handle) -> Result<Self, BoxError> {
+    /// `TCP_NODELAY`, keepalive and TLS (verifying the certificate against
+    /// `host_name`, the name `addr` was resolved from, if any: see
+    /// [`ClientTls::server_name`]); it connects and runs on `runtime`.
+    pub fn new(
+        addr: SocketAddr,
+        host_name: Option<&str>,
+        cfg: &ConnectConfig,
+        runtime: Handle,
+    ) -> Result<Self, BoxError> {
+        let tls = cfg.tls.as_deref().map(|tls: &ClientTls| Tls {
+            config: tls.rustls().clone(),
+            server_name: tls.server_name(host_name, addr.ip()),
+            handshake_timeout: tls.handshake_timeout(),
+        });
         Ok(Self {
             addr,
+            scheme: if tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
             authority: Authority::try_from(addr.to_string())?,
             settings: Settings {
                 connect_timeout: cfg.connect_timeout,
                 tcp_nodelay: cfg.tcp_nodelay,
                 keepalive_interval: cfg.keepalive_interval,
                 keepalive_timeout: cfg.keepalive_timeout,
+                tls,
             },
             runtime,
             state: Mutex::new(State::Idle),
@@ -156,7 +205,7 @@ impl Http2Connection {
 
     /// Starts a connection attempt on the runtime; returns its shared outcome.
     fn connect(&self) -> Connecting {
-        let (addr, settings) = (self.addr, self.settings);
+        let (addr, settings) = (self.addr, self.settings.clone());
         let task = self
             .runtime
             .spawn(connect(addr, settings, self.runtime.clone()));
@@ -172,7 +221,7 @@ impl Http2Connection {
     /// channel's origin does): a tonic client sends only the path.
     fn set_origin(&self, request: &mut http::Request<Body>) {
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(PathAndQuery::from_static("/"));
@@ -209,6 +258,33 @@ async fn connect(
         .map_err(|_| fail(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(fail)?;
     tcp.set_nodelay(settings.tcp_nodelay).map_err(fail)?;
+    let Some(tls) = &settings.tls else {
+        return handshake(addr, tcp, &settings, runtime).await;
+    };
+    let connector = TlsConnector::from(tls.config.clone());
+    let stream = tokio::time::timeout(
+        tls.handshake_timeout,
+        connector.connect(tls.server_name.clone(), tcp),
+    )
+    .await
+    .map_err(|_| ConnectError::new(addr, TlsError::HandshakeTimeout))?
+    .map_err(fail)?;
+    if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+        return Err(ConnectError::new(addr, TlsError::NoHttp2));
+    }
+    handshake(addr, stream, &settings, runtime).await
+}
+
+/// hyper's HTTP/2 handshake over `io`; the connection then runs on `runtime`.
+async fn handshake<T>(
+    addr: SocketAddr,
+    io: T,
+    settings: &Settings,
+    runtime: Handle,
+) -> Result<SendRequest<Body>, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     if let Some(interval) = settings.keepalive_interval {
@@ -218,7 +294,7 @@ async fn connect(
             .keep_alive_while_idle(true);
     }
     let (sender, connection) = builder
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|error| ConnectError::new(addr, error))?;
     runtime.spawn(async move {
@@ -227,6 +303,18 @@ async fn connect(
         }
     });
     Ok(sender)
+}
+
+/// A TLS handshake that did not give a connection gRPC can use (rustls's own
+/// errors, e.g. a certificate it refused, come as they are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TlsError {
+    /// No answer within the handshake timeout.
+    #[error("the TLS handshake timed out")]
+    HandshakeTimeout,
+    /// The server did not agree to HTTP/2 (ALPN `h2`).
+    #[error("the server did not agree to HTTP/2 in the TLS handshake")]
+    NoHttp2,
 }
 
 /// A connection to an endpoint could not be made: no request was sent.
@@ -325,7 +413,9 @@ mod tests {
     }
 
     fn connection(addr: SocketAddr) -> Arc<Http2Connection> {
-        Arc::new(Http2Connection::new(addr, &ConnectConfig::default(), Handle::current()).unwrap())
+        Arc::new(
+            Http2Connection::new(addr, None, &ConnectConfig::default(), Handle::current()).unwrap(),
+        )
     }
 
     /// A health check over `connection`, as a probe makes it.
@@ -409,15 +499,81 @@ mod tests {
         second.stop().await;
     }
 
+    #[tokio::test]
+    async fn a_tls_server_that_does_not_agree_to_http2_is_refused_before_any_request() {
+        use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // A TLS server with no ALPN protocols: it agrees to none.
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = listener(([127, 0, 0, 1], 0).into()).await;
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _stream = acceptor.accept(tcp).await;
+            std::future::pending::<()>().await
+        });
+
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let settings = Settings {
+            connect_timeout: Duration::from_secs(5),
+            tcp_nodelay: true,
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(5),
+            tls: Some(Tls {
+                config: Arc::new(client),
+                server_name: ServerName::IpAddress(addr.ip().into()),
+                handshake_timeout: Duration::from_secs(5),
+            }),
+        };
+        let Err(error) = connect(addr, settings, Handle::current()).await else {
+            panic!("a server without HTTP/2 must be refused");
+        };
+        let cause = error.source().and_then(|e| e.downcast_ref::<TlsError>());
+        assert_eq!(cause, Some(&TlsError::NoHttp2));
+        let error: BoxError = Box::new(error);
+        assert!(never_sent(&*error));
+        let words = crate::tls::describe_tls_error(&*error).unwrap_or_default();
+        assert!(words.contains("did not agree to HTTP/2"), "{words}");
+    }
+
     #[test]
     fn a_request_gets_the_endpoints_scheme_and_authority() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], 8500).into();
-        let connection =
-            Http2Connection::new(addr, &ConnectConfig::default(), runtime.handle().clone())
-                .unwrap();
+        let connection = Http2Connection::new(
+            addr,
+            None,
+            &ConnectConfig::default(),
+            runtime.handle().clone(),
+        )
+        .unwrap();
         let mut request = http::Request::new(Body::empty());
         *request.uri_mut() = Uri::from_static("/chat.v1.ChatService/Login");
         connection.set_origin(&mut request);

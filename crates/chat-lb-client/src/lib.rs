@@ -63,8 +63,8 @@
 //!    deadline.
 //! 3. **Send** over the endpoint's own HTTP/2 connection, made when the first
 //!    probe or call needs it and again after it closes, with nothing between
-//!    the caller's task and hyper's connection (a tonic `Channel` instead for
-//!    endpoints with TLS or a [`Builder::configure_endpoint`] hook). The
+//!    the caller's task and hyper's connection (a tonic `Channel` instead
+//!    under a [`Builder::configure_endpoint`] hook). The
 //!    request body goes through a replay buffer (see below).
 //! 4. **Classify** the outcome: response headers (success for balancing
 //!    purposes, whatever the gRPC status — except a *failure code* and a shed
@@ -550,7 +550,7 @@
 //! | `hedge.rs` | which calls are hedged, the hedging delay (fixed, or a percentile of recent latency with a floor) and the hedge budget |
 //! | `ramp.rs` | slow start: the weight of an endpoint that (re)joined the healthy tier |
 //! | `body.rs`, `observe.rs`, `deadline.rs` | replaying request bodies; watching response bodies; the `grpc-timeout` header |
-//! | `transport.rs`, `connect.rs`, `http2.rs`, `tls/` | what attempts are sent over: each endpoint's own HTTP/2 connection (`http2.rs`), or its tonic `Channel` with TLS (`tls/`) or a hook |
+//! | `transport.rs`, `connect.rs`, `http2.rs`, `tls/` | what attempts are sent over: each endpoint's own HTTP/2 connection (`http2.rs`), with TLS (`tls/`), or its tonic `Channel` under a hook |
 //! | `endpoint.rs` | one endpoint: its load, latency estimate and overload penalty (`ewma.rs`), health record (`endpoint/record.rs`), ejection (`outlier.rs`, failure accrual in `outlier/accrual.rs`), slowness (`slow.rs`) and slow start (`ramp.rs`) |
 //! | `members/` | the one owner of the endpoint set: its sources, reconciliation, publication through a `watch` channel |
 //! | `update.rs` | the changes everything else reports to that owner |

@@ -1,8 +1,8 @@
 //! What an endpoint sends its attempts over.
 //!
-//! An endpoint's [`Transport`] is, by default, its own HTTP/2 connection
-//! (plaintext, see `http2`) or a lazily connected tonic `Channel` (TLS, or a
-//! `configure_endpoint` hook; see `connect`). Anything that is a cloneable
+//! An endpoint's [`Transport`] is, by default, its own HTTP/2 connection (see
+//! `http2`), or a lazily connected tonic `Channel` under a
+//! `configure_endpoint` hook (see `connect`). Anything that is a cloneable
 //! `tower::Service<http::Request<tonic::body::Body>>` answering
 //! `http::Response<tonic::body::Body>` can stand in for it: the balancer's tests
 //! give every address an in-memory service ([`crate::Builder::transport`]), so
@@ -52,9 +52,9 @@ impl SendError {
 
 /// What one endpoint's attempts go over.
 pub(crate) enum EndpointTransport {
-    /// Its own HTTP/2 connection, the default for plaintext.
+    /// Its own HTTP/2 connection, the default.
     Http2(Arc<Http2Connection>),
-    /// Its own tonic channel (TLS, or a `configure_endpoint` hook).
+    /// Its own tonic channel (under a `configure_endpoint` hook).
     Channel(ServiceTransport<Channel>),
     /// The transport the builder made for its address (see
     /// `Builder::transport`).
@@ -107,8 +107,7 @@ impl std::fmt::Debug for EndpointTransport {
 /// probes ([`ProbeTarget::channel`](crate::ProbeTarget::channel)). Any tonic
 /// client can be made over it (`HealthClient::new(target.channel.clone())`).
 ///
-/// It is the endpoint's own HTTP/2 connection for plaintext endpoints, and a
-/// tonic `Channel` for those with TLS or a
+/// It is the endpoint's own HTTP/2 connection, or a tonic `Channel` under a
 /// [`configure_endpoint`](crate::Builder::configure_endpoint) hook.
 #[derive(Debug, Clone)]
 pub struct EndpointChannel(Kind);

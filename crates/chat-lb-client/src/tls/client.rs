@@ -7,24 +7,29 @@
 //! for itself (the certificate then needs that IP address among its names).
 //! Endpoints from [`Builder::discover`] have only an IP address.
 //!
-//! **Applied per endpoint.** Each endpoint's tonic `Endpoint` gets
-//! `https://ip:port` and a `tonic::transport::ClientTlsConfig` with those
-//! roots, identity and name, and a handshake timeout equal to the connect
-//! timeout. The health probes use the endpoint's channel, so they go over TLS
-//! too, and a TLS failure makes the endpoint unhealthy like any connection
-//! failure.
+//! **Applied per endpoint.** Each endpoint's own connection (see `http2`)
+//! makes its TLS handshake with one rustls configuration for all endpoints
+//! (those roots and identity, ALPN `h2`) and the endpoint's name, within a
+//! handshake timeout equal to the connect timeout, and refuses a server that
+//! does not agree to HTTP/2. With a `configure_endpoint` hook, each
+//! endpoint's tonic `Endpoint` gets `https://ip:port` and a
+//! `tonic::transport::ClientTlsConfig` with the same roots, identity, name
+//! and timeout instead. The health probes use the endpoint's connection, so
+//! they go over TLS too, and a TLS failure makes the endpoint unhealthy like
+//! any connection failure.
 //!
 //! [`Builder::tls_server_name`]: crate::Builder::tls_server_name
 //! [`Builder::discover`]: crate::Builder::discover
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
+use rustls::{ClientConfig, RootCertStore, crypto::CryptoProvider};
 use rustls_pki_types::ServerName;
 use tonic::transport::ClientTlsConfig;
 
 use super::{
     describe::{CLOSED_AFTER_HANDSHAKE, chain_text},
-    pem::{identity, trust_anchors},
+    pem::{ClientIdentity, identity, trust_anchors},
     settings::TlsSettings,
 };
 use crate::{
@@ -34,8 +39,12 @@ use crate::{
 
 /// Checked TLS settings, ready to apply to each endpoint.
 pub(crate) struct ClientTls {
-    /// Roots, identity and handshake timeout; the name is added per endpoint.
+    /// Roots, identity and handshake timeout for tonic channels; the name is
+    /// added per endpoint.
     config: ClientTlsConfig,
+    /// Roots, identity and ALPN for the balancer's own connections.
+    rustls: Arc<ClientConfig>,
+    handshake_timeout: Duration,
     server_name: Option<String>,
     /// Whether a client certificate is presented.
     identity: bool,
@@ -59,6 +68,27 @@ impl ClientTls {
             Some(name) => self.config.clone().domain_name(dns_form(name)),
             None => self.config.clone(),
         }
+    }
+
+    /// The rustls configuration of every endpoint's own connection.
+    pub fn rustls(&self) -> &Arc<ClientConfig> {
+        &self.rustls
+    }
+
+    /// How long a handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// The name an endpoint's certificate is verified against (and sent as
+    /// SNI): the server name if set, else `host_name` (the host name its
+    /// address was resolved from), else its IP address `ip`.
+    pub fn server_name(&self, host_name: Option<&str>, ip: IpAddr) -> ServerName<'static> {
+        self.server_name
+            .as_deref()
+            .or(host_name)
+            .and_then(|name| ServerName::try_from(dns_form(name).to_owned()).ok())
+            .unwrap_or_else(|| ServerName::IpAddress(ip.into()))
     }
 
     /// The words for a request whose new connection closed before the server
@@ -111,15 +141,24 @@ pub(crate) fn resolve(
     }
 
     let mut config = ClientTlsConfig::new().timeout(handshake_timeout);
+    let mut roots = RootCertStore::empty();
     if !settings.ca.is_empty() {
-        config = config.trust_anchors(trust_anchors(&settings.ca)?.roots);
+        let anchors = trust_anchors(&settings.ca)?.roots;
+        config = config.trust_anchors(anchors.clone());
+        roots.extend(anchors);
     }
     if settings.system_roots {
         config = config.with_native_roots();
+        roots.add_parsable_certificates(system_roots()?);
     }
-    if let Some((cert, key)) = &settings.identity {
-        config = config.identity(identity(cert, key)?);
+    let identity = match &settings.identity {
+        Some((cert, key)) => Some(identity(cert, key)?),
+        None => None,
+    };
+    if let Some(identity) = &identity {
+        config = config.identity(identity.tonic.clone());
     }
+    let rustls = rustls_config(roots, identity)?;
 
     match &settings.server_name {
         Some(name) => check_server_name(name)?,
@@ -150,10 +189,56 @@ pub(crate) fn resolve(
 
     Ok(Some(Arc::new(ClientTls {
         config,
+        rustls: Arc::new(rustls),
+        handshake_timeout,
         server_name: settings.server_name.clone(),
         identity: settings.identity.is_some(),
     })))
 }
+
+/// The system's trusted roots (an error when it has none).
+fn system_roots() -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsConfigError> {
+    let found = rustls_native_certs::load_native_certs();
+    if !found.errors.is_empty() {
+        tracing::debug!(errors = ?found.errors, "some of the system's roots could not be read");
+    }
+    if found.certs.is_empty() {
+        return Err(TlsConfigError::SystemRoots {
+            reason: "no trusted roots found on this system".into(),
+        });
+    }
+    Ok(found.certs)
+}
+
+/// The rustls configuration of the balancer's own connections: `roots`, the
+/// client `identity` if any, and ALPN `h2` (gRPC needs HTTP/2), with the
+/// process's default crypto provider (else ring's), as tonic's channels have.
+fn rustls_config(
+    roots: RootCertStore,
+    identity: Option<ClientIdentity>,
+) -> Result<ClientConfig, TlsConfigError> {
+    let rejected = |error: rustls::Error| TlsConfigError::Rejected {
+        reason: error.to_string(),
+    };
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(rejected)?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain, identity.key)
+            .map_err(rejected)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// The ALPN protocol id of HTTP/2.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 fn check_server_name(name: &str) -> Result<(), TlsConfigError> {
     ServerName::try_from(name)

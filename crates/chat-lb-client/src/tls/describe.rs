@@ -83,6 +83,12 @@ fn causes<'a>(
     .take(32)
 }
 
+/// A handshake that got no answer in time, in words.
+const HANDSHAKE_TIMED_OUT: &str =
+    "the handshake timed out (a frozen server, or one that does not speak TLS?)";
+/// A server that would not speak HTTP/2 over TLS, in words.
+const NO_HTTP2: &str = "the server did not agree to HTTP/2 (ALPN h2): is it a gRPC server?";
+
 /// A TLS failure found in an error's causes.
 struct Problem {
     /// What went wrong, in words (without the prefix).
@@ -95,9 +101,12 @@ struct Problem {
 fn find(error: &(dyn StdError + 'static)) -> Option<Problem> {
     let mut connecting = false;
     for cause in causes(error) {
-        connecting |= cause.is::<tonic::ConnectError>();
+        connecting |= cause.is::<tonic::ConnectError>() || cause.is::<crate::http2::ConnectError>();
         if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
             return Some(explain(tls, connecting));
+        }
+        if let Some(own) = cause.downcast_ref::<crate::http2::TlsError>() {
+            return Some(own_handshake(*own));
         }
         // Errors that went through h2 (for each request on a connection) are
         // reduced to their text, so a received alert is recognised by it.
@@ -111,14 +120,13 @@ fn find(error: &(dyn StdError + 'static)) -> Option<Problem> {
         // tonic's own TLS errors are private: recognised by their text.
         if text == "TLS handshake timeout." {
             return Some(Problem {
-                text: "the handshake timed out (a frozen server, or one that does not speak TLS?)"
-                    .into(),
+                text: HANDSHAKE_TIMED_OUT.into(),
                 handshake: true,
             });
         }
         if text == "HTTP/2 was not negotiated." {
             return Some(Problem {
-                text: "the server did not agree to HTTP/2 (ALPN h2): is it a gRPC server?".into(),
+                text: NO_HTTP2.into(),
                 handshake: true,
             });
         }
@@ -210,6 +218,19 @@ pub(crate) fn closed_at_once(error: &(dyn StdError + 'static)) -> bool {
         }
         false
     })
+}
+
+/// The words for a failed handshake of the balancer's own connection (the
+/// same as for tonic's, below).
+fn own_handshake(error: crate::http2::TlsError) -> Problem {
+    let text = match error {
+        crate::http2::TlsError::HandshakeTimeout => HANDSHAKE_TIMED_OUT,
+        crate::http2::TlsError::NoHttp2 => NO_HTTP2,
+    };
+    Problem {
+        text: text.into(),
+        handshake: true,
+    }
 }
 
 /// The alert named in a `received fatal alert: Name` text.

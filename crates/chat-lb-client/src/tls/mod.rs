@@ -14,7 +14,7 @@ mod describe;
 mod pem;
 mod settings;
 
-pub(crate) use client::{ClientTls, resolve};
+pub(crate) use client::{ALPN_H2, ClientTls, resolve};
 pub use describe::describe_tls_error;
 pub(crate) use describe::{
     PLAINTEXT_HINT, closed_at_once, handshake_failed, is_guess, is_tls_text,

@@ -89,7 +89,7 @@ fn certificates(
 
 /// The client identity, checked: a certificate chain, a private key the
 /// crypto provider can use, and the key is the certificate's.
-pub(super) fn identity(cert: &PemInput, key: &PemInput) -> Result<Identity, TlsConfigError> {
+pub(super) fn identity(cert: &PemInput, key: &PemInput) -> Result<ClientIdentity, TlsConfigError> {
     let cert_pem = cert.load(PemRole::ClientCert)?;
     let key_pem = key.load(PemRole::ClientKey)?;
     let chain = certificates(cert, PemRole::ClientCert, &cert_pem)?;
@@ -107,7 +107,9 @@ pub(super) fn identity(cert: &PemInput, key: &PemInput) -> Result<Identity, TlsC
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-    match rustls::sign::CertifiedKey::from_der(chain, key_der, &provider) {
+    let checked =
+        rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider);
+    match checked {
         Ok(_) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
             return Err(TlsConfigError::KeyMismatch {
@@ -130,7 +132,19 @@ pub(super) fn identity(cert: &PemInput, key: &PemInput) -> Result<Identity, TlsC
             });
         }
     }
-    Ok(Identity::from_pem(cert_pem, key_pem))
+    Ok(ClientIdentity {
+        tonic: Identity::from_pem(cert_pem, key_pem),
+        chain,
+        key: key_der,
+    })
+}
+
+/// A client certificate and its key, checked to match: for tonic's channels
+/// and for the balancer's own connections (rustls).
+pub(super) struct ClientIdentity {
+    pub tonic: Identity,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
 }
 
 /// An I/O error's reason without the `(os error N)` suffix.
