@@ -30,13 +30,15 @@
 
 use std::{
     error::Error as StdError,
-    fmt, io,
+    fmt,
+    future::Future,
+    io,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, Either, FutureExt, Shared};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -158,29 +160,44 @@ impl Http2Connection {
     /// Sends `request` (its URI gets this endpoint's scheme and authority);
     /// resolves at its response headers. A connection that cannot be made
     /// fails it with [`SendError::NotReady`].
-    pub async fn send(&self, mut request: http::Request<Body>) -> Result<Response, SendError> {
+    ///
+    /// Over an open connection the request is sent at once, under the lock
+    /// (hyper queues it without waiting, so the lock is held only that long),
+    /// and the future is little more than hyper's: it is part of every call's
+    /// future. A request that must wait for a connection is boxed instead.
+    pub fn send(
+        &self,
+        mut request: http::Request<Body>,
+    ) -> impl Future<Output = Result<Response, SendError>> + Send + '_ {
         self.set_origin(&mut request);
-        // Sent at once over an open connection, under the lock: hyper queues
-        // it without waiting, so the lock is held only that long.
-        let waiting = {
-            let mut state = self.lock();
-            match &mut *state {
-                State::Ready(sender) if !sender.is_closed() => Ok(sender.send_request(request)),
-                State::Connecting(connecting) => Err((connecting.clone(), request)),
-                _ => {
-                    let connecting = self.connect();
-                    *state = State::Connecting(connecting.clone());
-                    Err((connecting, request))
-                }
+        let mut state = self.lock();
+        match &mut *state {
+            State::Ready(sender) if !sender.is_closed() => {
+                let response = sender.send_request(request);
+                Either::Left(async move { answered(response.await) })
             }
-        };
-        let (connecting, request) = match waiting {
-            Ok(response) => return answered(response.await),
-            Err(waiting) => waiting,
-        };
+            State::Connecting(connecting) => {
+                let connecting = connecting.clone();
+                Either::Right(self.send_once_connected(connecting, request).boxed())
+            }
+            _ => {
+                let connecting = self.connect();
+                *state = State::Connecting(connecting.clone());
+                Either::Right(self.send_once_connected(connecting, request).boxed())
+            }
+        }
+    }
+
+    /// Sends `request` once `connecting` is done, or fails it with the
+    /// connection's error. The first request to see the outcome records it
+    /// (a later attempt may have replaced this one already: then it is left
+    /// alone).
+    async fn send_once_connected(
+        &self,
+        connecting: Connecting,
+        request: http::Request<Body>,
+    ) -> Result<Response, SendError> {
         let result = connecting.clone().await;
-        // The first request to see the outcome records it (a later attempt
-        // may have replaced this one already: then it is left alone).
         let sent = {
             let mut state = self.lock();
             let current = matches!(&*state, State::Connecting(c) if c.ptr_eq(&connecting));

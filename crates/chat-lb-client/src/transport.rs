@@ -8,9 +8,9 @@
 //! give every address an in-memory service ([`crate::Builder::transport`]), so
 //! the balancing logic runs without sockets, on tokio's paused clock.
 //!
-//! Over an endpoint's own connection or channel sending is part of the
-//! attempt's future; a replacement transport costs one boxed
-//! future per attempt (it is a trait object). Calling a shared `tower`
+//! Over an endpoint's own connection sending is part of the attempt's
+//! future; a tonic channel (under a hook) or a replacement transport (a trait
+//! object) costs one boxed future per attempt. Calling a shared `tower`
 //! service takes a handle of one's own (services are called through `&mut`),
 //! and a fresh clone of a tonic `Channel` is not free: its buffer handle
 //! allocates the future that waits for room in the buffer's queue the first
@@ -83,11 +83,14 @@ impl EndpointTransport {
         matches!(self, EndpointTransport::Given(_))
     }
 
-    /// Sends a request; resolves at its response headers.
+    /// Sends a request; resolves at its response headers. Only the own
+    /// connection's future is part of this one (and so of every call's): a
+    /// channel's, several times larger, is boxed, as it is used only under a
+    /// hook.
     pub async fn send(&self, request: http::Request<Body>) -> Result<Response, SendError> {
         match self {
             EndpointTransport::Http2(connection) => connection.send(request).await,
-            EndpointTransport::Channel(channel) => channel.call(request).await,
+            EndpointTransport::Channel(channel) => Box::pin(channel.call(request)).await,
             EndpointTransport::Given(given) => given.send(request).await,
         }
     }
