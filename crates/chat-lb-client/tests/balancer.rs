@@ -324,3 +324,36 @@ async fn a_shed_call_is_retried_elsewhere_unless_the_pushback_is_negative() {
     );
     assert!(shedding.overloaded_for.is_some(), "{shedding:#?}");
 }
+
+/// Calls go over the balancer's own connection, which names this client in
+/// `user-agent`; under a `configure_endpoint` hook they go over a tonic
+/// channel built from the hooked `Endpoint`, whose settings they carry.
+#[tokio::test]
+async fn a_configure_endpoint_hook_shapes_the_connection_calls_go_over() {
+    init_tracing();
+    let a = Replica::start("a");
+    let user_agent = |lb: Balancer| {
+        let knobs = a.knobs.clone();
+        async move {
+            wait_all_healthy(&lb, LIMIT).await;
+            app_call(&mut ChatServiceClient::new(lb)).await.unwrap();
+            knobs
+                .last_user_agent
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_default()
+        }
+    };
+
+    let own = user_agent(grpc_builder().address(a.addr).build().unwrap()).await;
+    assert!(own.starts_with("chat-lb-client/"), "{own}");
+
+    let hooked = grpc_builder()
+        .address(a.addr)
+        .configure_endpoint(|endpoint| endpoint.user_agent("hooked-app/1").unwrap())
+        .build()
+        .unwrap();
+    let hooked = user_agent(hooked).await;
+    assert!(hooked.starts_with("hooked-app/1 tonic/"), "{hooked}");
+}

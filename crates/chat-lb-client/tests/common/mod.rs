@@ -42,6 +42,8 @@ pub struct Knobs {
     pub health_delay_ms: AtomicU64,
     /// The `grpc-timeout` header of the last `ListAccounts` call received.
     pub last_grpc_timeout: std::sync::Mutex<Option<String>>,
+    /// The `user-agent` header of the last `ListAccounts` call received.
+    pub last_user_agent: std::sync::Mutex<Option<String>>,
     /// Answer `ListAccounts` with `UNAVAILABLE`.
     pub unavailable: AtomicBool,
     /// The chat `HealthCheck` answers `NOT_SERVING`.
@@ -94,6 +96,9 @@ impl pb::chat_service_server::ChatService for TestChat {
         let timeout = request.metadata().get("grpc-timeout");
         *self.knobs.last_grpc_timeout.lock().unwrap() =
             timeout.and_then(|t| t.to_str().ok()).map(str::to_owned);
+        let agent = request.metadata().get("user-agent");
+        *self.knobs.last_user_agent.lock().unwrap() =
+            agent.and_then(|a| a.to_str().ok()).map(str::to_owned);
         let delay = self.knobs.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
