@@ -170,7 +170,6 @@ impl Http2Connection {
         mut request: http::Request<Body>,
     ) -> impl Future<Output = Result<Response, SendError>> + Send + '_ {
         self.set_origin(&mut request);
-        set_user_agent(request.headers_mut());
         let mut state = self.lock();
         match &mut *state {
             State::Ready(sender) if !sender.is_closed() => {
@@ -252,24 +251,6 @@ impl Http2Connection {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// This client's part of the `user-agent` header (gRPC clients name
-/// themselves there, as a tonic channel does with `tonic/<version>`).
-const USER_AGENT: &str = concat!("chat-lb-client/", env!("CARGO_PKG_VERSION"));
-
-/// Names this client in the `user-agent` header: after the caller's own, if
-/// the request has one.
-fn set_user_agent(headers: &mut http::HeaderMap) {
-    let ours = http::HeaderValue::from_static(USER_AGENT);
-    if let Ok(Some(theirs)) = headers.try_insert(http::header::USER_AGENT, ours) {
-        let mut both = theirs.as_bytes().to_vec();
-        both.push(b' ');
-        both.extend_from_slice(USER_AGENT.as_bytes());
-        if let Ok(both) = http::HeaderValue::from_bytes(&both) {
-            headers.insert(http::header::USER_AGENT, both);
-        }
     }
 }
 
@@ -617,22 +598,5 @@ mod tests {
             request.uri().to_string(),
             "http://127.0.0.1:8500/chat.v1.ChatService/Login"
         );
-    }
-
-    #[test]
-    fn a_request_names_this_client_after_the_callers_own_user_agent() {
-        let mut headers = http::HeaderMap::new();
-        set_user_agent(&mut headers);
-        assert_eq!(headers[http::header::USER_AGENT], USER_AGENT);
-        assert!(USER_AGENT.starts_with("chat-lb-client/"));
-
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::USER_AGENT, "chat-cli/1".parse().unwrap());
-        set_user_agent(&mut headers);
-        assert_eq!(
-            headers[http::header::USER_AGENT],
-            format!("chat-cli/1 {USER_AGENT}").as_str()
-        );
-        assert_eq!(headers.get_all(http::header::USER_AGENT).iter().count(), 1);
     }
 }

@@ -166,6 +166,27 @@ impl Service<http::Request<Body>> for EndpointChannel {
     }
 }
 
+/// This client's part of the `user-agent` header (gRPC clients name
+/// themselves there, as a tonic channel does with `tonic/<version>`, which
+/// under a hook follows ours).
+const USER_AGENT: &str = concat!("chat-lb-client/", env!("CARGO_PKG_VERSION"));
+
+/// Names this client in the `user-agent` header: after the caller's own, if
+/// the request has one. Done once per call, on the call's own request head
+/// (`Call::new`), which has room for it: each attempt's copy of the head is
+/// sized to fit, so adding it there would grow every copy.
+pub(crate) fn set_user_agent(headers: &mut http::HeaderMap) {
+    let ours = http::HeaderValue::from_static(USER_AGENT);
+    if let Ok(Some(theirs)) = headers.try_insert(http::header::USER_AGENT, ours) {
+        let mut both = theirs.as_bytes().to_vec();
+        both.push(b' ');
+        both.extend_from_slice(USER_AGENT.as_bytes());
+        if let Ok(both) = http::HeaderValue::from_bytes(&both) {
+            headers.insert(http::header::USER_AGENT, both);
+        }
+    }
+}
+
 /// Sends one endpoint's attempts.
 pub(crate) trait Transport: Send + Sync + 'static {
     /// Sends a request; resolves at its response headers.
@@ -273,6 +294,23 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn a_request_names_this_client_after_the_callers_own_user_agent() {
+        let mut headers = http::HeaderMap::new();
+        set_user_agent(&mut headers);
+        assert_eq!(headers[http::header::USER_AGENT], USER_AGENT);
+        assert!(USER_AGENT.starts_with("chat-lb-client/"));
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::USER_AGENT, "chat-cli/1".parse().unwrap());
+        set_user_agent(&mut headers);
+        assert_eq!(
+            headers[http::header::USER_AGENT],
+            format!("chat-cli/1 {USER_AGENT}").as_str()
+        );
+        assert_eq!(headers.get_all(http::header::USER_AGENT).iter().count(), 1);
+    }
 
     /// A service that counts its clones and fails to get ready on demand.
     struct Counted {

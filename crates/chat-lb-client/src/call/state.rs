@@ -185,7 +185,8 @@ pub(crate) struct Call {
 impl Call {
     /// A call of `request` arriving at `now`: its deadline (from its
     /// `grpc-timeout` header, or the default timeout, which is then written
-    /// into the header) and retry-safety, a deposit into the retry budget.
+    /// into the header), this client named in its `user-agent` header, its
+    /// retry-safety, a deposit into the retry budget.
     pub fn new(ctx: Arc<CallContext>, request: http::Request<Body>, now: Instant) -> Self {
         let cfg = &ctx.cfg;
         let (mut parts, body) = request.into_parts();
@@ -195,6 +196,7 @@ impl Call {
                 .default_timeout
                 .inspect(|t| deadline::set(&mut parts.headers, *t)),
         };
+        crate::transport::set_user_agent(&mut parts.headers);
         let retry_safe = match parts.extensions.get::<SafeToRetry>() {
             Some(SafeToRetry(safe)) => *safe,
             None => cfg.retry.safe.is_safe(parts.uri.path()),
