@@ -14,8 +14,9 @@
 //! **What it does.** It connects on the first request (TCP with the connect
 //! timeout and `TCP_NODELAY`; with TLS, a rustls handshake within the same
 //! timeout that must agree on HTTP/2 through ALPN, see `tls/client.rs`; then
-//! hyper's HTTP/2 handshake with keepalive pings, also while idle), drives the connection on a task on the balancer's
-//! runtime, and sends every request over it. Once the connection has closed
+//! hyper's HTTP/2 handshake with keepalive pings, also while idle), drives the
+//! connection on a task on the balancer's runtime, and sends every request
+//! over it. Once the connection has closed
 //! (the server went away, a keepalive ping went unanswered, `GOAWAY`), the next
 //! request connects again. Requests that arrive while it connects wait for the
 //! same attempt; when it fails, they all fail with a connection error, which
