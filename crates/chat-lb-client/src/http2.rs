@@ -104,8 +104,6 @@ impl fmt::Debug for Tls {
 /// One endpoint's HTTP/2 connection (see the [module docs](self)).
 pub(crate) struct Http2Connection {
     addr: SocketAddr,
-    /// `https` with TLS, else `http`, for each request's URI.
-    scheme: Scheme,
     /// `addr` as the authority of each request's URI.
     authority: Authority,
     settings: Settings,
@@ -140,11 +138,6 @@ impl Http2Connection {
         });
         Ok(Self {
             addr,
-            scheme: if tls.is_some() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            },
             authority: Authority::try_from(addr.to_string())?,
             settings: Settings {
                 connect_timeout: cfg.connect_timeout,
@@ -172,21 +165,20 @@ impl Http2Connection {
     ) -> impl Future<Output = Result<Response, SendError>> + Send + '_ {
         self.set_origin(&mut request);
         let mut state = self.lock();
-        match &mut *state {
+        let connecting = match &mut *state {
             State::Ready(sender) if !sender.is_closed() => {
                 let response = sender.send_request(request);
-                Either::Left(async move { answered(response.await) })
+                return Either::Left(async move { answered(response.await) });
             }
-            State::Connecting(connecting) => {
-                let connecting = connecting.clone();
-                Either::Right(self.send_once_connected(connecting, request).boxed())
-            }
+            State::Connecting(connecting) => connecting.clone(),
             _ => {
                 let connecting = self.connect();
                 *state = State::Connecting(connecting.clone());
-                Either::Right(self.send_once_connected(connecting, request).boxed())
+                connecting
             }
-        }
+        };
+        drop(state);
+        Either::Right(self.send_once_connected(connecting, request).boxed())
     }
 
     /// Sends `request` once `connecting` is done, or fails it with the
@@ -239,7 +231,10 @@ impl Http2Connection {
     /// channel's origin does): a tonic client sends only the path.
     fn set_origin(&self, request: &mut http::Request<Body>) {
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(self.scheme.clone());
+        parts.scheme = Some(match self.settings.tls {
+            Some(_) => Scheme::HTTPS,
+            None => Scheme::HTTP,
+        });
         parts.authority = Some(self.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(PathAndQuery::from_static("/"));

@@ -23,13 +23,13 @@
 
 use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
-use rustls::{ClientConfig, RootCertStore, crypto::CryptoProvider};
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use tonic::transport::ClientTlsConfig;
 
 use super::{
     describe::{CLOSED_AFTER_HANDSHAKE, chain_text},
-    pem::{ClientIdentity, identity, trust_anchors},
+    pem::{ClientIdentity, crypto_provider, identity, trust_anchors},
     settings::TlsSettings,
 };
 use crate::{
@@ -211,8 +211,7 @@ fn system_roots() -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsC
 }
 
 /// The rustls configuration of the balancer's own connections: `roots`, the
-/// client `identity` if any, and ALPN `h2` (gRPC needs HTTP/2), with the
-/// process's default crypto provider (else ring's), as tonic's channels have.
+/// client `identity` if any, and ALPN `h2` (gRPC needs HTTP/2).
 fn rustls_config(
     roots: RootCertStore,
     identity: Option<ClientIdentity>,
@@ -220,10 +219,7 @@ fn rustls_config(
     let rejected = |error: rustls::Error| TlsConfigError::Rejected {
         reason: error.to_string(),
     };
-    let provider = CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(rejected)?
         .with_root_certificates(roots);

@@ -104,9 +104,7 @@ pub(super) fn identity(cert: &PemInput, key: &PemInput) -> Result<ClientIdentity
             reason: other.to_string(),
         },
     })?;
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let provider = crypto_provider();
     let checked =
         rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider);
     match checked {
@@ -145,6 +143,14 @@ pub(super) struct ClientIdentity {
     pub tonic: Identity,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+}
+
+/// The process's default crypto provider, else ring's (as tonic's channels
+/// choose it).
+pub(super) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 /// An I/O error's reason without the `(os error N)` suffix.
